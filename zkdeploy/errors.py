@@ -99,3 +99,7 @@ class JournalError(ZkdeployError):
     """The on-host journal is corrupt, from a newer schema, or refused a request."""
 
     exit_code = 7
+
+
+class RolloutAborted(RolloutError):
+    """A wait was abandoned because the deploy changed, the agent is stopping, or the killswitch is on."""

@@ -1,0 +1,3 @@
+from zkdeploy.cli.main import main
+
+main()

@@ -1,0 +1,451 @@
+"""The agent daemon: observe a ZooKeeper snapshot, decide, act, wait.
+
+One ``Agent`` runs per node.  Its main thread runs the decision cycle; a
+monitor thread keeps health-checking the running services so that
+``/dc/current`` describes services that really answer; kazoo's watches only
+wake the cycle early.  Signal handlers set a flag and nothing else.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from zkdeploy import __version__
+from zkdeploy.agent.releases import ReleaseDir
+from zkdeploy.agent.rollout import Restart
+from zkdeploy.agent.states import RESTART_PHASES, Phase, ServiceMachine
+from zkdeploy.agent.transport import Transport
+from zkdeploy.config.loader import parse_catalog
+from zkdeploy.config.schema import AgentConfig, Catalog
+from zkdeploy.coordination import CONNECTED, Store
+from zkdeploy.errors import (
+    ConfigError,
+    ConflictError,
+    CoordinationError,
+    PayloadError,
+    RolloutAborted,
+    ServiceError,
+    ZkdeployError,
+)
+from zkdeploy.model import (
+    DONE,
+    FAILED,
+    HALTED,
+    ONLINE,
+    PENDING,
+    RESTARTING,
+    STOPPED,
+    CurrentEntry,
+    DeployEntry,
+    NodeRecord,
+)
+from zkdeploy.policy.progress import active_deploy, is_complete
+from zkdeploy.policy.versions import most_popular
+from zkdeploy.runner.service import HostService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Local:
+    """What this node publishes about one service."""
+
+    version: str | None = None
+    state: str = STOPPED
+    detail: str = ""
+    target: str | None = None
+
+
+class Agent:
+    """The per-node daemon.  ``run()`` blocks until ``stop()`` is called."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.node = config.node
+        self.data = Path(config.data_dir)
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.store: Store | None = None
+        self.catalog: Catalog | None = None
+        self._catalog_version = -2
+        self.local: dict[str, Local] = {s: Local() for s in config.services}
+        self.machines = {s: ServiceMachine(s, self._on_phase(s)) for s in config.services}
+        self.releases = {s: ReleaseDir(self.data, s) for s in config.services}
+        self._publish_lock = threading.RLock()
+        self._registered_generation = -1
+        self._failed_deploys: set[tuple[str, str]] = set()
+        self._watched_head: str | None = None
+        self._last_summary = ""
+        self._lockfile = None
+        self.transport = Transport(self.data)
+
+    # -- lifecycle ---------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the agent to stop after the current step (safe from a signal handler)."""
+        self.stopping.set()
+        self.wake.set()
+
+    def run(self) -> None:
+        self._lock_data_dir()
+        zk = self.config.zookeeper
+        while not self.stopping.is_set():
+            try:
+                self.store = Store.connect(zk.hosts, zk.root, session_timeout=zk.session_timeout,
+                                           connect_timeout=zk.connect_timeout,
+                                           operation_timeout=zk.operation_timeout)
+                break
+            except CoordinationError as exc:
+                log.error("%s; retrying in 2s", exc)
+                self.stopping.wait(2.0)
+        if self.store is None:
+            return
+        self.store.conn.add_listener(lambda _state: self.wake.set())
+        monitor = threading.Thread(target=self._monitor, name="health-monitor", daemon=True)
+        monitor.start()
+        log.info("agent %s started (zkdeploy %s), services: %s", self.node, __version__,
+                 ", ".join(self.config.services))
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.cycle()
+                except CoordinationError as exc:
+                    log.warning("cycle interrupted: %s", exc)
+                except ZkdeployError as exc:
+                    log.error("cycle failed: %s", exc)
+                self.wake.wait(self.config.cycle_interval)
+                self.wake.clear()
+        finally:
+            log.info("agent %s stopping", self.node)
+            self.store.close()
+
+    def _lock_data_dir(self) -> None:
+        state = self.data / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        self._lockfile = open(state / "agent.lock", "w")
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another agent already runs on {self.data}") from None
+        self._lockfile.write(str(os.getpid()))
+        self._lockfile.flush()
+
+    # -- publishing ---------------------------------------------------------
+    def _on_phase(self, service: str):
+        def changed(old: Phase, new: Phase, detail: str) -> None:
+            log.info("%s: %s -> %s%s", service, old.value, new.value, f" ({detail})" if detail else "")
+            state = RESTARTING if new in RESTART_PHASES else None
+            self.publish(service, state=state, detail=detail)
+        return changed
+
+    def publish(self, service: str, *, state: str | None = None, version: str | None = None,
+                detail: str | None = None, target: str | None = None, write: bool = True) -> None:
+        """Update this node's /current entry of ``service`` (local record first, then ZooKeeper)."""
+        with self._publish_lock:
+            rec = self.local[service]
+            if state is not None:
+                rec.state = state
+            if version is not None:
+                rec.version = version
+            if detail is not None:
+                rec.detail = detail
+            if target is not None:
+                rec.target = target or None
+            if not write or self.store is None or self._registered_generation < 0:
+                return
+            entry = CurrentEntry(node=self.node, version=rec.version, state=rec.state,
+                                 phase=self.machines[service].phase.value, target=rec.target,
+                                 since=time.time(), detail=rec.detail[:500])
+            try:
+                self.store.publish_current(service, entry)
+            except CoordinationError as exc:
+                log.warning("%s: could not publish state: %s", service, exc)
+
+    def _services(self) -> dict[str, HostService]:
+        assert self.catalog is not None
+        return {s: HostService(s, self.catalog.services[s], self.node, self.data, dict(self.config.vars))
+                for s in self.config.services if s in self.catalog.services}
+
+    # -- registration ---------------------------------------------------------
+    def _register(self) -> bool:
+        """(Re-)create this node's ephemeral records after a new session; False if not yet possible."""
+        store = self.store
+        generation = store.conn.require_connected()
+        if generation == self._registered_generation:
+            return True
+        record = NodeRecord(node=self.node, address=self.config.address, services=self.config.services,
+                            labels=self.config.labels.model_dump(exclude_none=True),
+                            agent_version=__version__, pid=os.getpid(), started=time.time())
+        try:
+            store.register_node(record)
+        except ConflictError as exc:
+            log.warning("not registered yet: %s", exc)
+            return False
+        self._registered_generation = generation
+        for service, svc in self._services().items():
+            self._observe_local(service, svc)
+            self.publish(service)
+            for version in self.releases[service].installed():
+                if self.releases[service].payload_path(version).exists():
+                    store.add_holder(service, version, self.node)
+        log.info("registered node %s (session generation %d)", self.node, generation)
+        self._converge_on_return()
+        return True
+
+    def _observe_local(self, service: str, svc: HostService) -> None:
+        version = self.releases[service].current_version()
+        if version is None or not svc.running():
+            self.publish(service, version=version or "", state=STOPPED, detail="not running", write=False)
+            return
+        reason = svc.probe(version)
+        self.publish(service, version=version, state=FAILED if reason else ONLINE,
+                     detail=reason or "", write=False)
+
+    def _converge_on_return(self) -> None:
+        """After (re)joining: start what is down, at the most popular version (DESIGN: liveness)."""
+        store = self.store
+        head = active_deploy(store.deploys())
+        for service, svc in self._services().items():
+            if head is not None and head.service == service:
+                continue  # the rollout brings this node to the target
+            rec = self.local[service]
+            if rec.state != STOPPED:
+                continue
+            others = [e for n, e in store.current(service).items() if n != self.node and e.state == ONLINE]
+            releases = store.releases(service)
+            target = most_popular([e.version for e in others], {v: r.staged_at for v, r in releases.items()})
+            target = target or rec.version
+            if not target or target not in releases and not self.releases[service].has(target):
+                continue
+            log.info("%s: not running; starting the most popular version %s", service, target)
+            try:
+                if target in releases:
+                    self.releases[service].install(releases[target], self.transport.fetch)
+                self.releases[service].switch(target)
+                svc.start(target)
+                svc.wait_healthy(target, self.stopping.is_set)
+                svc.hooks("post_start", target)
+                self.publish(service, version=target, state=ONLINE, detail=f"started {target} on return")
+            except ZkdeployError as exc:
+                self.publish(service, version=self.releases[service].current_version() or "", state=FAILED,
+                             detail=f"could not start {target}: {exc}")
+
+    # -- the cycle -------------------------------------------------------------
+    def _load_catalog(self) -> bool:
+        data, version = self.store.catalog()
+        if version == self._catalog_version:
+            return self.catalog is not None
+        self._catalog_version = version
+        if data is None:
+            log.warning("no catalog stored yet (zkdeploy services apply FILE)")
+            self.catalog = None
+            return False
+        try:
+            self.catalog = parse_catalog(data, "catalog in ZooKeeper")
+        except ConfigError as exc:
+            log.error("%s", exc)
+            self.catalog = None
+            return False
+        missing = [s for s in self.config.services if s not in self.catalog.services]
+        if missing:
+            log.warning("services not in the catalog (ignored): %s", ", ".join(missing))
+        return True
+
+    def cycle(self) -> None:
+        """One decision cycle: snapshot, decide, act."""
+        store = self.store
+        if store.conn.state != CONNECTED:
+            log.warning("ZooKeeper session %s: no new step", store.conn.state)
+            return
+        self._ensure_watches()
+        if not self._load_catalog() or not self._register():
+            return
+        switch = store.killswitch()
+        if switch is not None:
+            self._summary(f"killswitch on: {switch.message}")
+            return
+        deploys = store.deploys()
+        head = active_deploy(deploys)
+        self._watch_head(head)
+        services = self._services()
+        self._prefetch(deploys, head, services)
+        if head is not None and head.state == PENDING and head.service in services:
+            self._maybe_restart(head, services[head.service])
+            head = store.deploy(head.name)
+        if head is not None and head.state == PENDING:
+            self._maybe_complete(head)
+        self._summary(self._describe(head))
+
+    def _describe(self, head: DeployEntry | None) -> str:
+        parts = [f"{s}={r.version or '-'}:{r.state}" for s, r in sorted(self.local.items())]
+        deploy = f"deploy {head.name} {head.service}@{head.version} {head.state}" if head else "no deploy"
+        return f"{' '.join(parts)}; {deploy}"
+
+    def _summary(self, text: str) -> None:
+        level = logging.INFO if text != self._last_summary else logging.DEBUG
+        log.log(level, "cycle: %s", text)
+        self._last_summary = text
+
+    def _ensure_watches(self) -> None:
+        if getattr(self, "_watching", False):
+            return
+        store, fire = self.store, (lambda *_: self.wake.set())
+        store.watch_children(store.layout.deploy, fire)
+        store.watch_data(store.layout.killswitch, fire)
+        store.watch_data(store.layout.catalog, fire)
+        for service in self.config.services:
+            store.watch_children(store.layout.releases(service), fire)
+        self._watching = True
+
+    def _watch_head(self, head: DeployEntry | None) -> None:
+        if head is None or head.name == self._watched_head:
+            return
+        self._watched_head = name = head.name
+
+        def on_change(data: bytes | None) -> bool | None:
+            self.wake.set()
+            return False if self._watched_head != name or data is None else None
+
+        self.store.watch_data(self.store.layout.deploy_entry(name), on_change)
+
+    def _prefetch(self, deploys: list[DeployEntry], head: DeployEntry | None,
+                  services: dict[str, HostService]) -> None:
+        """Fetch and unpack the releases this node will need: the active deploy's first."""
+        wanted: list[tuple[str, str]] = []
+        if head is not None and head.service in services:
+            wanted.append((head.service, head.version))
+        wanted += [(d.service, d.version) for d in deploys if d.is_open and d.service in services]
+        for service, version in dict.fromkeys(wanted):
+            rel_dir = self.releases[service]
+            if rel_dir.has(version) or self.local[service].version == version:
+                continue
+            release = self.store.release(service, version)
+            if release is None:
+                continue
+            machine = self.machines[service]
+            machine.to(Phase.FETCHING, f"fetching {version}")
+            try:
+                rel_dir.install(release, self.transport.fetch)
+            except PayloadError as exc:
+                machine.reset(f"cannot fetch {version}: {exc}")
+                continue
+            self.store.add_holder(service, version, self.node)
+            machine.to(Phase.STAGED, f"{version} ready")
+            rel_dir.prune(self.catalog.services[service].keep_releases,
+                          protect={v for s, v in wanted if s == service})
+
+    # -- restarts ------------------------------------------------------------------
+    def _abort_reason(self, head: DeployEntry):
+        def reason() -> str | None:
+            if self.stopping.is_set():
+                return "agent is stopping"
+            if self.store.conn.state != CONNECTED:
+                return f"ZooKeeper session {self.store.conn.state}"
+            if self.store.killswitch() is not None:
+                return "killswitch is on"
+            entry = self.store.deploy(head.name)
+            if entry is None or entry.state != PENDING:
+                return f"deploy {head.name} is {entry.state if entry else 'gone'}"
+            return None
+        return reason
+
+    def _maybe_restart(self, head: DeployEntry, svc: HostService) -> None:
+        service, target = head.service, head.version
+        rec = self.local[service]
+        if rec.version == target and rec.state == ONLINE:
+            self.machines[service].reset()
+            return
+        if (head.name, service) in self._failed_deploys:
+            return
+        if not self.releases[service].has(target):
+            return  # not fetched (yet): _prefetch reports why
+        machine = self.machines[service]
+        if machine.phase == Phase.IDLE:
+            machine.to(Phase.STAGED, f"{target} ready")
+        old = self.releases[service].current_version()
+        restart = Restart(self.store, self.node, svc, self.releases[service], machine,
+                          lambda **kw: self.publish(service, **kw), self._abort_reason(head),
+                          quorum=svc.spec.quorum, target=target,
+                          session_timeout=self.config.zookeeper.session_timeout)
+        was_running = svc.running()
+        try:
+            outcome = restart.run(old, was_running)
+        except RolloutAborted as exc:
+            log.info("%s: not restarting: %s", service, exc)
+            machine.reset(str(exc))
+            self.publish(service, detail=str(exc))
+            return
+        except CoordinationError as exc:
+            log.warning("%s: gave up waiting for a slot: %s", service, exc)
+            machine.reset(str(exc))
+            return
+        if outcome.ok:
+            self.publish(service, version=target, state=ONLINE, detail=f"online at {target}", target="")
+            log.info("%s: online at %s", service, target)
+            return
+        self._failed_deploys.add((head.name, service))
+        current = self.releases[service].current_version()
+        state = ONLINE if outcome.healthy and svc.probe(current) is None else FAILED
+        self.publish(service, version=current or "", state=state, detail=outcome.error, target="")
+        self._report_failure(head, outcome.error)
+
+    def _report_failure(self, head: DeployEntry, error: str) -> None:
+        for _ in range(10):
+            entry = self.store.deploy(head.name)
+            if entry is None or not entry.is_open:
+                return
+            failures = entry.failures + ({"node": self.node, "error": error, "at": time.time()},)
+            state, message = entry.state, entry.message
+            if len(failures) > entry.max_failures:
+                state = HALTED
+                message = f"{len(failures)} node(s) failed (max_failures {entry.max_failures}); last: {self.node}: {error}"
+            try:
+                self.store.update_deploy(entry.evolve(failures=failures, state=state, message=message))
+                return
+            except ConflictError:
+                continue
+
+    def _maybe_complete(self, head: DeployEntry) -> None:
+        """Mark the head done when every present node of its service is online at its version."""
+        entries = self.store.current(head.service)
+        if not is_complete(entries, head.version, self.store.slots(head.service)):
+            return
+        try:
+            self.store.update_deploy(head.evolve(state=DONE, finished=time.time()))
+            log.info("deploy %s of %s@%s complete on %d node(s)", head.name, head.service,
+                     head.version, len(entries))
+        except ConflictError:
+            pass  # another agent completed it first (or it changed): next cycle sees
+
+    # -- health monitor ---------------------------------------------------------------
+    def _monitor(self) -> None:
+        """Keep /current truthful: flip online <-> failed as the running services answer."""
+        while not self.stopping.wait(self.config.monitor_interval):
+            if self.catalog is None or self._registered_generation < 0:
+                continue
+            try:
+                services = self._services()
+            except KeyError:
+                continue
+            for service, svc in services.items():
+                rec = self.local[service]
+                if self.machines[service].restarting or rec.state not in (ONLINE, FAILED):
+                    continue
+                version = rec.version
+                try:
+                    reason = svc.probe(version)
+                except ServiceError as exc:
+                    reason = str(exc)
+                new = FAILED if reason else ONLINE
+                with self._publish_lock:
+                    # re-check: a restart may have begun while the probe ran
+                    if (self.machines[service].restarting or rec.version != version
+                            or rec.state not in (ONLINE, FAILED) or new == rec.state):
+                        continue
+                    log.warning("%s: health monitor: %s -> %s %s", service, rec.state, new, reason or "")
+                    self.publish(service, state=new, detail=reason or "healthy again")

@@ -1,0 +1,96 @@
+"""The agent's state machine for one service on one node.
+
+Every phase and every allowed transition is listed here, and nowhere else::
+
+    idle ─► fetching ─► staged ─► waiting ─► draining ─► stopping ─► switching ─► starting ─► checking ─► idle (online at the target)
+                │          │         │           │           │           │            │           │
+                ▼          ▼         ▼           └───────────┴───────────┴────────────┴───────────┴─► rolling_back ─► idle (online at the old version, or failed)
+              idle       idle      idle (aborted: deploy changed, killswitch, agent stopping, lock lost)
+
+A node whose service is not running skips draining and stopping
+(``waiting ─► switching``).  The availability published for the quorum
+(``online``, ``restarting``, ``failed``, ``stopped``) follows from the phase:
+every phase from draining to rolling_back is ``restarting``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from enum import Enum
+
+from zkdeploy.errors import ZkdeployError
+
+
+class Phase(str, Enum):
+    IDLE = "idle"
+    FETCHING = "fetching"
+    STAGED = "staged"
+    WAITING = "waiting"
+    DRAINING = "draining"
+    STOPPING = "stopping"
+    SWITCHING = "switching"
+    STARTING = "starting"
+    CHECKING = "checking"
+    ROLLING_BACK = "rolling_back"
+
+
+P = Phase
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    P.IDLE: frozenset({P.FETCHING, P.STAGED, P.WAITING}),
+    P.FETCHING: frozenset({P.STAGED, P.IDLE}),
+    P.STAGED: frozenset({P.WAITING, P.FETCHING, P.IDLE}),
+    P.WAITING: frozenset({P.DRAINING, P.SWITCHING, P.STAGED, P.IDLE}),
+    P.DRAINING: frozenset({P.STOPPING, P.ROLLING_BACK}),
+    P.STOPPING: frozenset({P.SWITCHING, P.ROLLING_BACK}),
+    P.SWITCHING: frozenset({P.STARTING, P.ROLLING_BACK}),
+    P.STARTING: frozenset({P.CHECKING, P.ROLLING_BACK}),
+    P.CHECKING: frozenset({P.IDLE, P.ROLLING_BACK}),
+    P.ROLLING_BACK: frozenset({P.IDLE}),
+}
+
+#: phases in which the service is (or may be) out of service for a restart
+RESTART_PHASES = frozenset({P.DRAINING, P.STOPPING, P.SWITCHING, P.STARTING, P.CHECKING, P.ROLLING_BACK})
+
+
+class TransitionError(ZkdeployError):
+    """A transition that the state machine does not allow (a bug, never user input)."""
+
+
+class ServiceMachine:
+    """The phase of one service, changed only through ``to()``.
+
+    ``on_change(old, new, detail)`` is called after every transition (the
+    agent publishes it to ZooKeeper and logs it).
+    """
+
+    def __init__(self, service: str, on_change: Callable[[Phase, Phase, str], None]) -> None:
+        self.service = service
+        self._phase = Phase.IDLE
+        self._on_change = on_change
+        self._lock = threading.Lock()
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def restarting(self) -> bool:
+        return self._phase in RESTART_PHASES
+
+    def to(self, new: Phase, detail: str = "") -> None:
+        with self._lock:
+            old = self._phase
+            if new == old:
+                return
+            if new not in TRANSITIONS[old]:
+                raise TransitionError(f"{self.service}: {old.value} -> {new.value} is not a valid transition")
+            self._phase = new
+        self._on_change(old, new, detail)
+
+    def reset(self, detail: str = "") -> None:
+        """Back to idle from any non-restart phase (deploy changed, fetch failed)."""
+        if self._phase in RESTART_PHASES:
+            raise TransitionError(f"{self.service}: cannot leave {self._phase.value} without rolling back")
+        if self._phase != Phase.IDLE:
+            self.to(Phase.IDLE, detail)

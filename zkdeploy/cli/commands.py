@@ -1,0 +1,323 @@
+"""Operator commands that write intent: services, stage, deploy, abort/resume, killswitch."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import click
+
+from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
+from zkdeploy.cli.output import emit_json, say, table
+from zkdeploy.cli.views import deploy_dict, fleet_status
+from zkdeploy.config.loader import load_catalog, parse_catalog
+from zkdeploy.errors import ConfigError, DeployRefusedError, RolloutError
+from zkdeploy.model import ABORTED, DONE, HALTED, PENDING, DeployEntry, Killswitch, Release
+from zkdeploy.names import check_name
+from zkdeploy.policy.order import dependency_order
+from zkdeploy.policy.quorum import required_online
+from zkdeploy.transfer.fetch import is_url, sha256_file
+from zkdeploy.transfer.unpack import check_archive
+
+
+def who() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+# -- services ------------------------------------------------------------------
+@click.group("services")
+def services_group() -> None:
+    """Manage the fleet catalog of services (stored in ZooKeeper)."""
+
+
+def _diff(old: dict, new: dict) -> list[str]:
+    lines = []
+    old_s, new_s = old.get("services", {}), new.get("services", {})
+    for name in sorted(set(old_s) | set(new_s)):
+        if name not in old_s:
+            lines.append(f"+ {name}")
+        elif name not in new_s:
+            lines.append(f"- {name}")
+        elif old_s[name] != new_s[name]:
+            keys = sorted(k for k in set(old_s[name]) | set(new_s[name]) if old_s[name].get(k) != new_s[name].get(k))
+            for key in keys:
+                lines.append(f"~ {name}.{key}: {json.dumps(old_s[name].get(key))} -> {json.dumps(new_s[name].get(key))}")
+    return lines
+
+
+@services_group.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Validate and show the diff; store nothing.")
+@json_option
+@pass_ctx
+@handle_errors
+def services_apply(ctx: Ctx, file: str, dry_run: bool, as_json: bool) -> None:
+    """Validate FILE, show what changes, and store it as the catalog.
+
+    Every problem in FILE is reported at once, with its key.  The write is
+    conditional: if someone else changed the catalog meanwhile, nothing is
+    stored and you are asked to apply again.
+    """
+    catalog = load_catalog(file)
+    new = catalog.model_dump(mode="json", exclude_defaults=True)
+    store = ctx.store()
+    old, version = store.catalog()
+    changes = _diff(old or {}, new)
+    if not dry_run and changes:
+        store.put_catalog(new, version)
+    if as_json:
+        emit_json({"changes": changes, "stored": bool(changes) and not dry_run})
+        return
+    for line in changes or ["(no changes)"]:
+        say(line)
+    if changes:
+        say("dry run: nothing stored" if dry_run else f"catalog stored ({len(new['services'])} services)")
+
+
+@services_group.command("list")
+@json_option
+@pass_ctx
+@handle_errors
+def services_list(ctx: Ctx, as_json: bool) -> None:
+    """List the services of the catalog with their quorum and dependencies."""
+    data, _ = ctx.store().catalog()
+    services = (data or {}).get("services", {})
+    if as_json:
+        emit_json(services)
+        return
+    if not services:
+        say("no catalog stored (zkdeploy services apply FILE)")
+        return
+    table(None, ["SERVICE", "QUORUM", "DEPENDS ON", "HEALTH CHECKS", "KEEP"],
+          [[name, s.get("quorum"), ", ".join(s.get("depends_on", [])) or "-",
+            len(s.get("health_checks", [])), s.get("keep_releases", 3)] for name, s in sorted(services.items())])
+
+
+# -- stage --------------------------------------------------------------------------
+@click.command("stage")
+@click.argument("service")
+@click.argument("version")
+@click.argument("payload")
+@json_option
+@pass_ctx
+@handle_errors
+def stage(ctx: Ctx, service: str, version: str, payload: str, as_json: bool) -> None:
+    """Stage VERSION of SERVICE: hash PAYLOAD and record the release.
+
+    PAYLOAD is a tar archive (optionally compressed), given as a path that the
+    agents can read or as an http(s) URL.  Agents that run SERVICE fetch it,
+    verify its SHA-256 and unpack it beside the running release.
+    """
+    check_name("service", service)
+    check_name("version", version)
+    store = ctx.store()
+    catalog, _ = store.catalog()
+    if service not in (catalog or {}).get("services", {}):
+        raise ConfigError(f"unknown service {service!r}: it is not in the catalog (zkdeploy services apply)")
+    if is_url(payload):
+        import tempfile
+        from zkdeploy.transfer.fetch import _open_origin
+        with tempfile.NamedTemporaryFile(prefix="zkdeploy-stage-") as tmp:
+            with _open_origin(payload, 30.0) as src:
+                while chunk := src.read(1 << 20):
+                    tmp.write(chunk)
+            tmp.flush()
+            check_archive(tmp.name)
+            sha, size = sha256_file(tmp.name)
+        origin = payload
+    else:
+        path = Path(payload)
+        if not path.is_file():
+            raise ConfigError(f"payload {payload} does not exist or is not a file")
+        check_archive(path)
+        sha, size = sha256_file(path)
+        origin = str(path.resolve())
+    release = Release(service=service, version=version, sha256=sha, size=size, origin=origin,
+                      staged_by=who(), staged_at=time.time())
+    store.put_release(release)
+    if as_json:
+        emit_json({"service": service, "version": version, "sha256": sha, "size": size, "origin": origin})
+    else:
+        say(f"staged {service}@{version}: {size} bytes, sha256 {sha}")
+
+
+# -- deploy ------------------------------------------------------------------------------
+def _parse_target(spec: str) -> tuple[str, str | None]:
+    service, _, version = spec.partition("@")
+    check_name("service", service)
+    if version:
+        check_name("version", version)
+    return service, version or None
+
+
+@click.command("deploy")
+@click.argument("targets", nargs=-1, required=True, metavar="SERVICE[@VERSION]...")
+@click.option("--wait", is_flag=True, help="Show progress and return only when the rollout ended.")
+@click.option("--timeout", type=float, default=3600.0, show_default=True,
+              help="With --wait: give up waiting after this many seconds (the rollout goes on).")
+@click.option("--max-failures", type=int, default=0, show_default=True,
+              help="Nodes that may fail their restart before the deploy halts.")
+@json_option
+@pass_ctx
+@handle_errors
+def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_failures: int,
+           as_json: bool) -> None:
+    """Queue rollouts of SERVICE[@VERSION]... in dependency order.
+
+    Without @VERSION the most recently staged version is deployed.  Refused
+    (nothing queued) for an unknown service, an unstaged version, a
+    dependency cycle, or a quorum that leaves no node free to restart.
+    Exit codes: 0 done (or queued without --wait), 2 refused, 3 ZooKeeper
+    unreachable, 4 the rollout halted, was aborted or timed out.
+    """
+    store = ctx.store()
+    data, _ = store.catalog()
+    if data is None:
+        raise DeployRefusedError("no catalog stored (zkdeploy services apply FILE)")
+    catalog = parse_catalog(data, "catalog in ZooKeeper")
+    wanted: dict[str, str | None] = {}
+    for spec in targets:
+        service, version = _parse_target(spec)
+        if service not in catalog.services:
+            raise DeployRefusedError(f"unknown service {service!r} (known: {', '.join(sorted(catalog.services))})")
+        wanted[service] = version
+    order = dependency_order(catalog.graph(), wanted)
+    problems, entries = [], []
+    group = uuid.uuid4().hex[:12]
+    for service in order:
+        releases = store.releases(service)
+        version = wanted[service] or (max(releases.values(), key=lambda r: r.staged_at).version if releases else None)
+        if version is None or version not in releases:
+            problems.append(f"{service}@{version or '?'} is not staged (zkdeploy stage {service} VERSION PAYLOAD)")
+            continue
+        present = len(store.current(service))
+        quorum = catalog.services[service].quorum
+        if present == 0:
+            problems.append(f"{service}: no node runs it (no agent has registered it in /current)")
+        elif required_online(quorum, present) >= present:
+            problems.append(f"{service}: quorum {quorum} needs {required_online(quorum, present)} of "
+                            f"{present} node(s) online, so no node could ever restart")
+        entries.append(DeployEntry(service=service, version=version, group=group, requested_by=who(),
+                                   created=time.time(), max_failures=max_failures))
+    if problems:
+        raise DeployRefusedError("deploy refused, nothing was queued:\n" + "\n".join(f"  - {p}" for p in problems))
+    names = store.enqueue(entries)
+    queued = [{"name": n, "service": e.service, "version": e.version} for n, e in zip(names, entries)]
+    if not wait:
+        if as_json:
+            emit_json({"queued": queued})
+        else:
+            for q in queued:
+                say(f"queued {q['name']}: {q['service']}@{q['version']}")
+        return
+    if not as_json:
+        say("queued " + ", ".join(f"{q['service']}@{q['version']}" for q in queued))
+    final = _wait(ctx, names, timeout, quiet=as_json)
+    if as_json:
+        emit_json({"queued": queued, "result": [deploy_dict(e) for e in final]})
+    bad = [e for e in final if e.state != DONE]
+    if bad:
+        raise RolloutError("rollout did not complete: " + "; ".join(
+            f"{e.service}@{e.version} {e.state}{': ' + e.message if e.message else ''}" for e in bad))
+
+
+def _wait(ctx: Ctx, names: list[str], timeout: float, quiet: bool) -> list[DeployEntry]:
+    store = ctx.store()
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        entries = [store.deploy(n) for n in names]
+        entries = [e for e in entries if e is not None]
+        if all(e.state in (DONE, ABORTED, HALTED) for e in entries):
+            return entries
+        if time.monotonic() > deadline:
+            raise RolloutError(f"gave up waiting after {timeout:g}s; the rollout goes on "
+                               f"(zkdeploy status shows it)")
+        if not quiet:
+            status = fleet_status(store)
+            lines = []
+            for svc in status["services"]:
+                if any(e.service == svc["service"] and e.state == PENDING for e in entries):
+                    versions = ", ".join(f"{v['nodes']}×{v['version']} {v['state']}" for v in svc["versions"])
+                    lines.append(f"  {svc['service']}: {versions} — {svc['waiting_for']}")
+            text = "\n".join(lines)
+            if text != last:
+                say(time.strftime("%H:%M:%S") + "\n" + text)
+                last = text
+        time.sleep(0.5)
+
+
+# -- abort / resume / killswitch -------------------------------------------------------------
+def _set_state(ctx: Ctx, name: str | None, new: str, allowed: tuple[str, ...]) -> list[str]:
+    store = ctx.store()
+    changed = []
+    for entry in store.deploys():
+        if (name is None or entry.name == name) and entry.state in allowed:
+            store.update_deploy(entry.evolve(state=new, message=f"{new} by {who()}",
+                                             finished=time.time() if new == ABORTED else None))
+            changed.append(entry.name)
+    if name is not None and not changed:
+        raise ConfigError(f"no deploy {name} in a state that can be {new} ({', '.join(allowed)})")
+    return changed
+
+
+@click.command("abort")
+@click.argument("deploy_name", required=False, metavar="[DEPLOY]")
+@click.option("--all", "all_", is_flag=True, help="Abort every open deploy.")
+@click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+@handle_errors
+def abort(ctx: Ctx, deploy_name: str | None, all_: bool, force: bool) -> None:
+    """Abort one deploy (by name, e.g. d-0000000003) or --all open ones.
+
+    Nodes already restarted keep the new version; nodes not yet restarted
+    keep the old one; a restart in progress finishes.
+    """
+    if not deploy_name and not all_:
+        raise ConfigError("name a deploy or give --all")
+    if not force and not click.confirm(f"abort {deploy_name or 'every open deploy'}?"):
+        raise click.Abort()
+    for name in _set_state(ctx, deploy_name, ABORTED, (PENDING, HALTED)):
+        say(f"aborted {name}")
+
+
+@click.command("resume")
+@click.argument("deploy_name", metavar="DEPLOY")
+@pass_ctx
+@handle_errors
+def resume(ctx: Ctx, deploy_name: str) -> None:
+    """Resume a halted deploy (its failure count is kept; raise it with a new deploy if needed)."""
+    store = ctx.store()
+    entry = store.deploy(deploy_name)
+    if entry is None or entry.state != HALTED:
+        raise ConfigError(f"no halted deploy {deploy_name}")
+    store.update_deploy(entry.evolve(state=PENDING, message=f"resumed by {who()}",
+                                     max_failures=len(entry.failures)))
+    say(f"resumed {deploy_name}")
+
+
+@click.command("killswitch")
+@click.argument("action", type=click.Choice(["on", "off", "show"]))
+@click.option("--message", "-m", default="", help="Why (shown by status and in every agent's log).")
+@json_option
+@pass_ctx
+@handle_errors
+def killswitch(ctx: Ctx, action: str, message: str, as_json: bool) -> None:
+    """Stop (on) or allow (off) every agent's new steps, fleet-wide."""
+    store = ctx.store()
+    if action == "on":
+        if not message:
+            raise ConfigError("killswitch on needs --message TEXT")
+        store.set_killswitch(Killswitch(message=message, by=who(), since=time.time()))
+    elif action == "off":
+        store.set_killswitch(None)
+    switch = store.killswitch()
+    if as_json:
+        emit_json({"on": switch is not None, "message": switch.message if switch else None})
+    else:
+        say(f"killswitch on: {switch.message} (by {switch.by})" if switch else "killswitch off")
+

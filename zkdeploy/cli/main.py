@@ -1,0 +1,64 @@
+"""The ``zkdeploy`` command."""
+
+from __future__ import annotations
+
+import click
+
+from zkdeploy import __version__
+from zkdeploy.cli import commands, show
+from zkdeploy.cli.agent_cmd import agent
+from zkdeploy.cli.context import Ctx
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--zk", envvar="ZKDEPLOY_ZK", default="127.0.0.1:2181", show_default=True, metavar="HOSTS",
+              help="ZooKeeper servers, comma-separated host:port (env ZKDEPLOY_ZK).")
+@click.option("--root", envvar="ZKDEPLOY_ROOT", default="/dc", show_default=True, metavar="PATH",
+              help="The fleet's root znode (env ZKDEPLOY_ROOT).")
+@click.option("--zk-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for ZooKeeper to connect or answer.")
+@click.version_option(__version__, prog_name="zkdeploy")
+@click.pass_context
+def cli(ctx: click.Context, zk: str, root: str, zk_timeout: float) -> None:
+    """zkdeploy: rolling deploys coordinated through ZooKeeper.
+
+    Agents on every node restart their services one safe slot at a time, in
+    dependency order; these commands record what you want and show where the
+    fleet stands.  Typical flow:
+
+    \b
+      zkdeploy services apply conf/services.yaml
+      zkdeploy stage web 2.0 web-2.0.tar.gz
+      zkdeploy deploy web@2.0 --wait
+      zkdeploy status
+
+    Exit codes: 0 ok, 2 bad input or refused, 3 ZooKeeper unreachable,
+    4 rollout failed or timed out, 5 payload problem, 7 journal problem.
+    """
+    ctx.obj = Ctx(zk=zk, root=root, timeout=zk_timeout)
+
+
+cli.add_command(commands.services_group)
+cli.add_command(commands.stage)
+cli.add_command(commands.deploy)
+cli.add_command(commands.abort)
+cli.add_command(commands.resume)
+cli.add_command(commands.killswitch)
+cli.add_command(show.status)
+cli.add_command(show.nodes)
+cli.add_command(agent)
+
+
+def _optional_commands() -> None:
+    try:
+        from zkdeploy.cli.journal_cmd import journal
+    except ImportError:  # the journal arrives with issue 4
+        return
+    cli.add_command(journal)
+
+
+_optional_commands()
+
+
+def main() -> None:
+    cli(prog_name="zkdeploy")

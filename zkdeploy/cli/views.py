@@ -1,0 +1,77 @@
+"""Read-only views of the fleet assembled from one pass over ZooKeeper."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from zkdeploy.coordination import Store
+from zkdeploy.model import DeployEntry
+from zkdeploy.policy.progress import active_deploy, explain
+from zkdeploy.policy.quorum import required_online
+
+
+def deploy_dict(entry: DeployEntry) -> dict[str, Any]:
+    return {
+        "name": entry.name, "service": entry.service, "version": entry.version, "state": entry.state,
+        "group": entry.group, "requested_by": entry.requested_by, "created": entry.created,
+        "finished": entry.finished, "max_failures": entry.max_failures,
+        "failures": list(entry.failures), "message": entry.message,
+    }
+
+
+def fleet_status(store: Store) -> dict[str, Any]:
+    """Everything ``zkdeploy status`` shows, as plain data."""
+    catalog, _ = store.catalog()
+    services = sorted(set((catalog or {}).get("services", {})) | set(store.current_services()))
+    deploys = store.deploys()
+    head = active_deploy(deploys)
+    switch = store.killswitch()
+    out: dict[str, Any] = {
+        "killswitch": {"message": switch.message, "by": switch.by, "since": switch.since} if switch else None,
+        "active_deploy": deploy_dict(head) if head else None,
+        "queue": [deploy_dict(d) for d in deploys if d.is_open],
+        "services": [],
+    }
+    for service in services:
+        spec = (catalog or {}).get("services", {}).get(service, {})
+        entries = store.current(service)
+        quorum = spec.get("quorum")
+        open_for = [d for d in deploys if d.is_open and d.service == service]
+        target = open_for[0].version if open_for else None
+        slots = store.slots(service)
+        queue = store._children(store.layout.lock_queue(service))
+        counts = Counter((e.version or "-", e.state) for e in entries.values())
+        is_head = head is not None and head.service == service
+        if is_head:
+            waiting = explain(head, entries, quorum, slots, queue, switch.message if switch else None)
+        elif open_for:
+            waiting = f"queued behind {head.service}@{head.version} ({head.name})" if head else "queued"
+        else:
+            waiting = "no rollout under way"
+        out["services"].append({
+            "service": service,
+            "quorum": quorum,
+            "required_online": required_online(quorum, len(entries)) if quorum is not None and entries else None,
+            "nodes": len(entries),
+            "target": target,
+            "versions": [{"version": v, "state": s, "nodes": n} for (v, s), n in sorted(counts.items())],
+            "restarting": sorted(slots),
+            "waiting_for": waiting,
+            "node_states": {n: {"version": e.version, "state": e.state, "phase": e.phase, "detail": e.detail}
+                            for n, e in sorted(entries.items())},
+        })
+    return out
+
+
+def nodes_view(store: Store) -> list[dict[str, Any]]:
+    rows = []
+    current = {service: store.current(service) for service in store.current_services()}
+    for name, rec in sorted(store.nodes().items()):
+        services = {}
+        for service in rec.services:
+            entry = current.get(service, {}).get(name)
+            services[service] = {"version": entry.version, "state": entry.state, "phase": entry.phase} if entry else None
+        rows.append({"node": name, "address": rec.address, "labels": rec.labels,
+                     "agent_version": rec.agent_version, "services": services})
+    return rows

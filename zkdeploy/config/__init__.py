@@ -1,0 +1,14 @@
+"""Configuration files: the fleet catalog of services and the agent file."""
+
+from zkdeploy.config.schema import AgentConfig, Catalog, HealthCheck, ServiceSpec
+from zkdeploy.config.loader import load_agent_config, load_catalog, parse_catalog
+
+__all__ = [
+    "AgentConfig",
+    "Catalog",
+    "HealthCheck",
+    "ServiceSpec",
+    "load_agent_config",
+    "load_catalog",
+    "parse_catalog",
+]

@@ -1,0 +1,180 @@
+"""The shape of zkdeploy's configuration, validated by pydantic.
+
+Unknown keys are errors (a typo must not silently disable a health check).
+Cross-field rules (dependencies, cycles, template fields) live in the loader,
+which reports every problem at once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from zkdeploy.errors import ZkdeployError
+from zkdeploy.names import check_name
+from zkdeploy.policy.quorum import parse_quorum
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HealthCheck(_Strict):
+    """One health check: exactly one of ``http``, ``tcp`` or ``command``.
+
+    ``http`` passes on a 2xx answer, ``tcp`` when a connection opens,
+    ``command`` when it exits 0.  Each attempt has ``timeout`` seconds; the
+    check is tried ``retries`` times, ``interval`` seconds apart, before it
+    fails.  All strings are templates (see ServiceSpec).
+    """
+
+    http: str | None = None
+    tcp: str | None = None
+    command: str | None = None
+    timeout: float = Field(2.0, gt=0, le=600)
+    interval: float = Field(1.0, ge=0, le=600)
+    retries: int = Field(30, ge=1, le=100000)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "HealthCheck":
+        given = [k for k in ("http", "tcp", "command") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("a health check needs exactly one of 'http', 'tcp' or 'command'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "http" if self.http else "tcp" if self.tcp else "command"
+
+    @property
+    def target(self) -> str:
+        return self.http or self.tcp or self.command or ""
+
+
+class ServiceSpec(_Strict):
+    """One service of the fleet catalog.
+
+    Commands and health-check targets are templates filled with ``{release}``
+    (the release directory), ``{version}``, ``{service}``, ``{node}``,
+    ``{data}`` (the agent's data directory) and the agent's ``vars``.
+    With ``managed: true`` (the default) ``start`` runs in the foreground and
+    the agent keeps its process (stopped with SIGTERM to its process group
+    unless ``stop`` is given); with ``managed: false`` ``start`` and ``stop``
+    are one-shot commands such as ``systemctl start web``.
+    """
+
+    depends_on: tuple[str, ...] = ()
+    quorum: int | str
+    start: str
+    stop: str | None = None
+    managed: bool = True
+    health_checks: tuple[HealthCheck, ...] = ()
+    pre_stop: tuple[str, ...] = ()
+    post_start: tuple[str, ...] = ()
+    keep_releases: int = Field(3, ge=1, le=1000)
+    start_timeout: float = Field(60.0, gt=0)
+    stop_timeout: float = Field(30.0, gt=0)
+    hook_timeout: float = Field(60.0, gt=0)
+
+    @field_validator("quorum")
+    @classmethod
+    def _quorum(cls, value: int | str) -> int | str:
+        try:
+            parse_quorum(value)
+        except ZkdeployError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _deps(cls, value: object) -> object:
+        if isinstance(value, str):
+            return (value,)
+        return value
+
+    @model_validator(mode="after")
+    def _managed_needs(self) -> "ServiceSpec":
+        if not self.managed and not self.stop:
+            raise ValueError("a service with 'managed: false' needs a 'stop' command")
+        return self
+
+
+class Catalog(_Strict):
+    """The fleet catalog: every service zkdeploy can deploy."""
+
+    services: dict[str, ServiceSpec]
+
+    @field_validator("services")
+    @classmethod
+    def _names(cls, value: dict[str, ServiceSpec]) -> dict[str, ServiceSpec]:
+        for name in value:
+            try:
+                check_name("service", name)
+            except ZkdeployError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    def graph(self) -> dict[str, tuple[str, ...]]:
+        return {name: spec.depends_on for name, spec in self.services.items()}
+
+
+class ZooKeeperSettings(_Strict):
+    hosts: str = "127.0.0.1:2181"
+    root: str = "/dc"
+    session_timeout: float = Field(10.0, ge=1, le=600)
+    connect_timeout: float = Field(15.0, gt=0, le=600)
+    operation_timeout: float = Field(10.0, gt=0, le=600)
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        if not value.startswith("/") or value.endswith("/") and value != "/" or "//" in value:
+            raise ValueError("root must be an absolute znode path like '/dc'")
+        for part in value.strip("/").split("/"):
+            if part:
+                try:
+                    check_name("root path component", part)
+                except ZkdeployError as exc:
+                    raise ValueError(str(exc)) from None
+        return value
+
+
+class Labels(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    rack: str | None = None
+    dc: str | None = None
+    env: str | None = None
+
+
+class AgentConfig(_Strict):
+    """One agent's file: who this node is and what it runs."""
+
+    node: str
+    zookeeper: ZooKeeperSettings = ZooKeeperSettings()
+    data_dir: str
+    services: tuple[str, ...]
+    labels: Labels = Labels()
+    address: str = "127.0.0.1"
+    vars: dict[str, str | int | float] = {}
+    cycle_interval: float = Field(2.0, gt=0, le=300)
+    monitor_interval: float = Field(2.0, gt=0, le=300)
+    log_format: Literal["plain", "json"] = "plain"
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, value: str) -> str:
+        try:
+            return check_name("node", value)
+        except ZkdeployError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("services")
+    @classmethod
+    def _services(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            try:
+                check_name("service", name)
+            except ZkdeployError as exc:
+                raise ValueError(str(exc)) from None
+        return value

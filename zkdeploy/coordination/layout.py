@@ -1,0 +1,120 @@
+"""The ZooKeeper layout, defined once.  Every znode path zkdeploy uses is built here.
+
+::
+
+    <root>/catalog                          persistent  the fleet catalog (JSON of conf/services.yaml)
+    <root>/nodes/<node>                     ephemeral   agent presence (NodeRecord)
+    <root>/current/<service>/<node>         ephemeral   version and state of a service on a node (CurrentEntry)
+    <root>/staging/<service>/<version>      persistent  release metadata (Release)
+    <root>/staging/<service>/<version>/holders/<node>  ephemeral  nodes holding the verified payload
+    <root>/deploy/d-<seq>                   persistent-sequential  the deploy queue (DeployEntry)
+    <root>/locks/<service>/queue/q-<seq>    ephemeral-sequential  FIFO of agents waiting to restart
+    <root>/locks/<service>/slots/<node>     ephemeral   a restart in progress (proof of permission)
+    <root>/swarm/<info-hash>/<node>         ephemeral   torrent peers
+    <root>/control/killswitch               persistent  present = no agent starts a new step
+    <root>/reports/...                      persistent  dry-run results and change history
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zkdeploy.names import check_name
+
+DEPLOY_PREFIX = "d-"
+QUEUE_PREFIX = "q-"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Znode paths under one fleet root (``/dc`` by default)."""
+
+    root: str = "/dc"
+
+    def _join(self, *parts: str) -> str:
+        base = self.root.rstrip("/")
+        return base + "/" + "/".join(parts)
+
+    # the catalog
+    @property
+    def catalog(self) -> str:
+        return self._join("catalog")
+
+    # presence
+    @property
+    def nodes(self) -> str:
+        return self._join("nodes")
+
+    def node(self, node: str) -> str:
+        return self._join("nodes", check_name("node", node))
+
+    # /current
+    @property
+    def current(self) -> str:
+        return self._join("current")
+
+    def current_service(self, service: str) -> str:
+        return self._join("current", check_name("service", service))
+
+    def current_entry(self, service: str, node: str) -> str:
+        return self.current_service(service) + "/" + check_name("node", node)
+
+    # /staging
+    @property
+    def staging(self) -> str:
+        return self._join("staging")
+
+    def releases(self, service: str) -> str:
+        return self._join("staging", check_name("service", service))
+
+    def release(self, service: str, version: str) -> str:
+        return self.releases(service) + "/" + check_name("version", version)
+
+    def holders(self, service: str, version: str) -> str:
+        return self.release(service, version) + "/holders"
+
+    def holder(self, service: str, version: str, node: str) -> str:
+        return self.holders(service, version) + "/" + check_name("node", node)
+
+    # /deploy
+    @property
+    def deploy(self) -> str:
+        return self._join("deploy")
+
+    def deploy_entry(self, name: str) -> str:
+        return self._join("deploy", check_name("deploy entry", name))
+
+    # /locks
+    def lock_queue(self, service: str) -> str:
+        return self._join("locks", check_name("service", service), "queue")
+
+    def slots(self, service: str) -> str:
+        return self._join("locks", check_name("service", service), "slots")
+
+    def slot(self, service: str, node: str) -> str:
+        return self.slots(service) + "/" + check_name("node", node)
+
+    # /swarm
+    def swarm(self, info_hash: str) -> str:
+        return self._join("swarm", check_name("info-hash", info_hash))
+
+    def swarm_peer(self, info_hash: str, node: str) -> str:
+        return self.swarm(info_hash) + "/" + check_name("node", node)
+
+    # /control and /reports
+    @property
+    def control(self) -> str:
+        return self._join("control")
+
+    @property
+    def killswitch(self) -> str:
+        return self._join("control", "killswitch")
+
+    @property
+    def reports(self) -> str:
+        return self._join("reports")
+
+    def base_paths(self) -> list[str]:
+        """The persistent parents that must exist before anything else is written."""
+        return [self.nodes, self.current, self.staging, self.deploy, self._join("locks"),
+                self._join("swarm"), self.control, self.reports]

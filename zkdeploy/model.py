@@ -1,0 +1,153 @@
+"""The records zkdeploy keeps in ZooKeeper, as immutable values.
+
+Each record knows how to turn itself into the JSON stored in its znode and
+back.  Records read from ZooKeeper carry the znode version (``zversion``) so
+that writes which race can be made conditional.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
+
+from zkdeploy.errors import CoordinationError
+
+T = TypeVar("T", bound="Record")
+
+# Service states published in /dc/current (what the service is doing now).
+ONLINE = "online"
+RESTARTING = "restarting"
+FAILED = "failed"
+STOPPED = "stopped"
+SERVICE_STATES = (ONLINE, RESTARTING, FAILED, STOPPED)
+
+# Deploy entry states.
+PENDING = "pending"
+DONE = "done"
+HALTED = "halted"
+ABORTED = "aborted"
+OPEN_DEPLOY_STATES = (PENDING, HALTED)
+
+
+def now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class Record:
+    """Base of every stored record: JSON encoding and the znode version."""
+
+    zversion: int = field(default=-1, compare=False, repr=False)
+
+    def to_bytes(self) -> bytes:
+        data = asdict(self)
+        data.pop("zversion", None)
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls: type[T], raw: bytes, zversion: int = -1, **extra: Any) -> T:
+        try:
+            data = json.loads(raw.decode() or "{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CoordinationError(f"corrupt {cls.__name__} record: {exc}") from None
+        if not isinstance(data, dict):
+            raise CoordinationError(f"corrupt {cls.__name__} record: not a JSON object")
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data.update(extra)
+        for key, value in data.items():
+            if isinstance(value, list):
+                data[key] = tuple(value)
+        try:
+            return cls(zversion=zversion, **data)
+        except TypeError as exc:
+            raise CoordinationError(f"corrupt {cls.__name__} record: {exc}") from None
+
+    def evolve(self: T, **changes: Any) -> T:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class NodeRecord(Record):
+    """``/dc/nodes/<node>``: an agent's presence."""
+
+    node: str = ""
+    address: str = ""
+    services: tuple[str, ...] = ()
+    labels: dict[str, Any] = field(default_factory=dict)
+    agent_version: str = ""
+    pid: int = 0
+    started: float = 0.0
+
+
+@dataclass(frozen=True)
+class CurrentEntry(Record):
+    """``/dc/current/<service>/<node>``: what this node runs and in which state.
+
+    ``state`` is the service's availability (online, restarting, failed,
+    stopped); ``phase`` is where the agent's state machine is for this service
+    (see zkdeploy.agent.states).
+    """
+
+    node: str = ""
+    version: str | None = None
+    state: str = STOPPED
+    phase: str = "idle"
+    target: str | None = None
+    since: float = 0.0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Release(Record):
+    """``/dc/staging/<service>/<version>``: a staged release."""
+
+    service: str = ""
+    version: str = ""
+    sha256: str = ""
+    size: int = 0
+    origin: str = ""
+    staged_by: str = ""
+    staged_at: float = 0.0
+    info_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class DeployEntry(Record):
+    """``/dc/deploy/<seq>``: one service's rollout in the deploy queue.
+
+    ``name`` is the znode name (its sequence number orders the queue).
+    """
+
+    name: str = ""
+    service: str = ""
+    version: str = ""
+    state: str = PENDING
+    group: str = ""
+    requested_by: str = ""
+    created: float = 0.0
+    finished: float | None = None
+    max_failures: int = 0
+    failures: tuple[dict[str, Any], ...] = ()
+    message: str = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_DEPLOY_STATES
+
+    def to_bytes(self) -> bytes:
+        data = asdict(self)
+        data.pop("zversion", None)
+        data.pop("name", None)
+        return json.dumps(data, sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class Killswitch(Record):
+    """``/dc/control/killswitch``: when present, no agent starts a new step."""
+
+    message: str = ""
+    by: str = ""
+    since: float = 0.0

@@ -1,0 +1,59 @@
+"""Where a rollout stands: the active deploy, completion, and what it waits for."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from zkdeploy.model import HALTED, ONLINE, PENDING, CurrentEntry, DeployEntry
+from zkdeploy.policy.quorum import required_online
+
+
+def active_deploy(deploys: Sequence[DeployEntry]) -> DeployEntry | None:
+    """The head of the queue: the oldest entry that is still open (pending or halted)."""
+    for entry in sorted(deploys, key=lambda e: e.name):
+        if entry.is_open:
+            return entry
+    return None
+
+
+def is_complete(entries: Mapping[str, CurrentEntry], version: str, slots: Sequence[str] = ()) -> bool:
+    """True when at least one node runs the service and every present node is online at ``version``."""
+    if not entries or slots:
+        return False
+    return all(e.state == ONLINE and e.version == version for e in entries.values())
+
+
+def explain(deploy: DeployEntry | None, entries: Mapping[str, CurrentEntry], quorum: int | str | None,
+            slots: Sequence[str], queue: Sequence[str], killswitch: str | None = None) -> str:
+    """One sentence, in plain words, about what the rollout of ``deploy`` is waiting for."""
+    if deploy is None:
+        return "no rollout under way"
+    if killswitch is not None:
+        return f"stopped by the killswitch: {killswitch}"
+    if deploy.state == HALTED:
+        return f"halted: {deploy.message or 'too many failures'} (resume or abort it)"
+    if deploy.state != PENDING:
+        return deploy.state
+    if not entries:
+        return "no node runs this service"
+    at_target = [n for n, e in entries.items() if e.version == deploy.version and e.state == ONLINE]
+    if len(at_target) == len(entries):
+        return "complete"
+    online = sum(1 for e in entries.values() if e.state == ONLINE)
+    required = required_online(quorum, len(entries)) if quorum is not None else None
+    if slots:
+        return f"restarting {', '.join(sorted(slots))}; {online} online" + (
+            f", quorum {required}" if required is not None else "")
+    waiting = [e for e in entries.values() if e.phase == "waiting" and e.detail.startswith("waiting for quorum")]
+    if waiting:
+        return waiting[0].detail
+    fetching = [n for n, e in entries.items() if e.phase == "fetching"]
+    if fetching:
+        return f"fetching the payload on {len(fetching)} node(s): {', '.join(sorted(fetching)[:5])}"
+    failed = [n for n, e in entries.items() if e.state != ONLINE and e.version != deploy.version]
+    if failed and not queue:
+        return f"waiting for {', '.join(sorted(failed)[:5])} ({len(failed)} node(s) not online)"
+    if queue:
+        return f"{len(queue)} node(s) queued to restart; {online} online" + (
+            f", quorum {required}" if required is not None else "")
+    return f"{len(at_target)}/{len(entries)} nodes at {deploy.version}"

@@ -1,0 +1,1 @@
+"""Running services on this host: commands, managed processes, health checks."""

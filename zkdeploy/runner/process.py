@@ -1,0 +1,124 @@
+"""Managed service processes: started detached, found again through a pid file.
+
+A managed service outlives its agent (an agent crash must not take the
+service down), so its process runs in a session of its own and is found
+again by a pid file that also records the process start time, which guards
+against a recycled pid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from zkdeploy.errors import ServiceError, StepTimeoutError
+
+log = logging.getLogger(__name__)
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name may contain spaces; fields after the closing paren are fixed
+    rest = stat.rsplit(")", 1)[1].split()
+    if rest[0] == "Z":
+        return None
+    return int(rest[19])
+
+
+@dataclass
+class ManagedProcess:
+    """One service process of this host, tracked by ``pidfile``."""
+
+    pidfile: Path
+    logfile: Path
+
+    def _read(self) -> tuple[int, int] | None:
+        try:
+            data = json.loads(self.pidfile.read_text())
+            return int(data["pid"]), int(data["start"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def pid(self) -> int | None:
+        """The live process's pid, or None when it is not running."""
+        got = self._read()
+        if got is None:
+            return None
+        pid, start = got
+        return pid if _start_ticks(pid) == start else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, command: str, *, cwd: str, env: dict[str, str]) -> int:
+        """Start ``command`` detached; returns its pid.  Raises ServiceError if it is already running."""
+        if self.running():
+            raise ServiceError(f"{self.pidfile.stem} is already running (pid {self.pid()})")
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.logfile, "ab") as out, open(os.devnull, "rb") as devnull:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", "exec " + command], cwd=cwd, env={**os.environ, **env},
+                stdin=devnull, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        start = None
+        for _ in range(50):
+            start = _start_ticks(proc.pid)
+            if start is not None:
+                break
+            time.sleep(0.01)
+        if start is None:
+            code = proc.poll()
+            raise ServiceError(f"`{command}` exited at once (code {code}); see {self.logfile}")
+        tmp = self.pidfile.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": proc.pid, "start": start, "command": command}))
+        os.replace(tmp, self.pidfile)
+        self._child = proc  # keep the handle so this process reaps it
+        return proc.pid
+
+    def stop(self, timeout: float) -> bool:
+        """SIGTERM the process group, SIGKILL after ``timeout``; True if something was stopped."""
+        pid = self.pid()
+        if pid is None:
+            self.pidfile.unlink(missing_ok=True)
+            return False
+        self._signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._reap()
+            if self.pid() is None:
+                self.pidfile.unlink(missing_ok=True)
+                return True
+            time.sleep(0.05)
+        log.warning("%s did not stop within %gs; killing it", self.pidfile.stem, timeout)
+        self._signal(pid, signal.SIGKILL)
+        for _ in range(100):
+            self._reap()
+            if self.pid() is None:
+                self.pidfile.unlink(missing_ok=True)
+                return True
+            time.sleep(0.05)
+        raise StepTimeoutError(f"{self.pidfile.stem} (pid {pid}) survived SIGKILL")
+
+    def _reap(self) -> None:
+        child = getattr(self, "_child", None)
+        if child is not None:
+            child.poll()
+
+    @staticmethod
+    def _signal(pid: int, sig: int) -> None:
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError as exc:
+            raise ServiceError(f"cannot signal pid {pid}: {exc}") from None

@@ -1,0 +1,113 @@
+"""One service on this host: its commands, process and health checks, templated for this node."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zkdeploy.config.schema import ServiceSpec
+from zkdeploy.errors import ServiceError
+from zkdeploy.runner import commands, health
+from zkdeploy.runner.process import ManagedProcess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HostService:
+    """A catalog service bound to this node's name, data directory and vars."""
+
+    name: str
+    spec: ServiceSpec
+    node: str
+    data_dir: Path
+    vars: dict[str, Any]
+
+    @property
+    def current_link(self) -> Path:
+        return self.data_dir / "current" / self.name
+
+    @property
+    def process(self) -> ManagedProcess:
+        return ManagedProcess(self.data_dir / "run" / f"{self.name}.pid",
+                              self.data_dir / "logs" / f"{self.name}.log")
+
+    def fields(self, version: str | None, release: Path | None = None) -> dict[str, Any]:
+        return {
+            **self.vars,
+            "service": self.name,
+            "node": self.node,
+            "data": str(self.data_dir),
+            "version": version or "",
+            "release": str(release if release is not None else self.current_link),
+        }
+
+    def _env(self, version: str | None, release: Path | None) -> dict[str, str]:
+        return {
+            "ZKDEPLOY_SERVICE": self.name,
+            "ZKDEPLOY_NODE": self.node,
+            "ZKDEPLOY_VERSION": version or "",
+            "ZKDEPLOY_RELEASE": str(release or self.current_link),
+        }
+
+    def command(self, template: str, version: str | None, release: Path | None = None) -> str:
+        return commands.render(template, self.fields(version, release), quote=True)
+
+    def checks(self, version: str | None) -> list[health.Check]:
+        fields = self.fields(version)
+        out = []
+        for hc in self.spec.health_checks:
+            target = commands.render(hc.target, fields, quote=hc.kind == "command")
+            out.append(health.Check(hc.kind, target, hc.timeout, hc.interval, hc.retries))
+        return out
+
+    # -- actions --------------------------------------------------------
+    def running(self) -> bool:
+        """Whether the service is up as far as the host can tell (process or health)."""
+        if self.spec.managed:
+            return self.process.running()
+        return self.probe(None) is None
+
+    def start(self, version: str | None) -> None:
+        """Start the service from the ``current`` symlink."""
+        cmd = self.command(self.spec.start, version)
+        if self.spec.managed:
+            pid = self.process.start(cmd, cwd=str(self.current_link.resolve()),
+                                     env=self._env(version, None))
+            log.info("%s: started (pid %d): %s", self.name, pid, cmd)
+        else:
+            commands.run(cmd, timeout=self.spec.start_timeout, what=f"start {self.name}",
+                         env=self._env(version, None))
+
+    def stop(self, version: str | None) -> None:
+        """Stop the service; a service that is not running is already stopped."""
+        if self.spec.stop:
+            commands.run(self.command(self.spec.stop, version), timeout=self.spec.stop_timeout,
+                         what=f"stop {self.name}", env=self._env(version, None))
+            if self.spec.managed:
+                self.process.stop(self.spec.stop_timeout)
+        elif self.spec.managed:
+            self.process.stop(self.spec.stop_timeout)
+
+    def hooks(self, kind: str, version: str | None) -> None:
+        """Run the ``pre_stop`` or ``post_start`` hooks in order; the first failure raises."""
+        for template in getattr(self.spec, kind):
+            commands.run(self.command(template, version), timeout=self.spec.hook_timeout,
+                         what=f"{kind} hook of {self.name}", env=self._env(version, None))
+
+    def wait_healthy(self, version: str | None, should_stop: Callable[[], bool] = lambda: False) -> None:
+        checks = self.checks(version)
+        if not checks and self.spec.managed and not self.process.running():
+            raise ServiceError(f"{self.name} exited right after it started; see {self.process.logfile}")
+        health.wait_healthy(checks, should_stop)
+        if self.spec.managed and not self.process.running():
+            raise ServiceError(f"{self.name} is not running after its health checks; see {self.process.logfile}")
+
+    def probe(self, version: str | None) -> str | None:
+        """One quick health probe: None when healthy, else why not."""
+        if self.spec.managed and not self.process.running():
+            return "process is not running"
+        return health.probe_all(self.checks(version))

@@ -1,0 +1,62 @@
+"""Unpack a verified payload (a tar archive, optionally compressed) safely.
+
+Members that would escape the release directory (absolute paths, ``..``,
+links pointing outside, device files) make the whole payload refused before
+anything lands in the release directory; the archive is unpacked into a
+temporary sibling directory and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from zkdeploy.errors import PayloadError
+
+
+def check_archive(path: str | Path) -> int:
+    """Raise PayloadError unless ``path`` is a tar archive whose members are all safe; returns the member count."""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                try:
+                    tarfile.data_filter(member, "/nonexistent-release-root")
+                except tarfile.FilterError as exc:
+                    raise PayloadError(f"payload {path}: unsafe member {member.name!r}: {exc}") from None
+    except tarfile.TarError as exc:
+        raise PayloadError(f"payload {path} is not a readable tar archive: {exc}") from None
+    except OSError as exc:
+        raise PayloadError(f"cannot read payload {path}: {exc.strerror or exc}") from None
+    if not members:
+        raise PayloadError(f"payload {path} is an empty archive")
+    return len(members)
+
+
+def unpack(archive: str | Path, target: str | Path) -> Path:
+    """Unpack ``archive`` so that ``target`` appears complete or not at all.
+
+    An existing ``target`` is left untouched and returned (unpacking is
+    idempotent per version).
+    """
+    target = Path(target)
+    if target.is_dir():
+        return target
+    check_archive(archive)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".unpack-{target.name}-", dir=target.parent))
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(tmp, filter="data")
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, target)
+    except (tarfile.TarError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PayloadError(f"cannot unpack {archive} into {target}: {exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
