@@ -8,6 +8,7 @@ from zkdeploy import __version__
 from zkdeploy.cli import commands, show
 from zkdeploy.cli.agent_cmd import agent
 from zkdeploy.cli.context import Ctx
+from zkdeploy.cli.demo_cmd import demo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -47,6 +48,7 @@ cli.add_command(commands.killswitch)
 cli.add_command(show.status)
 cli.add_command(show.nodes)
 cli.add_command(agent)
+cli.add_command(demo)
 
 
 def _optional_commands() -> None:

@@ -59,6 +59,7 @@ class Connection:
         self._session_id: int | None = None
         self.generation = 0
         self._listeners: list[Callable[[str], None]] = []
+        self._closing = False
         self.client.add_listener(self._on_state)
 
     # -- lifecycle -----------------------------------------------------
@@ -75,6 +76,7 @@ class Connection:
         return self
 
     def stop(self) -> None:
+        self._closing = True
         try:
             self.client.stop()
             self.client.close()
@@ -95,7 +97,8 @@ class Connection:
         if new == CONNECTED:
             # client_id is only updated after the listener returns; read it later.
             threading.Thread(target=self._note_session, daemon=True).start()
-        log.log(logging.WARNING if new != CONNECTED else logging.INFO, "ZooKeeper session %s", new)
+        if not self._closing:
+            log.log(logging.WARNING if new != CONNECTED else logging.INFO, "ZooKeeper session %s", new)
         for listener in list(self._listeners):
             try:
                 listener(new)

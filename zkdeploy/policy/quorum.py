@@ -58,11 +58,13 @@ def may_go_down(*, online: int, present: int, quorum: int | str, self_online: bo
     """Decide whether one more node may leave service.
 
     ``online`` counts nodes whose state is online (self included when
-    ``self_online``).  A node that is not online costs no quorum to restart.
+    ``self_online``).  A node that is not online costs no quorum to restart,
+    so a fleet that is down can always be started.
     """
     required = required_online(quorum, present)
-    after = online - (1 if self_online else 0)
-    if after >= required:
+    if not self_online:
+        return QuorumDecision(True, online, required, present, "not online: restarting costs no quorum")
+    if online - 1 >= required:
         return QuorumDecision(True, online, required, present, f"{online} online, quorum {required}")
     return QuorumDecision(
         False, online, required, present, f"waiting for quorum: {online} online, quorum {required}"

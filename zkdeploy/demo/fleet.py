@@ -1,0 +1,195 @@
+"""A fleet of agents on one machine, each in its own directory standing for a host.
+
+Used by ``zkdeploy demo``, the end-to-end tests and the benchmark.  Agents
+run as separate processes (``python -m zkdeploy agent``); their services are
+the tiny HTTP server of ``payload_server.py``, shipped inside real payload
+archives.  ``stop()`` ends the agents and the services they started.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zkdeploy.testing.zkserver import free_port
+
+SERVER_SOURCE = Path(__file__).with_name("payload_server.py")
+
+
+@dataclass
+class ServiceTiming:
+    """Fixed step times of a demo service (seconds)."""
+
+    start_delay: float = 0.3
+    stop_delay: float = 0.2
+
+
+@dataclass
+class DemoService:
+    name: str
+    quorum: int | str
+    depends_on: tuple[str, ...] = ()
+    timing: ServiceTiming = field(default_factory=ServiceTiming)
+    health_interval: float = 0.1
+
+
+def build_payload(path: Path, service: str, version: str, *, fail_health: bool = False) -> Path:
+    """Write a tar.gz release of the demo service: its server, a VERSION file, and with
+    ``fail_health`` a FLAGS file that makes the server answer 500 on /health."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(SERVER_SOURCE, arcname="server.py")
+        files = [("VERSION", version + "\n"),
+                 ("release.json", json.dumps({"service": service, "version": version}))]
+        if fail_health:
+            files.append(("FLAGS", "--fail-health\n"))
+        for name, text in files:
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def catalog_for(services: list[DemoService]) -> dict[str, Any]:
+    out: dict[str, Any] = {"services": {}}
+    for svc in services:
+        port = "{" + svc.name + "_port}"
+        out["services"][svc.name] = {
+            "quorum": svc.quorum,
+            "depends_on": list(svc.depends_on),
+            "start": ("{python} {release}/server.py --service {service} --version {version} --node {node} "
+                      f"--port {port} --start-delay {svc.timing.start_delay} --stop-delay {svc.timing.stop_delay}"
+                      " $(cat {release}/FLAGS 2>/dev/null)"),
+            "health_checks": [{"http": f"http://127.0.0.1:{port}/health", "timeout": 1,
+                               "interval": svc.health_interval, "retries": 100}],
+            "keep_releases": 3,
+            "stop_timeout": 10 + svc.timing.stop_delay,
+        }
+    return out
+
+
+@dataclass
+class Host:
+    name: str
+    root: Path
+    ports: dict[str, int]
+    process: subprocess.Popen | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.root / "agent.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "agent.log"
+
+
+class LocalFleet:
+    """``size`` hosts under ``workdir``, agents connected to ``zk_hosts``."""
+
+    def __init__(self, workdir: Path, zk_hosts: str, services: list[DemoService], size: int = 6,
+                 root: str = "/dc", session_timeout: float = 4.0, env: dict[str, str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.zk_hosts = zk_hosts
+        self.zk_root = root
+        self.services = services
+        self.session_timeout = session_timeout
+        self.env = dict(env or {})
+        self.hosts = [
+            Host(f"node{i + 1:02d}", self.workdir / f"node{i + 1:02d}",
+                 {svc.name: free_port() for svc in services})
+            for i in range(size)
+        ]
+        self.catalog_file = self.workdir / "services.yaml"
+        self.payload_dir = self.workdir / "payloads"
+
+    def write_configs(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.catalog_file.write_text(yaml.safe_dump(catalog_for(self.services), sort_keys=False))
+        for host in self.hosts:
+            host.root.mkdir(parents=True, exist_ok=True)
+            config = {
+                "node": host.name,
+                "data_dir": str(host.root / "data"),
+                "services": [s.name for s in self.services],
+                "zookeeper": {"hosts": self.zk_hosts, "root": self.zk_root,
+                              "session_timeout": self.session_timeout, "connect_timeout": 15},
+                "labels": {"rack": f"r{(self.hosts.index(host) % 3) + 1}", "dc": "local", "env": "demo"},
+                "vars": {"python": sys.executable, **{f"{s}_port": p for s, p in host.ports.items()}},
+                "cycle_interval": 1.0,
+                "monitor_interval": 1.0,
+            }
+            host.config.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def payload(self, service: str, version: str, *, fail_health: bool = False) -> Path:
+        path = self.payload_dir / f"{service}-{version}.tar.gz"
+        build_payload(path, service, version, fail_health=fail_health)
+        return path
+
+    # -- processes ------------------------------------------------------------
+    def start_agent(self, host: Host, extra_env: dict[str, str] | None = None) -> None:
+        log = open(host.log, "ab")
+        host.process = subprocess.Popen(
+            [sys.executable, "-m", "zkdeploy", "agent", "--config", str(host.config)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env, **(extra_env or {})},
+            start_new_session=True,
+        )
+        log.close()
+
+    def start(self) -> None:
+        self.write_configs()
+        for host in self.hosts:
+            self.start_agent(host)
+
+    def kill_agent(self, host: Host, sig: int = signal.SIGKILL) -> None:
+        if host.process and host.process.poll() is None:
+            host.process.send_signal(sig)
+            host.process.wait(timeout=30)
+
+    def service_pids(self, host: Host) -> list[int]:
+        pids = []
+        for pidfile in (host.root / "data" / "run").glob("*.pid"):
+            try:
+                pids.append(int(json.loads(pidfile.read_text())["pid"]))
+            except (OSError, ValueError, KeyError):
+                continue
+        return pids
+
+    def stop(self) -> None:
+        """Stop every agent (SIGTERM, then SIGKILL) and every service process they started."""
+        for host in self.hosts:
+            if host.process and host.process.poll() is None:
+                host.process.terminate()
+        for host in self.hosts:
+            if host.process:
+                try:
+                    host.process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    host.process.kill()
+                    host.process.wait()
+            for pid in self.service_pids(host):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    # -- the operator's side (through the real CLI) ------------------------------
+    def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "zkdeploy", "--zk", self.zk_hosts, "--root", self.zk_root, *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **self.env})
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc

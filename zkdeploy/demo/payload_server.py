@@ -1,0 +1,60 @@
+"""A tiny HTTP service shipped inside the demo payloads (stdlib only).
+
+GET /health answers 200 once started (or 500 with --fail-health); GET /
+answers JSON with the service, version and node.  --start-delay and
+--stop-delay make start and stop take fixed, known times.
+"""
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--service", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--node", default="")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--start-delay", type=float, default=0.0)
+    parser.add_argument("--stop-delay", type=float, default=0.0)
+    parser.add_argument("--fail-health", action="store_true")
+    args = parser.parse_args()
+    body = json.dumps({"service": args.service, "version": args.version, "node": args.node}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/health":
+                code, data = (500, b"unhealthy\n") if args.fail_health else (200, b"ok\n")
+            else:
+                code, data = 200, body
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    time.sleep(args.start_delay)
+    ThreadingHTTPServer.allow_reuse_address = True
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+
+    def on_term(*_: object) -> None:
+        # stop answering at once, then take --stop-delay to shut down
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    server.serve_forever(poll_interval=0.05)
+    server.server_close()
+    time.sleep(args.stop_delay)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,678 @@
+"""One long-lived libtorrent session per agent: seed payloads, fetch payloads.
+
+The swarm is closed: no DHT, LSD, UPnP, NAT-PMP, PEX or trackers.  Peers come
+from the caller (ZooKeeper acts as the tracker) through a ``peers_provider``
+callable, so this module never imports kazoo.  See docs/swarm.md for why each
+setting is there.
+
+Guarantees of ``SwarmSession.download``:
+- it returns a path only after libtorrent's disk cache was flushed and the
+  whole file's SHA-256 matched the expected one;
+- on a SHA-256 mismatch it raises IntegrityError and leaves no payload file
+  (and no resume data) behind;
+- when no payload byte arrives for ``stall_timeout`` seconds it raises
+  SwarmStalled, keeping the partial file and resume data for a later retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import libtorrent as lt
+
+from zkdeploy.errors import IntegrityError, PayloadError
+from zkdeploy.transfer.torrent import MiB, TorrentMeta, normalize_sha256
+
+log = logging.getLogger(__name__)
+
+Endpoint = tuple[str, int]
+PeersProvider = Callable[[], Iterable[Endpoint]]
+
+PROGRESS_LOG_INTERVAL = 5.0
+_FLUSH_TIMEOUT = 60.0
+_STOP_RESUME_TIMEOUT = 5.0
+_CHECKING_STATES = frozenset({"checking_files", "checking_resume_data", "queued_for_checking",
+                              "allocating"})
+
+
+class SwarmStalled(PayloadError):
+    """No payload byte arrived for ``stall_timeout`` seconds; fall back to the HTTP origin."""
+
+
+class DownloadCancelled(PayloadError):
+    """The caller's cancel event was set while a download was running."""
+
+
+@dataclass(frozen=True)
+class SwarmConfig:
+    """How one agent's session listens and behaves.
+
+    ``listen_port`` 0 lets the OS choose (read ``listen_endpoint`` after
+    ``start``).  Rate caps are bytes/s, 0 = unlimited; they apply to every
+    peer, RFC1918 and loopback included.  ``free_space`` returns the free
+    bytes of a directory (a seam for tests); ``extra_settings`` overrides any
+    libtorrent setting (for the lab).
+    """
+
+    listen_ip: str = "127.0.0.1"
+    listen_port: int = 6881
+    upload_rate_limit: int = 0
+    download_rate_limit: int = 0
+    allow_multiple_connections_per_ip: bool = False
+    disk_margin_bytes: int = 64 * MiB
+    free_space: Callable[[str], int] | None = None
+    peer_refresh_interval: float = 2.0
+    resume_save_interval: float = 10.0
+    start_timeout: float = 10.0
+    seed_max_uploads: int = -1
+    stripe_pieces: bool = True
+    extra_settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TransferStatus:
+    """A snapshot of one torrent in the session (rates in bytes/s)."""
+
+    info_hash: str
+    name: str
+    state: str
+    progress: float
+    download_rate: int
+    upload_rate: int
+    num_peers: int
+    is_seeding: bool
+    total_download: int
+    total_upload: int
+    hash_failures: int
+
+
+def closed_swarm_settings(config: SwarmConfig) -> dict[str, Any]:
+    """The libtorrent settings pack for a closed, TCP-only swarm (docs/swarm.md)."""
+    settings: dict[str, Any] = {
+        "listen_interfaces": _format_endpoint(config.listen_ip, config.listen_port),
+        "max_retry_port_bind": 0,
+        "listen_system_port_fallback": False,
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "dht_bootstrap_nodes": "",
+        "enable_ip_notifier": False,
+        "enable_incoming_utp": False,
+        "enable_outgoing_utp": False,
+        "allow_multiple_connections_per_ip": bool(config.allow_multiple_connections_per_ip),
+        "min_reconnect_time": 1,
+        "max_failcount": 100,
+        "unchoke_slots_limit": -1,
+        "upload_rate_limit": int(config.upload_rate_limit),
+        "download_rate_limit": int(config.download_rate_limit),
+        "alert_mask": (lt.alert_category.error | lt.alert_category.status
+                       | lt.alert_category.storage),
+        "user_agent": "zkdeploy",
+    }
+    settings.update(config.extra_settings)
+    return settings
+
+
+def _format_endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class _Torrent:
+    """Per-torrent bookkeeping shared by the alert pump and the caller's thread."""
+
+    def __init__(self, meta: TorrentMeta, save_path: str, resume_path: str | None) -> None:
+        self.meta = meta
+        self.save_path = save_path
+        self.resume_path = resume_path
+        self.handle: Any = None
+        self.cond = threading.Condition()
+        self.finished = False
+        self.flushes = 0
+        self.resume_saves = 0
+        self.hash_failures = 0
+        self.error: str | None = None
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.save_path, self.meta.name)
+
+    def notify(self, **changes: Any) -> None:
+        with self.cond:
+            for k, v in changes.items():
+                setattr(self, k, v)
+            self.cond.notify_all()
+
+
+class SwarmSession:
+    """One libtorrent session for the whole agent process.
+
+    Thread-safe: ``download`` may run in several threads at once (one per
+    payload); an internal thread drains libtorrent's alerts.
+    """
+
+    def __init__(self, config: SwarmConfig | None = None) -> None:
+        self.config = config or SwarmConfig()
+        self._ses: Any = None
+        self._lock = threading.Lock()
+        self._torrents: dict[str, _Torrent] = {}
+        self._peers_changed = threading.Event()
+        self._stopping = threading.Event()
+        self._listening = threading.Event()
+        self._listen_error: str | None = None
+        self._endpoint: Endpoint | None = None
+        self._pump_thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> Endpoint:
+        """Open the session and wait until it listens; return (ip, port).
+
+        Raises PayloadError if the port is taken or the address is not local.
+        Register the endpoint in the tracker only after this returns.
+        """
+        if self._ses is not None:
+            raise PayloadError("swarm session already started")
+        self._ses = lt.session(lt.session_params(closed_swarm_settings(self.config)))
+        flt = lt.ip_filter()
+        # Without this, RFC1918 and loopback peers fall into libtorrent's
+        # "local" peer class, which ignores the rate limits.
+        flt.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+        flt.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                     1 << lt.session.global_peer_class_id)
+        self._ses.set_peer_class_filter(flt)
+        self._pump_thread = threading.Thread(target=self._pump, name="swarm-alerts", daemon=True)
+        self._pump_thread.start()
+        if not self._listening.wait(self.config.start_timeout):
+            self.close()
+            raise PayloadError(f"swarm session did not start listening on "
+                               f"{_format_endpoint(self.config.listen_ip, self.config.listen_port)}"
+                               f" within {self.config.start_timeout:.0f}s")
+        if self._listen_error is not None:
+            err = self._listen_error
+            self.close()
+            raise PayloadError(f"swarm session cannot listen: {err}")
+        assert self._endpoint is not None
+        log.info("swarm listening on %s", _format_endpoint(*self._endpoint))
+        return self._endpoint
+
+    @property
+    def listen_endpoint(self) -> Endpoint:
+        """The (ip, port) other peers connect to; valid after ``start``."""
+        if self._endpoint is None:
+            raise PayloadError("swarm session is not started")
+        return self._endpoint
+
+    def close(self) -> None:
+        """Save resume data of unfinished downloads, then shut the session down."""
+        if self._ses is None:
+            return
+        with self._lock:
+            states = list(self._torrents.values())
+        for t in states:
+            if t.handle is not None and not t.finished and t.resume_path:
+                self._save_resume(t, wait=_STOP_RESUME_TIMEOUT)
+        self._stopping.set()
+        if self._pump_thread is not None:
+            self._pump_thread.join(timeout=5)
+        ses, self._ses = self._ses, None
+        ses.pause()
+        with self._lock:
+            self._torrents.clear()
+        del ses
+
+    def __enter__(self) -> "SwarmSession":
+        if self._ses is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def notify_peers_changed(self) -> None:
+        """Ask running downloads to call their peers_provider now (e.g. from a watch)."""
+        self._peers_changed.set()
+
+    # -- seeding -------------------------------------------------------------
+
+    def seed(self, meta: TorrentMeta, payload_path: str) -> None:
+        """Serve ``payload_path`` as ``meta``'s content until ``stop_seeding``.
+
+        Added in seed mode: no hash check now, each piece is verified the first
+        time a peer asks for it, so a file altered on disk is detected and no
+        peer ever accepts its bad pieces.  Idempotent.
+        """
+        ses = self._require_started()
+        path = os.path.abspath(payload_path)
+        if not os.path.isfile(path):
+            raise PayloadError(f"cannot seed {meta.name}: {path} is not a file")
+        size = os.path.getsize(path)
+        if size != meta.size:
+            raise PayloadError(f"cannot seed {meta.name}: {path} has {size} bytes, the torrent "
+                               f"describes {meta.size}")
+        with self._lock:
+            if meta.info_hash in self._torrents:
+                return
+            t = _Torrent(meta, os.path.dirname(path), None)
+            t.finished = True
+            self._torrents[meta.info_hash] = t
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(meta.metainfo)
+        atp.save_path = t.save_path
+        if os.path.basename(path) != meta.name:
+            atp.renamed_files = {0: os.path.basename(path)}
+        atp.flags = (atp.flags & ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+                     ) | lt.torrent_flags.seed_mode
+        if self.config.seed_max_uploads > 0:
+            atp.max_uploads = self.config.seed_max_uploads
+        try:
+            t.handle = ses.add_torrent(atp)
+        except RuntimeError as e:
+            with self._lock:
+                self._torrents.pop(meta.info_hash, None)
+            raise PayloadError(f"cannot seed {meta.name}: {e}") from e
+        log.info("seeding %s (%s, %d bytes) from %s", meta.name, meta.info_hash, meta.size, path)
+
+    def stop_seeding(self, info_hash: str) -> None:
+        """Remove a torrent from the session, keeping its file.  Idempotent."""
+        with self._lock:
+            t = self._torrents.pop(info_hash, None)
+        if t is not None and t.handle is not None and self._ses is not None:
+            self._ses.remove_torrent(t.handle)
+            t.notify(error="removed from the session")
+            log.info("stopped seeding %s (%s)", t.meta.name, info_hash)
+
+    # -- downloading ---------------------------------------------------------
+
+    def download(self, meta: TorrentMeta, staging_dir: str, expected_sha256: str,
+                 peers_provider: PeersProvider, *, stall_timeout: float = 60.0,
+                 on_progress: Callable[[TransferStatus], None] | None = None,
+                 cancel: threading.Event | None = None) -> str:
+        """Fetch ``meta`` into ``staging_dir`` and return the verified file's path.
+
+        Resumes from resume data (or from a recheck of a partial file) left in
+        ``staging_dir`` by an earlier, interrupted run.  The payload keeps
+        seeding afterwards.  Raises PayloadError (not enough disk, libtorrent
+        error, cancelled as DownloadCancelled), SwarmStalled, IntegrityError.
+        """
+        ses = self._require_started()
+        expected = normalize_sha256(expected_sha256)
+        staging_dir = os.path.abspath(staging_dir)
+        os.makedirs(staging_dir, exist_ok=True)
+        target = os.path.join(staging_dir, meta.name)
+        resume_path = os.path.join(staging_dir, f".{meta.info_hash}.resume")
+        with self._lock:
+            existing = self._torrents.get(meta.info_hash)
+        if existing is not None:
+            if existing.finished and os.path.abspath(existing.path) == target:
+                self._verify(existing, expected)
+                return target
+            raise PayloadError(f"{meta.name} ({meta.info_hash}) is already in the swarm session "
+                               f"at {existing.path}")
+        self._check_disk(meta, staging_dir, target)
+        atp, resumed = self._add_params(meta, staging_dir, resume_path)
+        t = _Torrent(meta, staging_dir, resume_path)
+        with self._lock:
+            self._torrents[meta.info_hash] = t
+        try:
+            t.handle = ses.add_torrent(atp)
+        except RuntimeError as e:
+            with self._lock:
+                self._torrents.pop(meta.info_hash, None)
+            raise PayloadError(f"cannot add {meta.name} to the swarm: {e}") from e
+        log.info("fetching %s (%s, %d bytes) into %s%s", meta.name, meta.info_hash, meta.size,
+                 staging_dir, " from resume data" if resumed else "")
+        ok = False
+        try:
+            rechecked = False
+            while True:
+                self._run_until_finished(t, peers_provider, stall_timeout, on_progress, cancel)
+                self._flush(t)
+                try:
+                    self._verify(t, expected)
+                except IntegrityError:
+                    if not resumed or rechecked:
+                        raise
+                    # Resume data is only a hint: a piece it lists may not have
+                    # reached the disk before a crash.  Recheck once.
+                    log.warning("%s: SHA-256 mismatch after resuming; rechecking the file",
+                                meta.name)
+                    rechecked = True
+                    t.notify(finished=False)
+                    t.handle.force_recheck()
+                    continue
+                break
+            ok = True
+        except IntegrityError:
+            self._discard(t, remove_file=True)
+            raise
+        finally:
+            if not ok and meta.info_hash in self._torrents:
+                self._save_resume(t, wait=_STOP_RESUME_TIMEOUT)
+                self._discard(t, remove_file=False)
+        _remove_quietly(resume_path)
+        st = self.status(meta.info_hash)
+        log.info("fetched %s: %d bytes downloaded, %d hash failures, verified SHA-256 %s",
+                 meta.name, st.total_download, t.hash_failures, expected)
+        return target
+
+    def _add_params(self, meta: TorrentMeta, staging_dir: str,
+                    resume_path: str) -> tuple[Any, bool]:
+        atp = None
+        resumed = False
+        if os.path.exists(resume_path):
+            try:
+                with open(resume_path, "rb") as f:
+                    atp = lt.read_resume_data(f.read())
+                if str(atp.info_hashes.v1) != meta.info_hash:
+                    raise ValueError("resume data belongs to another torrent")
+                resumed = True
+            except (OSError, RuntimeError, ValueError) as e:
+                log.warning("ignoring resume data %s (%s); libtorrent will recheck any partial "
+                            "file", resume_path, e)
+                _remove_quietly(resume_path)
+                atp = None
+        if atp is None:
+            atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(meta.metainfo)
+        atp.save_path = staging_dir
+        atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused
+                       | lt.torrent_flags.seed_mode)
+        return atp, resumed
+
+    def _run_until_finished(self, t: _Torrent, peers_provider: PeersProvider,
+                            stall_timeout: float, on_progress: Callable[[TransferStatus], None]
+                            | None, cancel: threading.Event | None) -> None:
+        meta = t.meta
+        last_bytes = -1
+        last_byte_time = time.monotonic()
+        next_peers = 0.0
+        next_resume = time.monotonic() + self.config.resume_save_interval
+        next_log = time.monotonic() + PROGRESS_LOG_INTERVAL
+        known_peers: frozenset[Endpoint] = frozenset()
+        striped_for: tuple[frozenset[Endpoint], frozenset[Endpoint]] | None = None
+        while True:
+            now = time.monotonic()
+            if cancel is not None and cancel.is_set():
+                raise DownloadCancelled(f"fetching {meta.name} was cancelled")
+            if t.error is not None:
+                raise PayloadError(f"fetching {meta.name} failed: {t.error}")
+            if now >= next_peers or self._peers_changed.is_set():
+                self._peers_changed.clear()
+                known_peers = self._connect_peers(t, peers_provider)
+                next_peers = now + self.config.peer_refresh_interval
+            if self.config.stripe_pieces:
+                striping = (known_peers, self._connected_seeds(t))
+                if striping != striped_for:
+                    self._stripe(t, *striping)
+                    striped_for = striping
+            st = self.status(meta.info_hash)
+            if t.finished or st.is_seeding or st.state == "finished":
+                return
+            if st.state in _CHECKING_STATES or st.total_download != last_bytes:
+                last_bytes = st.total_download
+                last_byte_time = now
+            elif now - last_byte_time > stall_timeout:
+                raise SwarmStalled(
+                    f"fetching {meta.name} stalled: no payload byte for {stall_timeout:.0f}s at "
+                    f"{st.progress:.1%} with {st.num_peers} peers connected; use the HTTP origin")
+            if now >= next_resume:
+                self._save_resume(t, wait=0)
+                next_resume = now + self.config.resume_save_interval
+            if now >= next_log:
+                log.info("fetching %s: %.1f%% of %.1f MiB, down %.1f MiB/s, up %.1f MiB/s, "
+                         "%d peers, %d hash failures", meta.name, st.progress * 100,
+                         meta.size / MiB, st.download_rate / MiB, st.upload_rate / MiB,
+                         st.num_peers, t.hash_failures)
+                next_log = now + PROGRESS_LOG_INTERVAL
+            if on_progress is not None:
+                on_progress(st)
+            with t.cond:
+                if not t.finished and t.error is None:
+                    t.cond.wait(0.25)
+
+    def _connect_peers(self, t: _Torrent, peers_provider: PeersProvider) -> frozenset[Endpoint]:
+        try:
+            peers = frozenset((str(ip), int(port)) for ip, port in peers_provider())
+        except Exception:  # a tracker hiccup must not kill the download; the watchdog decides
+            log.warning("peers_provider failed for %s; keeping current peers", t.meta.name,
+                        exc_info=True)
+            return frozenset()
+        me = self._endpoint
+        for ep in peers:
+            if ep != me:
+                t.handle.connect_peer(ep)
+        return peers
+
+    @staticmethod
+    def _connected_seeds(t: _Torrent) -> frozenset[Endpoint]:
+        """Endpoints of connected peers that hold the whole payload."""
+        seeds = set()
+        for pi in t.handle.get_peer_info():
+            if pi.flags & lt.peer_info.seed:
+                seeds.add((str(pi.ip[0]), int(pi.ip[1])))
+        return frozenset(seeds)
+
+    def _stripe(self, t: _Torrent, peers: frozenset[Endpoint],
+                seeds: frozenset[Endpoint]) -> None:
+        """Give this host's own slice of the pieces the highest priority.
+
+        Each downloader ranks itself among the peers that are not known seeds
+        and asks first for the pieces of its slice.  Downloaders then pull
+        different pieces from the seeders and trade them with each other,
+        instead of all asking a seeder for the same "rarest" pieces (which
+        made the origin send up to 2.8 copies).  Every piece is still wanted;
+        only the order changes, so a wrong guess costs speed, never data.
+        """
+        assert self._endpoint is not None
+        everyone = sorted((peers - seeds) | {self._endpoint})
+        n = t.meta.num_pieces
+        if len(everyone) < 2:
+            t.handle.prioritize_pieces([4] * n)
+            return
+        rank = everyone.index(self._endpoint)
+        lo, hi = rank * n // len(everyone), (rank + 1) * n // len(everyone)
+        t.handle.prioritize_pieces([7 if lo <= i < hi else 4 for i in range(n)])
+        log.debug("%s: striping %d downloaders, this host's slice is pieces %d-%d",
+                  t.meta.name, len(everyone), lo, hi - 1)
+
+    def _flush(self, t: _Torrent) -> None:
+        with t.cond:
+            before = t.flushes
+        t.handle.flush_cache()
+        deadline = time.monotonic() + _FLUSH_TIMEOUT
+        with t.cond:
+            while t.flushes == before and t.error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PayloadError(f"{t.meta.name}: libtorrent did not flush its disk cache "
+                                       f"within {_FLUSH_TIMEOUT:.0f}s")
+                t.cond.wait(left)
+        if t.error is not None:
+            raise PayloadError(f"fetching {t.meta.name} failed: {t.error}")
+
+    def _verify(self, t: _Torrent, expected: str) -> None:
+        got = file_sha256(t.path)
+        if got != expected:
+            raise IntegrityError(f"{t.meta.name}: SHA-256 is {got}, release metadata says "
+                                 f"{expected}; the file was removed")
+
+    def _check_disk(self, meta: TorrentMeta, staging_dir: str, target: str) -> None:
+        have = 0
+        try:
+            have = min(os.stat(target).st_blocks * 512, meta.size)
+        except FileNotFoundError:
+            pass
+        free_fn = self.config.free_space or (lambda d: shutil.disk_usage(d).free)
+        free = free_fn(staging_dir)
+        need = meta.size - have + self.config.disk_margin_bytes
+        if free < need:
+            raise PayloadError(
+                f"not enough disk space in {staging_dir} for {meta.name}: need {need} bytes "
+                f"({meta.size - have} payload still to write + {self.config.disk_margin_bytes} "
+                f"margin), {free} free")
+
+    def _save_resume(self, t: _Torrent, wait: float) -> None:
+        if t.handle is None or not t.resume_path or self._ses is None:
+            return
+        with t.cond:
+            before = t.resume_saves
+        try:
+            t.handle.save_resume_data(lt.torrent_handle.flush_disk_cache)
+        except RuntimeError as e:
+            log.warning("cannot save resume data for %s: %s", t.meta.name, e)
+            return
+        deadline = time.monotonic() + wait
+        with t.cond:
+            while t.resume_saves == before:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                t.cond.wait(left)
+
+    def _discard(self, t: _Torrent, remove_file: bool) -> None:
+        with self._lock:
+            self._torrents.pop(t.meta.info_hash, None)
+        if self._ses is not None and t.handle is not None:
+            self._ses.remove_torrent(t.handle)
+        if remove_file:
+            # remove_torrent is asynchronous: the file may still be mapped.
+            deadline = time.monotonic() + 5
+            while True:
+                _remove_quietly(t.path)
+                if not os.path.exists(t.path) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            if t.resume_path:
+                _remove_quietly(t.resume_path)
+
+    # -- status --------------------------------------------------------------
+
+    def status(self, info_hash: str) -> TransferStatus:
+        """Progress, rates and totals of one torrent; PayloadError if unknown."""
+        with self._lock:
+            t = self._torrents.get(info_hash)
+        if t is None or t.handle is None:
+            raise PayloadError(f"torrent {info_hash} is not in the swarm session")
+        st = t.handle.status()
+        return TransferStatus(
+            info_hash=info_hash, name=t.meta.name, state=str(st.state), progress=st.progress,
+            download_rate=st.download_payload_rate, upload_rate=st.upload_payload_rate,
+            num_peers=st.num_peers, is_seeding=st.is_seeding,
+            total_download=st.total_payload_download, total_upload=st.total_payload_upload,
+            hash_failures=t.hash_failures)
+
+    def torrents(self) -> list[TransferStatus]:
+        """A status line for every torrent in the session."""
+        with self._lock:
+            hashes = [h for h, t in self._torrents.items() if t.handle is not None]
+        out = []
+        for h in hashes:
+            try:
+                out.append(self.status(h))
+            except PayloadError:
+                continue  # removed meanwhile
+        return out
+
+    # -- alerts --------------------------------------------------------------
+
+    def _require_started(self) -> Any:
+        if self._ses is None:
+            raise PayloadError("swarm session is not started")
+        return self._ses
+
+    def _pump(self) -> None:
+        ses = self._ses
+        while not self._stopping.is_set():
+            ses.wait_for_alert(250)
+            for a in ses.pop_alerts():
+                try:
+                    self._dispatch(a)
+                except Exception:  # one bad alert must not stop the pump
+                    log.exception("error handling libtorrent alert %s", type(a).__name__)
+
+    def _dispatch(self, a: Any) -> None:
+        if isinstance(a, lt.listen_succeeded_alert):
+            if a.socket_type == lt.socket_type_t.tcp and self._endpoint is None:
+                self._endpoint = (str(a.address), int(a.port))
+                self._listening.set()
+            return
+        if isinstance(a, lt.listen_failed_alert):
+            if a.socket_type == lt.socket_type_t.tcp or self._endpoint is None:
+                self._listen_error = a.message()
+                self._listening.set()
+            return
+        if isinstance(a, lt.alerts_dropped_alert):
+            log.warning("libtorrent dropped alerts: %s", a.message())
+            return
+        if not isinstance(a, lt.torrent_alert):
+            if isinstance(a, lt.session_error_alert if hasattr(lt, "session_error_alert")
+                          else ()):
+                log.error("libtorrent session error: %s", a.message())
+            return
+        t = self._state_for(a)
+        if t is None:
+            return
+        if isinstance(a, lt.torrent_finished_alert):
+            t.notify(finished=True)
+        elif isinstance(a, lt.cache_flushed_alert):
+            t.notify(flushes=t.flushes + 1)
+        elif isinstance(a, lt.hash_failed_alert):
+            t.notify(hash_failures=t.hash_failures + 1)
+            log.warning("%s: piece %d failed its hash check (%d so far); the sending peer is "
+                        "distrusted", t.meta.name, a.piece_index, t.hash_failures)
+        elif isinstance(a, lt.save_resume_data_alert):
+            if t.resume_path:
+                _write_atomically(t.resume_path, lt.write_resume_data_buf(a.params))
+            t.notify(resume_saves=t.resume_saves + 1)
+        elif isinstance(a, lt.save_resume_data_failed_alert):
+            t.notify(resume_saves=t.resume_saves + 1)
+        elif isinstance(a, lt.fastresume_rejected_alert):
+            log.warning("%s: resume data rejected (%s); libtorrent rechecks the file",
+                        t.meta.name, a.message())
+        elif isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
+            log.error("%s: %s", t.meta.name, a.message())
+            t.notify(error=a.message())
+
+    def _state_for(self, a: Any) -> _Torrent | None:
+        try:
+            key = str(a.handle.info_hashes().v1)
+        except RuntimeError:
+            return None  # handle already removed
+        with self._lock:
+            return self._torrents.get(key)
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file in hex, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(MiB), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise PayloadError(f"cannot read {path} to verify it: {e}") from e
+    return h.hexdigest()
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
