@@ -44,12 +44,16 @@ from zkdeploy.model import (
     CurrentEntry,
     DeployEntry,
     NodeRecord,
+    Release,
 )
 from zkdeploy.policy.progress import active_deploy, is_complete
 from zkdeploy.policy.versions import most_popular
 from zkdeploy.runner.service import HostService
 
 log = logging.getLogger(__name__)
+
+#: how long a payload that failed to fetch or verify is left alone before the next try
+FETCH_RETRY_SECONDS = 30
 
 
 @dataclass
@@ -80,6 +84,8 @@ class Agent:
         self._publish_lock = threading.RLock()
         self._registered_generation = -1
         self._failed_deploys: set[tuple[str, str]] = set()
+        self._release_cache: dict[tuple[str, str], Release] = {}
+        self._fetch_failures: dict[tuple[str, str], float] = {}
         self._watched_head: str | None = None
         self._last_summary = ""
         self._lockfile = None
@@ -320,24 +326,55 @@ class Agent:
         if head is not None and head.service in services:
             wanted.append((head.service, head.version))
         wanted += [(d.service, d.version) for d in deploys if d.is_open and d.service in services]
+        for service in services:
+            newest = self._newest_release(service)
+            if newest is not None:
+                wanted.append((service, newest))
         for service, version in dict.fromkeys(wanted):
             rel_dir = self.releases[service]
             if rel_dir.has(version) or self.local[service].version == version:
                 continue
-            release = self.store.release(service, version)
+            release = self._release(service, version)
             if release is None:
+                continue
+            failed_at = self._fetch_failures.get((service, version))
+            if failed_at is not None and time.monotonic() - failed_at < FETCH_RETRY_SECONDS:
                 continue
             machine = self.machines[service]
             machine.to(Phase.FETCHING, f"fetching {version}")
             try:
                 rel_dir.install(release, self.transport.fetch)
             except PayloadError as exc:
+                log.error("%s@%s: %s (retrying in %ds)", service, version, exc, FETCH_RETRY_SECONDS)
+                self._fetch_failures[(service, version)] = time.monotonic()
                 machine.reset(f"cannot fetch {version}: {exc}")
                 continue
+            self._fetch_failures.pop((service, version), None)
             self.store.add_holder(service, version, self.node)
             machine.to(Phase.STAGED, f"{version} ready")
             rel_dir.prune(self.catalog.services[service].keep_releases,
                           protect={v for s, v in wanted if s == service})
+
+    def _release(self, service: str, version: str) -> Release | None:
+        """Release metadata, cached: a staged release never changes."""
+        key = (service, version)
+        if key not in self._release_cache:
+            release = self.store.release(service, version)
+            if release is None:
+                return None
+            self._release_cache[key] = release
+        return self._release_cache[key]
+
+    def _newest_release(self, service: str) -> str | None:
+        """The most recently staged version of ``service`` if it is newer than the one running here."""
+        staged = [r for r in (self._release(service, v) for v in self.store.staged_versions(service)) if r]
+        if not staged:
+            return None
+        newest = max(staged, key=lambda r: r.staged_at)
+        running = self._release(service, self.local[service].version) if self.local[service].version else None
+        if running is not None and running.staged_at >= newest.staged_at:
+            return None
+        return newest.version
 
     # -- restarts ------------------------------------------------------------------
     def _abort_reason(self, head: DeployEntry):

@@ -212,6 +212,9 @@ class Store:
                 out[version] = Release.from_bytes(got[0], got[1].version)
         return out
 
+    def staged_versions(self, service: str) -> list[str]:
+        return self._children(self.layout.releases(service))
+
     def staged_services(self) -> list[str]:
         return self._children(self.layout.staging)
 

@@ -141,16 +141,10 @@ def run_process(params: dict[str, Any], what: str) -> dict[str, Any]:
             pass
         proc.communicate()
         raise StepTimeoutError(f"{what}: {command_text(params)} still running after {timeout:g}s; killed") from None
-    result = {
-        "returncode": proc.returncode,
-        "stdout": out.decode(errors="replace")[-_OUTPUT_TAIL:],
-        "stderr": err.decode(errors="replace")[-_OUTPUT_TAIL:],
-    }
+    stderr = err.decode(errors="replace")[-_OUTPUT_TAIL:]
     if proc.returncode != 0:
-        raise action_failed(
-            f"{what}: {command_text(params)} exited with {proc.returncode}: {result['stderr'].strip()[-500:]}"
-        )
-    return result
+        raise action_failed(f"{what}: {command_text(params)} exited with {proc.returncode}: {stderr.strip()[-500:]}")
+    return {"returncode": proc.returncode, "stdout": out.decode(errors="replace")[-_OUTPUT_TAIL:], "stderr": stderr}
 
 
 # -- handlers ----------------------------------------------------------------

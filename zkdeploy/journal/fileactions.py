@@ -49,8 +49,9 @@ def plan_file_write(
 ) -> dict[str, Any]:
     """The ``file_write`` params for writing ``content`` to ``path`` (no side effects).
 
-    ``mode``/``owner`` default to the existing file's (so a rewrite keeps
-    them), or to 0644 and the current user for a new file.
+    ``mode``/``owner`` None mean "keep the existing file's" (0644 and the
+    current user for a new file), resolved when the write runs, so the params
+    do not depend on the tree at planning time.
     """
     target = Path(os.path.abspath(path))
     if target.is_symlink():
@@ -59,19 +60,27 @@ def plan_file_write(
         raise JournalError(f"{target} exists and is not a regular file")
     if not target.parent.is_dir():
         raise JournalError(f"cannot write {target}: directory {target.parent} does not exist")
-    if target.exists():
-        st = target.stat()
-        mode = stat.S_IMODE(st.st_mode) if mode is None else mode
-        owner = (st.st_uid, st.st_gid) if owner is None else owner
     sha = sha256_bytes(content)
     return {
         "path": str(target),
         "sha256": sha,
         "content_file": str(backups.path_for(sha)),
         "size": len(content),
-        "mode": 0o644 if mode is None else int(mode),
+        "mode": None if mode is None else int(mode),
         "owner": None if owner is None else [int(owner[0]), int(owner[1])],
     }
+
+
+def _resolve_mode_owner(path: Path, params: dict[str, Any]) -> tuple[int, tuple[int, int] | None]:
+    mode, owner = params.get("mode"), _owner(params)
+    if mode is None or owner is None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return (0o644 if mode is None else mode), owner
+        mode = stat.S_IMODE(st.st_mode) if mode is None else mode
+        owner = (st.st_uid, st.st_gid) if owner is None else owner
+    return mode, owner
 
 
 class FileWriteHandler(ActionHandler):
@@ -81,17 +90,17 @@ class FileWriteHandler(ActionHandler):
 
     def describe(self, params: dict[str, Any]) -> str:
         owner = f", owner {params['owner'][0]}:{params['owner'][1]}" if params.get("owner") else ""
-        return (
-            f"write {params['path']} ({params['size']} bytes, sha256 {_short(params['sha256'])},"
-            f" mode {params['mode']:04o}{owner})"
-        )
+        mode = "mode kept" if params.get("mode") is None else f"mode {params['mode']:04o}"
+        return f"write {params['path']} ({params['size']} bytes, sha256 {_short(params['sha256'])}, {mode}{owner})"
 
     def execute(self, params: dict[str, Any], noaction: bool) -> Any:
         if noaction:
             return None
         data = read_blob(Path(params["content_file"]), params["sha256"])
+        path = Path(params["path"])
         try:
-            atomic_write(Path(params["path"]), data, params["mode"], _owner(params))
+            mode, owner = _resolve_mode_owner(path, params)
+            atomic_write(path, data, mode, owner)
         except OSError as exc:
             raise _wrap_os(self.describe(params), exc) from exc
         return {"sha256": params["sha256"]}
@@ -120,7 +129,10 @@ class FileWriteHandler(ActionHandler):
 
     def manual_steps(self, params: dict[str, Any]) -> list[str]:
         path = shlex.quote(params["path"])
-        return [f"cp {shlex.quote(params['content_file'])} {path} && chmod {params['mode']:04o} {path}"]
+        line = f"cp {shlex.quote(params['content_file'])} {path}"
+        if params.get("mode") is not None:
+            line += f" && chmod {params['mode']:04o} {path}"
+        return [line]
 
 
 class FileRestoreHandler(ActionHandler):

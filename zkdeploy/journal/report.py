@@ -27,7 +27,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = []
     for row in [list(headers), *[list(r) for r in rows]]:
-        cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1])] + [row[-1]]
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)] + [row[-1]]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 

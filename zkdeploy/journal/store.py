@@ -218,7 +218,7 @@ class Journal:
         with self._mutex:
             cur = self._con.execute(sql, args)
             cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
     @contextlib.contextmanager
     def writer_lock(self) -> Iterator[None]:
@@ -342,7 +342,8 @@ class Journal:
 
     def list_changes(self, since: datetime | None = None, limit: int | None = None) -> list[ChangeSet]:
         """Change sets created at or after ``since`` (naive = UTC), newest first."""
-        sql, args = "SELECT * FROM change_sets", []
+        sql = "SELECT * FROM change_sets"
+        args: list[Any] = []
         if since is not None:
             sql += " WHERE created >= ?"
             args.append(to_utc(since).isoformat(timespec="microseconds"))

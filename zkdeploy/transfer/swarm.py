@@ -479,7 +479,7 @@ class SwarmSession:
             return
         rank = everyone.index(self._endpoint)
         lo, hi = rank * n // len(everyone), (rank + 1) * n // len(everyone)
-        t.handle.prioritize_pieces([7 if lo <= i < hi else 4 for i in range(n)])
+        t.handle.prioritize_pieces([7 if lo <= i < hi else 1 for i in range(n)])
         log.debug("%s: striping %d downloaders, this host's slice is pieces %d-%d",
                   t.meta.name, len(everyone), lo, hi - 1)
 

@@ -1,0 +1,118 @@
+"""A real rolling deploy: agents as processes, a real ZooKeeper, services probed over HTTP."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from zkdeploy.demo.observer import Observer
+from zkdeploy.demo.scenario import wait_deploys
+from tests.e2e.conftest import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def observe(harness) -> Observer:
+    fleet = harness.fleet
+    return Observer({(s.name, h.name): h.ports[s.name] for s in fleet.services for h in fleet.hosts}).start()
+
+
+@pytest.mark.timeout(240)
+def test_rollout_keeps_quorum_follows_dependencies_and_converges(make_fleet):
+    harness = make_fleet(size=5)
+    harness.install("1")
+    observer = observe(harness)
+    try:
+        wait_for(lambda: len(observer.samples) > 5, 10, "the observer's first samples")
+        for svc in ("db", "web"):
+            harness.stage(svc, "2")
+        wait_deploys(harness.store, harness.deploy("web@2", "db@2"), 120)
+        wait_for(lambda: len(observer.samples) > 5, 5, "more samples")
+    finally:
+        observer.stop()
+
+    hosts = [h.name for h in harness.fleet.hosts]
+    # safety: never fewer than quorum (3) nodes answering, measured over HTTP
+    assert observer.min_answering("db") >= 3
+    assert observer.min_answering("web") >= 3
+    # and the rollout did use the slots it had: some moment had 2 db nodes down
+    assert observer.max_down("db") >= 1
+    # order: no web node changed before every db node answered version 2
+    db_done = max(observer.first_answer("db", h, "2") for h in hosts)
+    web_first = min(observer.first_change("web", h, "1") for h in hosts)
+    assert web_first >= db_done
+    # liveness: every node runs the new version, as probed and as published
+    assert set(observer.final("db").values()) == {"2"}
+    assert set(observer.final("web").values()) == {"2"}
+    status = json.loads(harness.fleet.cli("status", "--json").stdout)
+    for svc in status["services"]:
+        assert svc["versions"] == [{"version": "2", "state": "online", "nodes": 5}]
+        assert svc["waiting_for"] == "no rollout under way"
+    # the releases are where the layout says, and the live one is a symlink to v2
+    for host in harness.fleet.hosts:
+        link = host.root / "data" / "current" / "web"
+        assert link.is_symlink() and link.resolve().name == "2"
+        assert (host.root / "data" / "releases" / "web" / "1").is_dir()
+
+
+@pytest.mark.timeout(240)
+def test_agent_killed_mid_restart_releases_its_slot_and_the_rollout_completes(make_fleet):
+    harness = make_fleet(size=5)
+    harness.install("1")
+    victim = harness.fleet.hosts[2]
+    # restart the victim's agent armed to die (SIGKILL) right before it starts db version 2
+    harness.fleet.kill_agent(victim, signal.SIGTERM)
+    harness.fleet.start_agent(victim, {"ZKDEPLOY_CRASH_AT": "db:starting"})
+    wait_for(lambda: victim.name in harness.store.nodes(), 30, "the victim to register again")
+    observer = observe(harness)
+    try:
+        harness.stage("db", "2")
+        names = harness.deploy("db@2")
+        wait_for(lambda: victim.process.poll() is not None, 60, "the armed agent to kill itself")
+        assert victim.process.returncode == -signal.SIGKILL
+        wait_deploys(harness.store, names, 120)
+    finally:
+        observer.stop()
+    store, layout = harness.store, harness.store.layout
+    # its ephemeral slot, queue node and /current entry went with its session
+    assert harness.store.slots("db") == []
+    assert not any(victim.name == store.conn.call("get", layout.lock_queue("db") + "/" + q)[0].decode()
+                   for q in store._children(layout.lock_queue("db")))
+    assert victim.name not in store.current("db")
+    others = [h.name for h in harness.fleet.hosts if h is not victim]
+    assert {n: store.current("db")[n].version for n in others} == {n: "2" for n in others}
+    # safety with one node down through no action of zkdeploy: quorum 3 minus that one
+    assert observer.min_answering("db") >= 2
+    # the victim comes back (unarmed), finds its service down and starts the most popular version
+    harness.fleet.start_agent(victim)
+    wait_for(lambda: (e := store.current("db").get(victim.name)) and e.state == "online" and e.version == "2",
+             60, "the returning node to run db 2")
+
+
+@pytest.mark.timeout(240)
+def test_payload_whose_hash_does_not_match_is_never_unpacked(make_fleet):
+    harness = make_fleet(size=5)
+    harness.install("1")
+    # the origin file is replaced after staging (while the agents are down, so none fetched
+    # the good one first): every agent must refuse it
+    for host in harness.fleet.hosts:
+        harness.fleet.kill_agent(host, signal.SIGTERM)
+    path = harness.stage("db", "2")
+    harness.fleet.payload("db", "2-tampered").replace(path)
+    for host in harness.fleet.hosts:
+        harness.fleet.start_agent(host)
+    names = harness.deploy("db@2")
+
+    def refused_everywhere():
+        entries = harness.store.current("db")
+        return all("does not match" in e.detail for e in entries.values())
+
+    wait_for(refused_everywhere, 60, "every agent to refuse the payload")
+    for host in harness.fleet.hosts:
+        assert not (host.root / "data" / "releases" / "db" / "2").exists()
+        assert (host.root / "data" / "current" / "db").resolve().name == "1"
+    assert harness.store.deploy(names[0]).state == "pending"
+    harness.fleet.cli("abort", names[0], "--force")
+    assert harness.store.deploy(names[0]).state == "aborted"
