@@ -11,6 +11,7 @@ import json
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import wraps
 from pathlib import Path
@@ -62,14 +63,22 @@ def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
+@dataclass
+class JournalOptions:
+    """The group's options, kept on the click context for its subcommands."""
+
+    journal: str | None = None
+    data: str | None = None
+
+
 def _journal_path(ctx: click.Context) -> Path:
-    opts = ctx.find_object(dict) or {}
-    if opts.get("journal"):
-        return Path(opts["journal"])
+    opts = ctx.find_object(JournalOptions) or JournalOptions()
+    if opts.journal:
+        return Path(opts.journal)
     if os.environ.get("ZKDEPLOY_JOURNAL"):
         return Path(os.environ["ZKDEPLOY_JOURNAL"])
-    if opts.get("data"):
-        return Path(opts["data"]) / "state" / "journal.db"
+    if opts.data:
+        return Path(opts.data) / "state" / "journal.db"
     raise ConfigError("no journal given: use --journal PATH, $ZKDEPLOY_JOURNAL, or --data DIR")
 
 
@@ -99,9 +108,7 @@ def reports_errors(func: F) -> F:
 @click.pass_context
 def journal(ctx: click.Context, journal_path: str | None, data_dir: str | None) -> None:
     """This host's change journal: what changed, who wrote a file, undo, back-out steps."""
-    obj = ctx.ensure_object(dict)
-    obj["journal"] = journal_path
-    obj["data"] = data_dir or obj.get("data")
+    ctx.obj = JournalOptions(journal=journal_path, data=data_dir)
 
 
 @journal.command("list")
