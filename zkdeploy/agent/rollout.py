@@ -10,6 +10,7 @@ rolls the node back to the release it ran before.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,7 +88,8 @@ class Restart:
                 if reason:
                     raise RolloutAborted(reason)
                 lock.require_held_or_queued()
-                entries = self.store.current(self.service)
+                changed = threading.Event()
+                entries = self.store.current(self.service, changed)
                 me = entries.get(self.node)
                 if me is None:
                     raise LockLostError(f"this node's /current entry of {self.service} is gone")
@@ -104,7 +106,7 @@ class Restart:
                     log.info("%s: %s", self.service, decision.reason)
                     self.publish(detail=decision.reason)
                     last_reason = decision.reason
-                self.store.wait_for_change([self.store.layout.current_service(self.service)], timeout=1.0)
+                changed.wait(1.0)
         finally:
             lock.release()
 

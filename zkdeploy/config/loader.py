@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from zkdeploy.config.schema import AgentConfig, Catalog
 from zkdeploy.errors import ConfigError
+from zkdeploy.names import check_name
 from zkdeploy.policy.order import find_cycle
 
 #: template fields every agent provides
@@ -60,33 +61,54 @@ def template_fields(template: str) -> set[str]:
     return fields
 
 
+def _graph_problems(services: dict[Any, Any], source: str) -> list[str]:
+    """Names, dependencies and cycles, checked on the raw data so that they are
+    reported together with every other problem of the file."""
+    problems = []
+    graph: dict[str, list[str]] = {}
+    for name, spec in services.items():
+        try:
+            check_name("service", name)
+        except ConfigError as exc:
+            problems.append(f"{source}: services.{name}: {exc}")
+        deps = spec.get("depends_on", []) if isinstance(spec, dict) else []
+        deps = [deps] if isinstance(deps, str) else deps if isinstance(deps, list) else []
+        graph[str(name)] = [d for d in deps if isinstance(d, str)]
+        for dep in graph[str(name)]:
+            if dep == name:
+                problems.append(f"{source}: services.{name}.depends_on: a service cannot depend on itself")
+            elif dep not in services:
+                problems.append(f"{source}: services.{name}.depends_on: unknown service {dep!r}")
+    cycle = find_cycle({n: [d for d in deps if d != n] for n, deps in graph.items()})
+    if cycle:
+        problems.append(f"{source}: dependency cycle: " + " -> ".join(cycle))
+    return problems
+
+
 def parse_catalog(data: Any, source: str) -> Catalog:
     """Validate catalog data (already parsed) and return it, or raise ConfigError listing every problem."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with a 'services' key", [])
+    problems: list[str] = []
+    catalog = None
     try:
         catalog = Catalog.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid catalog", _format_errors(source, exc)) from None
-    problems = []
-    for name, spec in catalog.services.items():
-        for dep in spec.depends_on:
-            if dep not in catalog.services:
-                problems.append(f"{source}: services.{name}.depends_on: unknown service {dep!r}")
-            if dep == name:
-                problems.append(f"{source}: services.{name}.depends_on: a service cannot depend on itself")
-        templates = [spec.start, spec.stop or "", *spec.pre_stop, *spec.post_start]
-        templates += [hc.target for hc in spec.health_checks]
-        for template in templates:
-            try:
-                template_fields(template)
-            except ConfigError as exc:
-                problems.append(f"{source}: services.{name}: {exc}")
-    cycle = find_cycle({n: [d for d in s.depends_on if d != n] for n, s in catalog.services.items()})
-    if cycle:
-        problems.append(f"{source}: dependency cycle: " + " -> ".join(cycle))
+        problems += _format_errors(source, exc)
+    if isinstance(data.get("services"), dict):
+        problems += _graph_problems(data["services"], source)
+    if catalog is not None:
+        for name, spec in catalog.services.items():
+            templates = [spec.start, spec.stop or "", *spec.pre_stop, *spec.post_start]
+            templates += [hc.target for hc in spec.health_checks]
+            for template in templates:
+                try:
+                    template_fields(template)
+                except ConfigError as exc:
+                    problems.append(f"{source}: services.{name}: {exc}")
     if problems:
-        raise ConfigError(f"{source}: invalid catalog", problems)
+        raise ConfigError(f"{source}: invalid catalog", list(dict.fromkeys(problems)))
+    assert catalog is not None
     return catalog
 
 

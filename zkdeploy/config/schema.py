@@ -77,9 +77,9 @@ class ServiceSpec(_Strict):
     stop_timeout: float = Field(30.0, gt=0)
     hook_timeout: float = Field(60.0, gt=0)
 
-    @field_validator("quorum")
+    @field_validator("quorum", mode="before")
     @classmethod
-    def _quorum(cls, value: int | str) -> int | str:
+    def _quorum(cls, value: object) -> object:
         try:
             parse_quorum(value)
         except ZkdeployError as exc:
@@ -104,16 +104,6 @@ class Catalog(_Strict):
     """The fleet catalog: every service zkdeploy can deploy."""
 
     services: dict[str, ServiceSpec]
-
-    @field_validator("services")
-    @classmethod
-    def _names(cls, value: dict[str, ServiceSpec]) -> dict[str, ServiceSpec]:
-        for name in value:
-            try:
-                check_name("service", name)
-            except ZkdeployError as exc:
-                raise ValueError(str(exc)) from None
-        return value
 
     def graph(self) -> dict[str, tuple[str, ...]]:
         return {name: spec.depends_on for name, spec in self.services.items()}

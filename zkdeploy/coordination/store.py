@@ -137,19 +137,6 @@ class Store:
 
         DataWatch(self.conn.client, path, relay)
 
-    def wait_for_change(self, paths: Iterable[str], timeout: float) -> bool:
-        """Block until the children or data of any of ``paths`` (or their children's data) change.
-
-        Returns True on a change, False after ``timeout``.  One-shot watches:
-        only the caller waits, so this does not wake a herd.
-        """
-        event = threading.Event()
-        fire = lambda *_: event.set()  # noqa: E731
-        for path in paths:
-            for child in self._children(path, fire):
-                self._get(path + "/" + child, fire)
-        return event.wait(timeout)
-
     # -- catalog --------------------------------------------------------
     def catalog(self) -> tuple[dict[str, Any] | None, int]:
         """The stored catalog as plain data, and its znode version (-1 if none is stored)."""
@@ -186,11 +173,19 @@ class Store:
         self.put_ephemeral(self.layout.node(record.node), record.to_bytes())
 
     # -- /current ---------------------------------------------------------
-    def current(self, service: str) -> dict[str, CurrentEntry]:
+    def current(self, service: str, changed: threading.Event | None = None) -> dict[str, CurrentEntry]:
+        """Every node's entry for ``service``.
+
+        With ``changed``, the read also leaves one-shot watches that set the
+        event when a node joins, leaves or changes its entry: the snapshot
+        and the watches come from the same reads, so no change between
+        deciding and waiting is missed.
+        """
         base = self.layout.current_service(service)
+        fire = (lambda *_: changed.set()) if changed is not None else None
         out = {}
-        for name in self._children(base):
-            got = self._get(base + "/" + name)
+        for name in self._children(base, fire):
+            got = self._get(base + "/" + name, fire)
             if got:
                 out[name] = CurrentEntry.from_bytes(got[0], got[1].version)
         return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -39,9 +41,18 @@ def probe(check: Check) -> str | None:
             host, _, port = check.target.rpartition(":")
             with socket.create_connection((host or "127.0.0.1", int(port)), timeout=check.timeout):
                 return None
-        proc = subprocess.run(["/bin/sh", "-c", check.target], capture_output=True,
-                              timeout=check.timeout, start_new_session=True)
-        return None if proc.returncode == 0 else f"exit {proc.returncode}"
+        proc = subprocess.Popen(["/bin/sh", "-c", check.target], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            code = proc.wait(timeout=check.timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            raise
+        return None if code == 0 else f"exit {code}"
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code}"
     except urllib.error.URLError as exc:

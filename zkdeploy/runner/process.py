@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import time
@@ -32,6 +33,27 @@ def _start_ticks(pid: int) -> int | None:
     if rest[0] == "Z":
         return None
     return int(rest[19])
+
+
+class _ExitWaiter:
+    """Waits for a process to exit; woken at once through a pidfd where the kernel has them."""
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self.fd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self.fd = None
+
+    def wait(self, seconds: float) -> None:
+        if self.fd is None:
+            time.sleep(seconds)
+        else:
+            select.select([self.fd], [], [], seconds)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 @dataclass
@@ -91,14 +113,18 @@ class ManagedProcess:
         if pid is None:
             self.pidfile.unlink(missing_ok=True)
             return False
-        self._signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._reap()
-            if self.pid() is None:
-                self.pidfile.unlink(missing_ok=True)
-                return True
-            time.sleep(0.05)
+        waiter = _ExitWaiter(pid)
+        try:
+            self._signal(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                self._reap()
+                if self.pid() is None:
+                    self.pidfile.unlink(missing_ok=True)
+                    return True
+                waiter.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+        finally:
+            waiter.close()
         log.warning("%s did not stop within %gs; killing it", self.pidfile.stem, timeout)
         self._signal(pid, signal.SIGKILL)
         for _ in range(100):

@@ -115,6 +115,12 @@ def closed_swarm_settings(config: SwarmConfig) -> dict[str, Any]:
         "download_rate_limit": int(config.download_rate_limit),
         "alert_mask": (lt.alert_category.error | lt.alert_category.status
                        | lt.alert_category.storage),
+        # Lab-tuned (docs/swarm.md): pick by priority from the first piece
+        # (no random start) and keep request queues short, so a downloader
+        # asks the origin for pieces of its own slice rather than piling up
+        # requests for pieces another downloader is already fetching there.
+        "initial_picker_threshold": 0,
+        "request_queue_time": 1,
         "user_agent": "zkdeploy",
     }
     settings.update(config.extra_settings)
@@ -613,9 +619,8 @@ class SwarmSession:
             log.warning("libtorrent dropped alerts: %s", a.message())
             return
         if not isinstance(a, lt.torrent_alert):
-            if isinstance(a, lt.session_error_alert if hasattr(lt, "session_error_alert")
-                          else ()):
-                log.error("libtorrent session error: %s", a.message())
+            if a.category() & lt.alert_category.error:
+                log.error("libtorrent: %s", a.message())
             return
         t = self._state_for(a)
         if t is None:

@@ -8,9 +8,11 @@ temporary sibling directory and renamed into place only when complete.
 
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 import tarfile
+import zlib
 import tempfile
 from pathlib import Path
 
@@ -23,12 +25,14 @@ def check_archive(path: str | Path) -> int:
         with tarfile.open(path, "r:*") as tar:
             members = tar.getmembers()
             for member in members:
+                if member.name.startswith("/") or os.path.isabs(member.name):
+                    raise PayloadError(f"payload {path}: unsafe member {member.name!r}: absolute path")
                 try:
                     tarfile.data_filter(member, "/nonexistent-release-root")
                 except tarfile.FilterError as exc:
                     raise PayloadError(f"payload {path}: unsafe member {member.name!r}: {exc}") from None
-    except tarfile.TarError as exc:
-        raise PayloadError(f"payload {path} is not a readable tar archive: {exc}") from None
+    except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        raise PayloadError(f"payload {path} is not a readable tar archive: {exc or type(exc).__name__}") from None
     except OSError as exc:
         raise PayloadError(f"cannot read payload {path}: {exc.strerror or exc}") from None
     if not members:
@@ -52,8 +56,9 @@ def unpack(archive: str | Path, target: str | Path) -> Path:
         with tarfile.open(archive, "r:*") as tar:
             tar.extractall(tmp, filter="data")
         os.chmod(tmp, 0o755)
+        os.utime(tmp)  # the directory's mtime is the install time (the archive may carry its own)
         os.rename(tmp, target)
-    except (tarfile.TarError, OSError) as exc:
+    except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise PayloadError(f"cannot unpack {archive} into {target}: {exc}") from None
     except BaseException:

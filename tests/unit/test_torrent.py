@@ -1,0 +1,127 @@
+"""Piece-size choice and metainfo validation (no network)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import libtorrent as lt
+import pytest
+
+from zkdeploy.errors import PayloadError
+from zkdeploy.transfer.torrent import (GiB, KiB, MAX_METAINFO_BYTES, MiB, choose_piece_size,
+                                       load_metainfo, make_torrent)
+
+
+@pytest.mark.parametrize("size, piece", [
+    (1, 1 * MiB),
+    (64 * MiB, 1 * MiB),
+    (1 * GiB, 1 * MiB),
+    (1 * GiB + 1, 4 * MiB),
+    (40 * GiB, 4 * MiB),
+    (100 * GiB, 8 * MiB),
+    (1000 * GiB, 64 * MiB),
+])
+def test_piece_size_rule(size: int, piece: int) -> None:
+    assert choose_piece_size(size) == piece
+
+
+@pytest.mark.parametrize("size", [1, 900 * MiB, 1 * GiB, 3 * GiB, 51 * GiB, 400 * GiB])
+def test_piece_table_fits_a_znode(size: int) -> None:
+    pieces = -(-size // choose_piece_size(size))
+    assert pieces * 20 + 1 * KiB < MAX_METAINFO_BYTES
+
+
+def test_piece_size_rejects_nonpositive() -> None:
+    with pytest.raises(PayloadError):
+        choose_piece_size(0)
+
+
+@pytest.fixture()
+def payload(tmp_path: Path) -> Path:
+    p = tmp_path / "app-1.2.tar"
+    p.write_bytes(os.urandom(3 * MiB + 123))
+    return p
+
+
+def test_make_torrent_describes_the_file(payload: Path) -> None:
+    meta = make_torrent(payload)
+    data = payload.read_bytes()
+    assert meta.sha256 == hashlib.sha256(data).hexdigest()
+    assert meta.size == len(data) and meta.piece_size == 1 * MiB and meta.num_pieces == 4
+    assert meta.name == "app-1.2.tar"
+    ti = lt.torrent_info(meta.metainfo)
+    assert ti.priv() and str(ti.info_hashes().v1) == meta.info_hash
+    # piece hashes are libtorrent's own
+    for i in range(meta.num_pieces):
+        chunk = data[i * MiB:(i + 1) * MiB]
+        assert bytes(ti.hash_for_piece(i)) == hashlib.sha1(chunk).digest()
+
+
+def test_same_file_same_info_hash(payload: Path) -> None:
+    assert make_torrent(payload).info_hash == make_torrent(payload).info_hash
+
+
+def test_load_metainfo_round_trip(payload: Path) -> None:
+    meta = make_torrent(payload)
+    again = load_metainfo(meta.metainfo, sha256=meta.sha256.upper())
+    assert again == meta
+
+
+@pytest.mark.parametrize("path_kind", ["missing", "directory", "empty"])
+def test_make_torrent_rejects_bad_paths(tmp_path: Path, path_kind: str) -> None:
+    p = tmp_path / "x"
+    if path_kind == "directory":
+        p.mkdir()
+    elif path_kind == "empty":
+        p.write_bytes(b"")
+    with pytest.raises(PayloadError, match={"missing": "does not exist",
+                                            "directory": "is a directory",
+                                            "empty": "is empty"}[path_kind]):
+        make_torrent(p)
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda b: b"",
+    lambda b: b"not bencode at all",
+    lambda b: b[: len(b) // 2],
+    lambda b: b"i42e",
+    lambda b: b"d4:spam4:eggse",
+])
+def test_load_metainfo_rejects_corrupt_bytes(payload: Path, mangle) -> None:
+    with pytest.raises(PayloadError, match="metainfo"):
+        load_metainfo(mangle(make_torrent(payload).metainfo))
+
+
+def _torrent(tmp_path: Path, files: dict[str, bytes], private: bool) -> bytes:
+    root = tmp_path / "t"
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    target = root / next(iter(files)) if len(files) == 1 else root
+    ct = lt.create_torrent(lt.list_files(str(target)), 16 * KiB, lt.create_torrent.v1_only)
+    ct.set_priv(private)
+    lt.set_piece_hashes(ct, str(target.parent))
+    return lt.bencode(ct.generate())
+
+
+def test_load_metainfo_rejects_public_torrent(tmp_path: Path) -> None:
+    with pytest.raises(PayloadError, match="not private"):
+        load_metainfo(_torrent(tmp_path, {"a.tar": b"x" * 100}, private=False))
+
+
+def test_load_metainfo_rejects_multi_file_torrent(tmp_path: Path) -> None:
+    with pytest.raises(PayloadError, match="2 files"):
+        load_metainfo(_torrent(tmp_path, {"a": b"x" * 100, "b": b"y" * 100}, private=True))
+
+
+def test_load_metainfo_rejects_oversized(payload: Path) -> None:
+    with pytest.raises(PayloadError, match="more than"):
+        load_metainfo(b"d" + b"0:" * (MAX_METAINFO_BYTES // 2 + 1) + b"e")
+
+
+def test_bad_expected_sha256_is_rejected(payload: Path) -> None:
+    meta = make_torrent(payload)
+    with pytest.raises(PayloadError, match="SHA-256"):
+        load_metainfo(meta.metainfo, sha256="abc")
