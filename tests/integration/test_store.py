@@ -1,0 +1,154 @@
+"""The ZooKeeper store and the restart queue against a real ZooKeeper server."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from zkdeploy.coordination import QueueLock, Store
+from zkdeploy.coordination.faults import expire_session
+from zkdeploy.errors import ConflictError, CoordinationError, LockLostError, RolloutAborted
+from zkdeploy.model import ONLINE, RESTARTING, CurrentEntry, DeployEntry, Release
+
+pytestmark = pytest.mark.integration
+
+
+def test_current_entries_are_ephemeral_and_owned(store: Store, zk_hosts: str, zk_root: str) -> None:
+    store.publish_current("web", CurrentEntry(node="n1", version="1", state=ONLINE))
+    assert store.owns(store.layout.current_entry("web", "n1"))
+    other = Store.connect(zk_hosts, zk_root, session_timeout=4.0)
+    try:
+        assert not other.owns(store.layout.current_entry("web", "n1"))
+        with pytest.raises(ConflictError, match="older session"):
+            other.publish_current("web", CurrentEntry(node="n1", version="2", state=ONLINE))
+    finally:
+        other.close()
+    store.close()
+    watcher = Store.connect(zk_hosts, zk_root)
+    try:
+        assert watcher.current("web") == {}  # a clean close removes the session's entries at once
+    finally:
+        watcher.close()
+
+
+def test_deploy_queue_order_and_conditional_updates(store: Store) -> None:
+    names = store.enqueue([DeployEntry(service="db", version="2"), DeployEntry(service="web", version="2")])
+    assert names == sorted(names)
+    entries = store.deploys()
+    assert [(e.service, e.version) for e in entries] == [("db", "2"), ("web", "2")]
+    first = entries[0]
+    store.update_deploy(first.evolve(state="done"))
+    with pytest.raises(ConflictError):
+        store.update_deploy(first.evolve(state="aborted"))  # stale znode version
+    assert store.deploy(first.name).state == "done"
+
+
+def test_a_staged_version_cannot_change_its_payload(store: Store) -> None:
+    release = Release(service="web", version="2", sha256="a" * 64, size=1, origin="/x")
+    store.put_release(release)
+    store.put_release(release)  # the same payload again is fine
+    with pytest.raises(ConflictError, match="different payload"):
+        store.put_release(release.evolve(sha256="b" * 64))
+
+
+def test_take_slot_is_conditional_on_the_entry_read(store: Store) -> None:
+    store.publish_current("db", CurrentEntry(node="n1", version="1", state=ONLINE))
+    stale = store.current("db")["n1"]
+    store.publish_current("db", CurrentEntry(node="n1", version="1", state="failed"))
+    with pytest.raises(ConflictError):
+        store.take_slot("db", stale.evolve(state=RESTARTING))
+    assert store.slots("db") == []
+    fresh = store.current("db")["n1"]
+    store.take_slot("db", fresh.evolve(state=RESTARTING))
+    assert store.slots("db") == ["n1"] and store.current("db")["n1"].state == RESTARTING
+
+
+def test_current_read_with_watch_sees_the_next_change(store: Store, zk_hosts: str, zk_root: str) -> None:
+    store.publish_current("db", CurrentEntry(node="n1", version="1", state=ONLINE))
+    changed = threading.Event()
+    store.current("db", changed)
+    other = Store.connect(zk_hosts, zk_root)
+    try:
+        other.publish_current("db", CurrentEntry(node="n2", version="1", state=ONLINE))
+        assert changed.wait(5)
+    finally:
+        other.close()
+
+
+def _stores(zk_hosts: str, zk_root: str, n: int) -> list[Store]:
+    return [Store.connect(zk_hosts, zk_root, session_timeout=4.0) for _ in range(n)]
+
+
+def test_queue_lock_is_fifo_and_wakes_only_the_next(zk_hosts: str, zk_root: str) -> None:
+    stores = _stores(zk_hosts, zk_root, 3)
+    try:
+        locks = [QueueLock(s, "db", f"n{i}") for i, s in enumerate(stores)]
+        locks[0].acquire(lambda: None)
+        order: list[int] = []
+
+        def wait(i: int) -> None:
+            locks[i].acquire(lambda: None)
+            order.append(i)
+            time.sleep(0.2)
+            locks[i].release()
+
+        threads = []
+        for i in (1, 2):
+            threads.append(threading.Thread(target=wait, args=(i,)))
+            threads[-1].start()
+            time.sleep(0.3)  # join the queue in order
+        assert locks[1].position() == 1 and locks[2].position() == 2
+        locks[0].release()
+        for t in threads:
+            t.join(10)
+        assert order == [1, 2]
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_queue_lock_waiter_gives_up_when_told(zk_hosts: str, zk_root: str) -> None:
+    a, b = _stores(zk_hosts, zk_root, 2)
+    try:
+        QueueLock(a, "db", "a").acquire(lambda: None)
+        waiter = QueueLock(b, "db", "b")
+        deadline = time.monotonic() + 0.5
+        with pytest.raises(RolloutAborted, match="deploy aborted"):
+            waiter.acquire(lambda: "deploy aborted" if time.monotonic() > deadline else None, poll=0.1)
+        assert waiter.node is None
+        assert len(b._children(b.layout.lock_queue("db"))) == 1  # only a's node is left
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_expired_session_releases_locks_and_slots(zk_hosts: str, zk_root: str) -> None:
+    holder, observer = _stores(zk_hosts, zk_root, 2)
+    try:
+        holder.publish_current("db", CurrentEntry(node="n1", version="1", state=ONLINE))
+        lock = QueueLock(holder, "db", "n1")
+        lock.acquire(lambda: None)
+        holder.take_slot("db", holder.current("db")["n1"].evolve(state=RESTARTING))
+        generation = holder.conn.generation
+        expire_session(holder.conn)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (observer.slots("db") or observer.current("db")):
+            time.sleep(0.1)
+        assert observer.slots("db") == [] and observer.current("db") == {}
+        assert observer._children(observer.layout.lock_queue("db")) == []
+        # the holder notices: its ownership checks fail, and a new session has a new generation
+        with pytest.raises((LockLostError, CoordinationError)):
+            holder.require_owned(holder.layout.slot("db", "n1"))
+        while time.monotonic() < deadline and holder.conn.generation == generation:
+            time.sleep(0.1)
+        assert holder.conn.generation > generation
+    finally:
+        holder.close()
+        observer.close()
+
+
+def test_unreachable_zookeeper_is_a_clear_error() -> None:
+    with pytest.raises(CoordinationError, match="cannot reach ZooKeeper at 127.0.0.1:1 within 1.5s"):
+        Store.connect("127.0.0.1:1", "/dc", connect_timeout=1.5)
