@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from zkdeploy.demo.observer import Observer
+from zkdeploy.journal import Journal
 from zkdeploy.demo.scenario import wait_deploys
 from tests.e2e.conftest import wait_for
 
@@ -28,7 +29,8 @@ def test_rollout_keeps_quorum_follows_dependencies_and_converges(make_fleet):
         wait_for(lambda: len(observer.samples) > 5, 10, "the observer's first samples")
         for svc in ("db", "web"):
             harness.stage(svc, "2")
-        wait_deploys(harness.store, harness.deploy("web@2", "db@2"), 120)
+        names = harness.deploy("web@2", "db@2")
+        wait_deploys(harness.store, names, 120)
         wait_for(lambda: len(observer.samples) > 5, 5, "more samples")
     finally:
         observer.stop()
@@ -55,6 +57,17 @@ def test_rollout_keeps_quorum_follows_dependencies_and_converges(make_fleet):
         link = host.root / "data" / "current" / "web"
         assert link.is_symlink() and link.resolve().name == "2"
         assert (host.root / "data" / "releases" / "web" / "1").is_dir()
+        # every host journaled its restarts, each for its deploy, and the journal matches the disk
+        with Journal.open(host.root / "data" / "state" / "journal.db", create=False) as journal:
+            changes = {c.description: c for c in journal.list_changes()}
+            for service, deploy_name in (("db", names[0]), ("web", names[1])):
+                change = changes[f"{service} 1 -> 2"]
+                assert change.status == "done" and change.deploy_id == deploy_name
+                kinds = [t.execute.kind for t in change.tasks]
+                assert kinds == ["zkdeploy.hooks", "zkdeploy.service_stop", "symlink_swap",
+                                 "zkdeploy.service_start", "zkdeploy.hooks"]
+                swap = journal.blame(host.root / "data" / "current" / service)
+                assert swap.change_id == change.id and swap.execute.params["target"].endswith(f"{service}/2")
 
 
 @pytest.mark.timeout(240)

@@ -125,3 +125,19 @@ def test_bad_expected_sha256_is_rejected(payload: Path) -> None:
     meta = make_torrent(payload)
     with pytest.raises(PayloadError, match="SHA-256"):
         load_metainfo(meta.metainfo, sha256="abc")
+
+
+def test_closed_swarm_settings_keep_the_swarm_closed() -> None:
+    from zkdeploy.transfer.swarm import SwarmConfig, closed_swarm_settings
+
+    s = closed_swarm_settings(SwarmConfig(listen_ip="198.18.0.3", listen_port=6881,
+                                          upload_rate_limit=1000))
+    assert s["listen_interfaces"] == "198.18.0.3:6881"
+    for key in ("enable_dht", "enable_lsd", "enable_upnp", "enable_natpmp",
+                "enable_incoming_utp", "enable_outgoing_utp", "listen_system_port_fallback"):
+        assert s[key] is False, key
+    assert s["max_retry_port_bind"] == 0 and s["min_reconnect_time"] == 1
+    assert s["max_failcount"] == 100 and s["unchoke_slots_limit"] == -1
+    assert s["upload_rate_limit"] == 1000 and s["download_rate_limit"] == 0
+    assert closed_swarm_settings(SwarmConfig(listen_ip="::1", listen_port=0))[
+        "listen_interfaces"] == "[::1]:0"

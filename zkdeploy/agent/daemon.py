@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zkdeploy import __version__
+from zkdeploy.agent.host_actions import agent_registry
 from zkdeploy.agent.releases import ReleaseDir
 from zkdeploy.agent.rollout import Restart
 from zkdeploy.agent.states import RESTART_PHASES, Phase, ServiceMachine
@@ -24,6 +25,7 @@ from zkdeploy.agent.transport import Transport
 from zkdeploy.config.loader import parse_catalog
 from zkdeploy.config.schema import AgentConfig, Catalog
 from zkdeploy.coordination import CONNECTED, Store
+from zkdeploy.journal import Executor, Journal, recover, undo_change
 from zkdeploy.errors import (
     ConfigError,
     ConflictError,
@@ -90,6 +92,10 @@ class Agent:
         self._last_summary = ""
         self._lockfile = None
         self.transport = Transport(self.data)
+        self.registry = agent_registry()
+        self.journal: Journal | None = None
+        self.executor: Executor | None = None
+        self._converge: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------
     def stop(self) -> None:
@@ -99,6 +105,7 @@ class Agent:
 
     def run(self) -> None:
         self._lock_data_dir()
+        self._open_journal()
         zk = self.config.zookeeper
         while not self.stopping.is_set():
             try:
@@ -129,6 +136,25 @@ class Agent:
         finally:
             log.info("agent %s stopping", self.node)
             self.store.close()
+
+    def _open_journal(self) -> None:
+        """Open this host's journal and settle whatever a crash left in flight, before anything else.
+
+        A restart that a crash interrupted is undone as a whole: the node goes
+        back to the release it ran, and rejoins the rollout from there.
+        """
+        self.journal = Journal.open(self.data / "state" / "journal.db")
+        self.executor = Executor(self.journal, registry=self.registry)
+        interrupted: list[int] = []
+        for action in recover(self.journal, self.registry, policy="undo"):
+            log.warning("journal recovery: change set %s: %s %s", action.change_id, action.action, action.detail)
+            interrupted.append(action.change_id)
+        for change_id in dict.fromkeys(interrupted):
+            change = self.journal.get_change(change_id)
+            if change.status == "failed":
+                report = undo_change(self.journal, self.registry, change.id)
+                log.warning("journal recovery: undid change set %d (%s): %s", change.id, change.description,
+                            report.status)
 
     def _lock_data_dir(self) -> None:
         state = self.data / "state"
@@ -213,33 +239,29 @@ class Agent:
                      detail=reason or "", write=False)
 
     def _converge_on_return(self) -> None:
-        """After (re)joining: start what is down, at the most popular version (DESIGN: liveness)."""
+        """After (re)joining, note which services should move to the most popular version.
+
+        A service that is down, or runs another version than the most popular
+        one among the other online nodes, is restarted into it by the cycle,
+        through the restart queue like any restart (a service that is down
+        costs no quorum), unless a rollout of that service is under way.
+        Ties go to the most recently staged version (see policy.versions).
+        """
         store = self.store
-        head = active_deploy(store.deploys())
-        for service, svc in self._services().items():
-            if head is not None and head.service == service:
-                continue  # the rollout brings this node to the target
+        for service in self._services():
             rec = self.local[service]
-            if rec.state != STOPPED:
-                continue
             others = [e for n, e in store.current(service).items() if n != self.node and e.state == ONLINE]
-            releases = store.releases(service)
+            releases = {v: r for v in store.staged_versions(service) if (r := self._release(service, v))}
             target = most_popular([e.version for e in others], {v: r.staged_at for v, r in releases.items()})
             target = target or rec.version
-            if not target or target not in releases and not self.releases[service].has(target):
+            if not target or (target == rec.version and rec.state != STOPPED):
                 continue
-            log.info("%s: not running; starting the most popular version %s", service, target)
-            try:
-                if target in releases:
-                    self.releases[service].install(releases[target], self.transport.fetch)
-                self.releases[service].switch(target)
-                svc.start(target)
-                svc.wait_healthy(target, self.stopping.is_set)
-                svc.hooks("post_start", target)
-                self.publish(service, version=target, state=ONLINE, detail=f"started {target} on return")
-            except ZkdeployError as exc:
-                self.publish(service, version=self.releases[service].current_version() or "", state=FAILED,
-                             detail=f"could not start {target}: {exc}")
+            if target not in releases and not self.releases[service].has(target):
+                log.warning("%s: most popular version %s is neither staged nor installed here", service, target)
+                continue
+            log.info("%s: %s at %s; the most popular version is %s: converging", service, rec.state,
+                     rec.version or "-", target)
+            self._converge[service] = target
 
     # -- the cycle -------------------------------------------------------------
     def _load_catalog(self) -> bool:
@@ -280,6 +302,13 @@ class Agent:
         self._watch_head(head)
         services = self._services()
         self._prefetch(deploys, head, services)
+        for service, target in list(self._converge.items()):
+            if head is not None and head.service == service:
+                self._converge.pop(service)  # the rollout brings this node to its target
+                continue
+            if self._install(service, target):
+                self._converge.pop(service)
+                self._restart(services[service], target, None)
         if head is not None and head.state == PENDING and head.service in services:
             self._maybe_restart(head, services[head.service])
             head = store.deploy(head.name)
@@ -377,7 +406,8 @@ class Agent:
         return newest.version
 
     # -- restarts ------------------------------------------------------------------
-    def _abort_reason(self, head: DeployEntry):
+    def _abort_reason(self, service: str, deploy: DeployEntry | None):
+        """Why a queued restart should give up, asked while it waits."""
         def reason() -> str | None:
             if self.stopping.is_set():
                 return "agent is stopping"
@@ -385,11 +415,29 @@ class Agent:
                 return f"ZooKeeper session {self.store.conn.state}"
             if self.store.killswitch() is not None:
                 return "killswitch is on"
-            entry = self.store.deploy(head.name)
+            if deploy is None:
+                head = active_deploy(self.store.deploys())
+                return f"a rollout of {service} started" if head and head.service == service else None
+            entry = self.store.deploy(deploy.name)
             if entry is None or entry.state != PENDING:
-                return f"deploy {head.name} is {entry.state if entry else 'gone'}"
+                return f"deploy {deploy.name} is {entry.state if entry else 'gone'}"
             return None
         return reason
+
+    def _install(self, service: str, version: str) -> bool:
+        """Make sure ``version`` is unpacked here (fetching it if staged); False if it cannot be."""
+        if self.releases[service].has(version):
+            return True
+        release = self._release(service, version)
+        if release is None:
+            return False
+        try:
+            self.releases[service].install(release, self.transport.fetch)
+        except PayloadError as exc:
+            log.error("%s@%s: %s", service, version, exc)
+            return False
+        self.store.add_holder(service, version, self.node)
+        return True
 
     def _maybe_restart(self, head: DeployEntry, svc: HostService) -> None:
         service, target = head.service, head.version
@@ -401,13 +449,19 @@ class Agent:
             return
         if not self.releases[service].has(target):
             return  # not fetched (yet): _prefetch reports why
+        self._restart(svc, target, head)
+
+    def _restart(self, svc: HostService, target: str, deploy: DeployEntry | None) -> None:
+        """Restart ``svc`` into ``target`` under the quorum rules, for ``deploy`` or to converge."""
+        service = svc.name
         machine = self.machines[service]
         if machine.phase == Phase.IDLE:
             machine.to(Phase.STAGED, f"{target} ready")
         old = self.releases[service].current_version()
         restart = Restart(self.store, self.node, svc, self.releases[service], machine,
-                          lambda **kw: self.publish(service, **kw), self._abort_reason(head),
-                          quorum=svc.spec.quorum, target=target,
+                          lambda **kw: self.publish(service, **kw), self._abort_reason(service, deploy),
+                          quorum=svc.spec.quorum, target=target, executor=self.executor,
+                          deploy_id=deploy.name if deploy else None,
                           session_timeout=self.config.zookeeper.session_timeout)
         was_running = svc.running()
         try:
@@ -425,11 +479,12 @@ class Agent:
             self.publish(service, version=target, state=ONLINE, detail=f"online at {target}", target="")
             log.info("%s: online at %s", service, target)
             return
-        self._failed_deploys.add((head.name, service))
         current = self.releases[service].current_version()
         state = ONLINE if outcome.healthy and svc.probe(current) is None else FAILED
         self.publish(service, version=current or "", state=state, detail=outcome.error, target="")
-        self._report_failure(head, outcome.error)
+        if deploy is not None:
+            self._failed_deploys.add((deploy.name, service))
+            self._report_failure(deploy, outcome.error)
 
     def _report_failure(self, head: DeployEntry, error: str) -> None:
         for _ in range(10):

@@ -66,6 +66,10 @@ class ReleaseDir:
             payload.unlink(missing_ok=True)
             raise
 
+    def link_target(self, version: str) -> str:
+        """The relative target ``current`` gets for ``version``."""
+        return os.path.relpath(self.path(version), self.link.parent)
+
     def switch(self, version: str) -> str | None:
         """Point ``current`` at ``version`` atomically; returns the version it pointed at before."""
         if not self.has(version):
@@ -74,7 +78,7 @@ class ReleaseDir:
         self.link.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.link.with_name(f".{self.service}.swap")
         tmp.unlink(missing_ok=True)
-        os.symlink(os.path.relpath(self.path(version), self.link.parent), tmp)
+        os.symlink(self.link_target(version), tmp)
         os.replace(tmp, self.link)
         _fsync_dir(self.link.parent)
         return previous

@@ -3,8 +3,9 @@
 ``Restart.run`` is the protocol of DESIGN.md step 3-4: queue, wait for the
 quorum under the lock, take a slot, then drain, stop, switch, start, check,
 undrain.  Each destructive step is preceded by a fencing check and recorded
-with its undo, so a failure, a lost session or a failed health check
-rolls the node back to the release it ran before.
+in the host's journal with its undo before it is made, so a failure, a lost
+session or a failed health check rolls the node back to the release it ran
+before, and a crash leaves a journal that says exactly what was done.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from zkdeploy.agent.faults import crash_point
+from zkdeploy.agent.host_actions import HOOKS, START, STOP
 from zkdeploy.agent.releases import ReleaseDir
 from zkdeploy.agent.states import Phase, ServiceMachine
 from zkdeploy.coordination import CONNECTED, SUSPENDED, QueueLock, Store
@@ -27,6 +29,7 @@ from zkdeploy.errors import (
     SessionLostError,
     ZkdeployError,
 )
+from zkdeploy.journal import NOTHING_TO_UNDO, Executor, undo_change
 from zkdeploy.model import ONLINE, RESTARTING
 from zkdeploy.policy.quorum import may_go_down
 from zkdeploy.runner.service import HostService
@@ -42,12 +45,6 @@ class Outcome:
     version: str | None
     error: str = ""
     healthy: bool = True
-
-
-@dataclass
-class _Undo:
-    description: str
-    action: Callable[[], None]
 
 
 @dataclass
@@ -67,8 +64,9 @@ class Restart:
     abort_reason: Callable[[], str | None]
     quorum: int | str
     target: str
+    executor: Executor | None = None
+    deploy_id: str | None = None
     session_timeout: float = 10.0
-    undo: list[_Undo] = field(default_factory=list)
 
     @property
     def service(self) -> str:
@@ -120,15 +118,12 @@ class Restart:
             raise LockLostError(f"ZooKeeper session is {self.store.conn.state}: not starting a new step")
         self.store.require_owned(self.store.layout.slot(self.service, self.node))
 
-    def step(self, phase: Phase, detail: str, action: Callable[[], None], undo: _Undo | None,
-             fenced: bool = True) -> None:
+    def enter(self, phase: Phase, detail: str, fenced: bool = True) -> None:
+        """Move to ``phase``: fenced first for destructive steps, then the crash hook."""
         if fenced:
             self.fence()
         self.machine.to(phase, detail)
         crash_point(self.service, phase.value)
-        action()
-        if undo is not None:
-            self.undo.append(undo)
 
     # -- the restart ------------------------------------------------------------
     def run(self, old_version: str | None, was_running: bool) -> Outcome:
@@ -144,56 +139,48 @@ class Restart:
                             self.service, exc)
 
     def _restart(self, old: str | None, was_running: bool) -> Outcome:
-        svc, target = self.svc, self.target
+        """Every change goes through the journal, recorded with its undo before it is made."""
+        svc, target, releases = self.svc, self.target, self.releases
+        change_id: int | None = None
         try:
-            if was_running:
-                self.step(Phase.DRAINING, "pre-stop hooks", lambda: svc.hooks("pre_stop", old),
-                          _Undo("post-start hooks (undrain)", lambda: svc.hooks("post_start", old)))
-                self.step(Phase.STOPPING, f"stopping {old}", lambda: svc.stop(old),
-                          _Undo(f"start {old}", lambda: self._start_checked(old)))
-            previous = self.releases.current_version()
-            self.step(Phase.SWITCHING, f"switching to {target}", lambda: self.releases.switch(target),
-                      _Undo(f"switch back to {previous}", lambda: self._switch_back(previous)))
-            self.step(Phase.STARTING, f"starting {target}", lambda: svc.start(target),
-                      _Undo(f"stop {target}", lambda: svc.stop(target)))
-            # From here on the new version is up: health checks and undrain only restore service.
-            self.step(Phase.CHECKING, "health checks", lambda: svc.wait_healthy(target), None, fenced=False)
-            svc.hooks("post_start", target)
+            with self.executor.change_set(f"{self.service} {old or '-'} -> {target}",
+                                          deploy_id=self.deploy_id) as cs:
+                change_id = cs.id
+                if was_running:
+                    self.enter(Phase.DRAINING, "pre-stop hooks")
+                    cs.task(HOOKS, svc.hook_params("pre_stop", old), undo=(HOOKS, svc.hook_params("post_start", old)))
+                    self.enter(Phase.STOPPING, f"stopping {old}")
+                    cs.task(STOP, svc.stop_params(old), undo=(START, svc.start_params(old, wait_healthy=True)))
+                self.enter(Phase.SWITCHING, f"switching to {target}")
+                releases.link.parent.mkdir(parents=True, exist_ok=True)
+                cs.swap_symlink(releases.link, releases.link_target(target))
+                self.enter(Phase.STARTING, f"starting {target}")
+                cs.task(START, svc.start_params(target, wait_healthy=False), undo=(STOP, svc.stop_params(target)))
+                # From here on the new version is up: health checks and undrain only restore service.
+                self.enter(Phase.CHECKING, "health checks", fenced=False)
+                svc.wait_healthy(target)
+                cs.task(HOOKS, svc.hook_params("post_start", target), undo=NOTHING_TO_UNDO)
         except (ZkdeployError, OSError) as exc:
-            return self._roll_back(exc, old)
+            return self._roll_back(exc, old, change_id)
         self.machine.to(Phase.IDLE, f"online at {target}")
         return Outcome(True, target)
 
-    def _switch_back(self, previous: str | None) -> None:
-        if previous:
-            self.releases.switch(previous)
-        else:
-            self.releases.link.unlink(missing_ok=True)
-
-    def _start_checked(self, version: str | None) -> None:
-        if version is None:
-            return
-        self.svc.start(version)
-        self.svc.wait_healthy(version)
-        self.svc.hooks("post_start", version)
-
-    def _roll_back(self, exc: BaseException, old: str | None) -> Outcome:
+    def _roll_back(self, exc: BaseException, old: str | None, change_id: int | None) -> Outcome:
         kind = {
             HealthCheckError: "health checks failed",
             LockLostError: "lost the restart slot",
             SessionLostError: "lost the ZooKeeper session",
         }.get(type(exc), "step failed")
         error = f"{kind}: {exc}"
-        log.error("%s: %s; rolling back %d step(s)", self.service, error, len(self.undo))
+        log.error("%s: %s; undoing change set %s", self.service, error, change_id)
         self.machine.to(Phase.ROLLING_BACK, error)
-        healthy = True
-        for undo in reversed(self.undo):
+        healthy = old is not None
+        if change_id is not None:
             try:
-                log.info("%s: undo: %s", self.service, undo.description)
-                undo.action()
-            except (ZkdeployError, OSError) as undo_exc:
+                report = undo_change(self.executor.journal, self.executor.registry, change_id)
+                log.info("%s: change set %d %s", self.service, change_id, report.status)
+            except ZkdeployError as undo_exc:
                 healthy = False
-                log.error("%s: undo %r failed: %s", self.service, undo.description, undo_exc)
-        self.undo.clear()
+                log.error("%s: undo of change set %d failed: %s", self.service, change_id, undo_exc)
         self.machine.to(Phase.IDLE, f"rolled back to {old}: {error}")
-        return Outcome(False, self.releases.current_version(), error, healthy and old is not None)
+        return Outcome(False, self.releases.current_version(), error, healthy)

@@ -64,6 +64,25 @@ class HostService:
             out.append(health.Check(hc.kind, target, hc.timeout, hc.interval, hc.retries))
         return out
 
+    # -- journal action params (see zkdeploy.agent.host_actions) ----------
+    def start_params(self, version: str | None, *, wait_healthy: bool) -> dict[str, Any]:
+        checks = [vars(c) for c in self.checks(version)] if wait_healthy else []
+        return {"service": self.name, "version": version, "managed": self.spec.managed,
+                "command": self.command(self.spec.start, version), "cwd": str(self.current_link),
+                "pidfile": str(self.process.pidfile), "logfile": str(self.process.logfile),
+                "env": self._env(version, None), "timeout": self.spec.start_timeout, "checks": checks}
+
+    def stop_params(self, version: str | None) -> dict[str, Any]:
+        return {"service": self.name, "version": version, "managed": self.spec.managed,
+                "command": self.command(self.spec.stop, version) if self.spec.stop else None,
+                "pidfile": str(self.process.pidfile), "logfile": str(self.process.logfile),
+                "env": self._env(version, None), "timeout": self.spec.stop_timeout}
+
+    def hook_params(self, hook: str, version: str | None) -> dict[str, Any]:
+        return {"service": self.name, "hook": hook, "timeout": self.spec.hook_timeout,
+                "commands": [self.command(t, version) for t in getattr(self.spec, hook)],
+                "env": self._env(version, None)}
+
     # -- actions --------------------------------------------------------
     def running(self) -> bool:
         """Whether the service is up as far as the host can tell (process or health)."""

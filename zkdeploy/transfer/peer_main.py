@@ -104,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     session = SwarmSession(config)
-    signal.signal(signal.SIGUSR1, lambda *_: session.notify_peers_changed())
+    # A signal handler must not take the session's lock (the interrupted main
+    # thread may hold it): hand the poke to a thread, as a ZooKeeper watch would.
+    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(
+        target=session.notify_peers_changed, daemon=True).start())
     try:
         with open(args.torrent, "rb") as f:
             meta = load_metainfo(f.read())

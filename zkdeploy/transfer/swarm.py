@@ -145,6 +145,7 @@ class _Torrent:
         self.resume_saves = 0
         self.hash_failures = 0
         self.error: str | None = None
+        self.peers_changed = threading.Event()
 
     @property
     def path(self) -> str:
@@ -169,7 +170,6 @@ class SwarmSession:
         self._ses: Any = None
         self._lock = threading.Lock()
         self._torrents: dict[str, _Torrent] = {}
-        self._peers_changed = threading.Event()
         self._stopping = threading.Event()
         self._listening = threading.Event()
         self._listen_error: str | None = None
@@ -244,7 +244,11 @@ class SwarmSession:
 
     def notify_peers_changed(self) -> None:
         """Ask running downloads to call their peers_provider now (e.g. from a watch)."""
-        self._peers_changed.set()
+        with self._lock:
+            states = list(self._torrents.values())
+        for t in states:
+            t.peers_changed.set()
+            t.notify()
 
     # -- seeding -------------------------------------------------------------
 
@@ -410,9 +414,9 @@ class SwarmSession:
                 raise DownloadCancelled(f"fetching {meta.name} was cancelled")
             if t.error is not None:
                 raise PayloadError(f"fetching {meta.name} failed: {t.error}")
-            if now >= next_peers or self._peers_changed.is_set():
-                self._peers_changed.clear()
-                known_peers = self._connect_peers(t, peers_provider)
+            if now >= next_peers or t.peers_changed.is_set():
+                t.peers_changed.clear()
+                known_peers = self._connect_peers(t, peers_provider, known_peers)
                 next_peers = now + self.config.peer_refresh_interval
             if self.config.stripe_pieces:
                 striping = (known_peers, self._connected_seeds(t))
@@ -441,16 +445,17 @@ class SwarmSession:
             if on_progress is not None:
                 on_progress(st)
             with t.cond:
-                if not t.finished and t.error is None:
+                if not t.finished and t.error is None and not t.peers_changed.is_set():
                     t.cond.wait(0.25)
 
-    def _connect_peers(self, t: _Torrent, peers_provider: PeersProvider) -> frozenset[Endpoint]:
+    def _connect_peers(self, t: _Torrent, peers_provider: PeersProvider,
+                       previous: frozenset[Endpoint]) -> frozenset[Endpoint]:
         try:
             peers = frozenset((str(ip), int(port)) for ip, port in peers_provider())
         except Exception:  # a tracker hiccup must not kill the download; the watchdog decides
             log.warning("peers_provider failed for %s; keeping current peers", t.meta.name,
                         exc_info=True)
-            return frozenset()
+            return previous
         me = self._endpoint
         for ep in peers:
             if ep != me:
