@@ -129,3 +129,38 @@ def test_payload_whose_hash_does_not_match_is_never_unpacked(make_fleet):
     assert harness.store.deploy(names[0]).state == "pending"
     harness.fleet.cli("abort", names[0], "--force")
     assert harness.store.deploy(names[0]).state == "aborted"
+
+
+@pytest.mark.timeout(240)
+def test_failed_health_check_rolls_the_node_back_and_halts_the_deploy(make_fleet):
+    harness = make_fleet(size=5)
+    harness.install("1")
+    observer = observe(harness)
+    try:
+        harness.stage("db", "2", fail_health=True)  # version 2 answers 500 on /health
+        name = harness.deploy("db@2")[0]
+        wait_for(lambda: harness.store.deploy(name).state == "halted", 120, "the deploy to halt")
+        wait_for(lambda: all(e.state == "online" and e.version == "1"
+                             for e in harness.store.current("db").values()), 60, "every node online at 1")
+    finally:
+        observer.stop()
+    entry = harness.store.deploy(name)
+    # nodes that restart at once (the quorum allows 2) may fail together; no third one starts
+    assert 1 <= len(entry.failures) <= 2
+    assert all("health checks failed" in f["error"] for f in entry.failures)
+    failed = {f["node"] for f in entry.failures}
+    for host in harness.fleet.hosts:
+        # a failed node went back to version 1 through its journal; the others were never touched
+        assert (host.root / "data" / "current" / "db").resolve().name == "1"
+        with Journal.open(host.root / "data" / "state" / "journal.db", create=False) as journal:
+            last = next(c for c in journal.list_changes() if c.description.startswith("db "))
+        assert (last.description, last.status) == (("db 1 -> 2", "undone") if host.name in failed
+                                                   else ("db - -> 1", "done"))
+    assert set(observer.final("db").values()) == {"1"}
+    assert observer.min_answering("db") >= 3
+    status = json.loads(harness.fleet.cli("status", "--json").stdout)
+    db = next(s for s in status["services"] if s["service"] == "db")
+    assert db["waiting_for"].startswith(f"halted: {len(failed)} node(s) failed")
+    # an operator aborts it; the fleet stays on version 1
+    harness.fleet.cli("abort", name, "--force")
+    assert harness.store.deploy(name).state == "aborted"

@@ -462,6 +462,7 @@ class Agent:
                           lambda **kw: self.publish(service, **kw), self._abort_reason(service, deploy),
                           quorum=svc.spec.quorum, target=target, executor=self.executor,
                           deploy_id=deploy.name if deploy else None,
+                          on_failure=(lambda error: self._report_failure(deploy, error)) if deploy else None,
                           session_timeout=self.config.zookeeper.session_timeout)
         was_running = svc.running()
         try:
@@ -484,7 +485,6 @@ class Agent:
         self.publish(service, version=current or "", state=state, detail=outcome.error, target="")
         if deploy is not None:
             self._failed_deploys.add((deploy.name, service))
-            self._report_failure(deploy, outcome.error)
 
     def _report_failure(self, head: DeployEntry, error: str) -> None:
         for _ in range(10):

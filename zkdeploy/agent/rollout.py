@@ -66,6 +66,7 @@ class Restart:
     target: str
     executor: Executor | None = None
     deploy_id: str | None = None
+    on_failure: Callable[[str], None] | None = None
     session_timeout: float = 10.0
 
     @property
@@ -173,6 +174,13 @@ class Restart:
         }.get(type(exc), "step failed")
         error = f"{kind}: {exc}"
         log.error("%s: %s; undoing change set %s", self.service, error, change_id)
+        if self.on_failure is not None:
+            # Reported before the roll-back brings this node back online, so that no other
+            # node takes its place in the quorum and restarts into a version known to fail.
+            try:
+                self.on_failure(error)
+            except ZkdeployError as report_exc:
+                log.error("%s: could not report the failure: %s", self.service, report_exc)
         self.machine.to(Phase.ROLLING_BACK, error)
         healthy = old is not None
         if change_id is not None:
