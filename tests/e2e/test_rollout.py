@@ -116,6 +116,7 @@ def test_payload_whose_hash_does_not_match_is_never_unpacked(make_fleet):
     harness.fleet.payload("db", "2-tampered").replace(path)
     for host in harness.fleet.hosts:
         harness.fleet.start_agent(host)
+    harness.wait_registered()
     names = harness.deploy("db@2")
 
     def refused_everywhere():

@@ -19,6 +19,7 @@ from pathlib import Path
 from zkdeploy import __version__
 from zkdeploy.agent.host_actions import agent_registry
 from zkdeploy.agent.releases import ReleaseDir
+from zkdeploy.agent.reports import answer_plans, push_history, serve_undo_requests
 from zkdeploy.agent.rollout import Restart
 from zkdeploy.agent.states import RESTART_PHASES, Phase, ServiceMachine
 from zkdeploy.agent.transport import Transport
@@ -96,6 +97,7 @@ class Agent:
         self.journal: Journal | None = None
         self.executor: Executor | None = None
         self._converge: dict[str, str] = {}
+        self._answered_plans: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------
     def stop(self) -> None:
@@ -293,10 +295,12 @@ class Agent:
         self._ensure_watches()
         if not self._load_catalog() or not self._register():
             return
+        answer_plans(self, self._answered_plans)  # a dry run changes nothing: allowed even now
         switch = store.killswitch()
         if switch is not None:
             self._summary(f"killswitch on: {switch.message}")
             return
+        serve_undo_requests(self)
         deploys = store.deploys()
         head = active_deploy(deploys)
         self._watch_head(head)
@@ -333,6 +337,8 @@ class Agent:
         store.watch_children(store.layout.deploy, fire)
         store.watch_data(store.layout.killswitch, fire)
         store.watch_data(store.layout.catalog, fire)
+        store.watch_children(store.layout.plans, fire)
+        store.watch_children(store.layout.undo_requests(self.node), fire)
         for service in self.config.services:
             store.watch_children(store.layout.releases(service), fire)
         self._watching = True
@@ -467,6 +473,8 @@ class Agent:
         was_running = svc.running()
         try:
             outcome = restart.run(old, was_running)
+            if outcome.change_id is not None:
+                push_history(self, outcome.change_id)
         except RolloutAborted as exc:
             log.info("%s: not restarting: %s", service, exc)
             machine.reset(str(exc))

@@ -29,7 +29,7 @@ from zkdeploy.errors import (
     SessionLostError,
     ZkdeployError,
 )
-from zkdeploy.journal import NOTHING_TO_UNDO, Executor, undo_change
+from zkdeploy.journal import NOTHING_TO_UNDO, ChangeSetBuilder, Executor, undo_change
 from zkdeploy.model import ONLINE, RESTARTING
 from zkdeploy.policy.quorum import may_go_down
 from zkdeploy.runner.service import HostService
@@ -45,6 +45,32 @@ class Outcome:
     version: str | None
     error: str = ""
     healthy: bool = True
+    change_id: int | None = None
+
+
+def restart_tasks(cs: ChangeSetBuilder, svc: HostService, releases: ReleaseDir, old: str | None, target: str,
+                  was_running: bool, enter: Callable[..., None] = lambda *a, **k: None,
+                  check: Callable[[], None] | None = None) -> None:
+    """The tasks of one restart, in order, each with its undo.
+
+    The one code path of a restart: run live under a slot, and in NoAction
+    mode (``zkdeploy plan``) to list exactly what the live run would change.
+    ``enter(phase, detail, fenced=True)`` is called before each step.
+    """
+    if was_running:
+        enter(Phase.DRAINING, "pre-stop hooks")
+        cs.task(HOOKS, svc.hook_params("pre_stop", old), undo=(HOOKS, svc.hook_params("post_start", old)))
+        enter(Phase.STOPPING, f"stopping {old}")
+        cs.task(STOP, svc.stop_params(old), undo=(START, svc.start_params(old, wait_healthy=True)))
+    enter(Phase.SWITCHING, f"switching to {target}")
+    cs.swap_symlink(releases.link, releases.link_target(target))
+    enter(Phase.STARTING, f"starting {target}")
+    cs.task(START, svc.start_params(target, wait_healthy=False), undo=(STOP, svc.stop_params(target)))
+    # From here on the new version is up: health checks and undrain only restore service.
+    enter(Phase.CHECKING, "health checks", fenced=False)
+    if check is not None:
+        check()
+    cs.task(HOOKS, svc.hook_params("post_start", target), undo=NOTHING_TO_UNDO)
 
 
 @dataclass
@@ -141,30 +167,18 @@ class Restart:
 
     def _restart(self, old: str | None, was_running: bool) -> Outcome:
         """Every change goes through the journal, recorded with its undo before it is made."""
-        svc, target, releases = self.svc, self.target, self.releases
         change_id: int | None = None
         try:
-            with self.executor.change_set(f"{self.service} {old or '-'} -> {target}",
+            self.releases.link.parent.mkdir(parents=True, exist_ok=True)
+            with self.executor.change_set(f"{self.service} {old or '-'} -> {self.target}",
                                           deploy_id=self.deploy_id) as cs:
                 change_id = cs.id
-                if was_running:
-                    self.enter(Phase.DRAINING, "pre-stop hooks")
-                    cs.task(HOOKS, svc.hook_params("pre_stop", old), undo=(HOOKS, svc.hook_params("post_start", old)))
-                    self.enter(Phase.STOPPING, f"stopping {old}")
-                    cs.task(STOP, svc.stop_params(old), undo=(START, svc.start_params(old, wait_healthy=True)))
-                self.enter(Phase.SWITCHING, f"switching to {target}")
-                releases.link.parent.mkdir(parents=True, exist_ok=True)
-                cs.swap_symlink(releases.link, releases.link_target(target))
-                self.enter(Phase.STARTING, f"starting {target}")
-                cs.task(START, svc.start_params(target, wait_healthy=False), undo=(STOP, svc.stop_params(target)))
-                # From here on the new version is up: health checks and undrain only restore service.
-                self.enter(Phase.CHECKING, "health checks", fenced=False)
-                svc.wait_healthy(target)
-                cs.task(HOOKS, svc.hook_params("post_start", target), undo=NOTHING_TO_UNDO)
+                restart_tasks(cs, self.svc, self.releases, old, self.target, was_running, self.enter,
+                              check=lambda: self.svc.wait_healthy(self.target))
         except (ZkdeployError, OSError) as exc:
             return self._roll_back(exc, old, change_id)
-        self.machine.to(Phase.IDLE, f"online at {target}")
-        return Outcome(True, target)
+        self.machine.to(Phase.IDLE, f"online at {self.target}")
+        return Outcome(True, self.target, change_id=change_id)
 
     def _roll_back(self, exc: BaseException, old: str | None, change_id: int | None) -> Outcome:
         kind = {
@@ -191,4 +205,4 @@ class Restart:
                 healthy = False
                 log.error("%s: undo of change set %d failed: %s", self.service, change_id, undo_exc)
         self.machine.to(Phase.IDLE, f"rolled back to {old}: {error}")
-        return Outcome(False, self.releases.current_version(), error, healthy)
+        return Outcome(False, self.releases.current_version(), error, healthy, change_id)

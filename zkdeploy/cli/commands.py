@@ -15,6 +15,7 @@ from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
 from zkdeploy.cli.output import emit_json, say, table
 from zkdeploy.cli.views import deploy_dict, fleet_status
 from zkdeploy.config.loader import load_catalog, parse_catalog
+from zkdeploy.coordination import Store
 from zkdeploy.errors import ConfigError, DeployRefusedError, RolloutError
 from zkdeploy.model import ABORTED, DONE, HALTED, PENDING, DeployEntry, Killswitch, Release
 from zkdeploy.names import check_name
@@ -154,6 +155,43 @@ def _parse_target(spec: str) -> tuple[str, str | None]:
     return service, version or None
 
 
+def resolve_targets(store: Store, targets: tuple[str, ...], what: str) -> list[tuple[str, str]]:
+    """``SERVICE[@VERSION]`` arguments as (service, version) in dependency order, or DeployRefusedError.
+
+    Refuses unknown services, unstaged versions, dependency cycles, services
+    no node runs, and quorums that leave no node free to restart; every
+    problem is listed at once.
+    """
+    data, _ = store.catalog()
+    if data is None:
+        raise DeployRefusedError("no catalog stored (zkdeploy services apply FILE)")
+    catalog = parse_catalog(data, "catalog in ZooKeeper")
+    wanted: dict[str, str | None] = {}
+    for spec in targets:
+        service, version = _parse_target(spec)
+        if service not in catalog.services:
+            raise DeployRefusedError(f"unknown service {service!r} (known: {', '.join(sorted(catalog.services))})")
+        wanted[service] = version
+    problems, out = [], []
+    for service in dependency_order(catalog.graph(), wanted):
+        releases = store.releases(service)
+        version = wanted[service] or (max(releases.values(), key=lambda r: r.staged_at).version if releases else None)
+        if version is None or version not in releases:
+            problems.append(f"{service}@{version or '?'} is not staged (zkdeploy stage {service} VERSION PAYLOAD)")
+            continue
+        present = len(store.current(service))
+        quorum = catalog.services[service].quorum
+        if present == 0:
+            problems.append(f"{service}: no node runs it (no agent has registered it in /current)")
+        elif required_online(quorum, present) >= present:
+            problems.append(f"{service}: quorum {quorum} needs {required_online(quorum, present)} of "
+                            f"{present} node(s) online, so no node could ever restart")
+        out.append((service, version))
+    if problems:
+        raise DeployRefusedError(f"{what} refused, nothing was queued:\n" + "\n".join(f"  - {p}" for p in problems))
+    return out
+
+
 @click.command("deploy")
 @click.argument("targets", nargs=-1, required=True, metavar="SERVICE[@VERSION]...")
 @click.option("--wait", is_flag=True, help="Show progress and return only when the rollout ended.")
@@ -175,36 +213,10 @@ def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_f
     unreachable, 4 the rollout halted, was aborted or timed out.
     """
     store = ctx.store()
-    data, _ = store.catalog()
-    if data is None:
-        raise DeployRefusedError("no catalog stored (zkdeploy services apply FILE)")
-    catalog = parse_catalog(data, "catalog in ZooKeeper")
-    wanted: dict[str, str | None] = {}
-    for spec in targets:
-        service, version = _parse_target(spec)
-        if service not in catalog.services:
-            raise DeployRefusedError(f"unknown service {service!r} (known: {', '.join(sorted(catalog.services))})")
-        wanted[service] = version
-    order = dependency_order(catalog.graph(), wanted)
-    problems, entries = [], []
     group = uuid.uuid4().hex[:12]
-    for service in order:
-        releases = store.releases(service)
-        version = wanted[service] or (max(releases.values(), key=lambda r: r.staged_at).version if releases else None)
-        if version is None or version not in releases:
-            problems.append(f"{service}@{version or '?'} is not staged (zkdeploy stage {service} VERSION PAYLOAD)")
-            continue
-        present = len(store.current(service))
-        quorum = catalog.services[service].quorum
-        if present == 0:
-            problems.append(f"{service}: no node runs it (no agent has registered it in /current)")
-        elif required_online(quorum, present) >= present:
-            problems.append(f"{service}: quorum {quorum} needs {required_online(quorum, present)} of "
-                            f"{present} node(s) online, so no node could ever restart")
-        entries.append(DeployEntry(service=service, version=version, group=group, requested_by=who(),
-                                   created=time.time(), max_failures=max_failures))
-    if problems:
-        raise DeployRefusedError("deploy refused, nothing was queued:\n" + "\n".join(f"  - {p}" for p in problems))
+    entries = [DeployEntry(service=service, version=version, group=group, requested_by=who(),
+                           created=time.time(), max_failures=max_failures)
+               for service, version in resolve_targets(store, targets, "deploy")]
     names = store.enqueue(entries)
     queued = [{"name": n, "service": e.service, "version": e.version} for n, e in zip(names, entries)]
     if not wait:

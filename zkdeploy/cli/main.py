@@ -9,6 +9,8 @@ from zkdeploy.cli import commands, show
 from zkdeploy.cli.agent_cmd import agent
 from zkdeploy.cli.context import Ctx
 from zkdeploy.cli.demo_cmd import demo
+from zkdeploy.cli.journal_cmd import journal
+from zkdeploy.cli.reports_cmd import history, plan, undo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -49,17 +51,12 @@ cli.add_command(show.status)
 cli.add_command(show.nodes)
 cli.add_command(agent)
 cli.add_command(demo)
+cli.add_command(plan)
+cli.add_command(history)
+cli.add_command(undo)
 
 
-def _optional_commands() -> None:
-    try:
-        from zkdeploy.cli.journal_cmd import journal
-    except ImportError:  # the journal arrives with issue 4
-        return
-    cli.add_command(journal)
-
-
-_optional_commands()
+cli.add_command(journal)
 
 
 def main() -> None:

@@ -12,7 +12,10 @@
     <root>/locks/<service>/slots/<node>     ephemeral   a restart in progress (proof of permission)
     <root>/swarm/<info-hash>/<node>         ephemeral   torrent peers
     <root>/control/killswitch               persistent  present = no agent starts a new step
-    <root>/reports/...                      persistent  dry-run results and change history
+    <root>/reports/plans/p-<seq>            persistent-sequential  a fleet-wide dry run request
+    <root>/reports/plans/p-<seq>/<node>     persistent  one node's plan (NoAction) for that request
+    <root>/reports/history/h-<seq>          persistent-sequential  one live change set on one node (bounded)
+    <root>/control/undo/<node>/u-<seq>      persistent-sequential  an operator's undo request for a node
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from zkdeploy.names import check_name
 
 DEPLOY_PREFIX = "d-"
 QUEUE_PREFIX = "q-"
+PLAN_PREFIX = "p-"
+HISTORY_PREFIX = "h-"
+UNDO_PREFIX = "u-"
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,28 @@ class Layout:
     def reports(self) -> str:
         return self._join("reports")
 
+    @property
+    def plans(self) -> str:
+        return self._join("reports", "plans")
+
+    def plan(self, name: str) -> str:
+        return self.plans + "/" + check_name("plan request", name)
+
+    def plan_answer(self, name: str, node: str) -> str:
+        return self.plan(name) + "/" + check_name("node", node)
+
+    @property
+    def history(self) -> str:
+        return self._join("reports", "history")
+
+    def undo_requests(self, node: str) -> str:
+        return self._join("control", "undo", check_name("node", node))
+
+    def undo_request(self, node: str, name: str) -> str:
+        return self.undo_requests(node) + "/" + check_name("undo request", name)
+
     def base_paths(self) -> list[str]:
         """The persistent parents that must exist before anything else is written."""
         return [self.nodes, self.current, self.staging, self.deploy, self._join("locks"),
-                self._join("swarm"), self.control, self.reports]
+                self._join("swarm"), self.control, self.reports, self.plans, self.history,
+                self._join("control", "undo")]

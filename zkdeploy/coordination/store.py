@@ -19,7 +19,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotE
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
 from zkdeploy.coordination.client import Connection
-from zkdeploy.coordination.layout import DEPLOY_PREFIX, Layout
+from zkdeploy.coordination.layout import DEPLOY_PREFIX, HISTORY_PREFIX, PLAN_PREFIX, UNDO_PREFIX, Layout
 from zkdeploy.errors import ConflictError, CoordinationError, LockLostError
 from zkdeploy.model import CurrentEntry, DeployEntry, Killswitch, NodeRecord, Release
 
@@ -307,6 +307,72 @@ class Store:
 
     def release_slot(self, service: str, node: str) -> None:
         self._delete(self.layout.slot(service, node))
+
+    # -- reports: plans and history ---------------------------------------------
+    def _json(self, path: str) -> Any:
+        got = self._get(path)
+        if got is None:
+            return None
+        try:
+            return json.loads(got[0].decode() or "null")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CoordinationError(f"{path} holds corrupt JSON: {exc}") from None
+
+    def request_plan(self, request: dict[str, Any]) -> str:
+        created = self.conn.call("create", self.layout.plans + "/" + PLAN_PREFIX,
+                                 json.dumps(request).encode(), None, False, True)
+        return created.rsplit("/", 1)[1]
+
+    def plan_requests(self) -> list[str]:
+        return [c for c in self._children(self.layout.plans) if c.startswith(PLAN_PREFIX)]
+
+    def plan_request(self, name: str) -> dict[str, Any] | None:
+        return self._json(self.layout.plan(name))
+
+    def plan_answers(self, name: str) -> dict[str, Any]:
+        return {node: self._json(self.layout.plan_answer(name, node))
+                for node in self._children(self.layout.plan(name))}
+
+    def answer_plan(self, name: str, node: str, answer: dict[str, Any]) -> None:
+        try:
+            self.conn.call("create", self.layout.plan_answer(name, node), json.dumps(answer).encode())
+        except NodeExistsError:
+            pass  # answered already (by this node before a restart)
+        except NoNodeError:
+            pass  # the request was withdrawn
+
+    def has_answered(self, name: str, node: str) -> bool:
+        return self.owner_of(self.layout.plan_answer(name, node)) is not None
+
+    def record_history(self, record: dict[str, Any], keep: int = 2000) -> None:
+        """Append one change report; the oldest beyond ``keep`` are pruned."""
+        self.conn.call("create", self.layout.history + "/" + HISTORY_PREFIX, json.dumps(record).encode(),
+                       None, False, True)
+        names = [c for c in self._children(self.layout.history) if c.startswith(HISTORY_PREFIX)]
+        for name in names[: max(0, len(names) - keep)]:
+            self._delete(self.layout.history + "/" + name)
+
+    def history(self) -> list[dict[str, Any]]:
+        out = []
+        for name in self._children(self.layout.history):
+            record = self._json(self.layout.history + "/" + name)
+            if isinstance(record, dict):
+                out.append({"id": name, **record})
+        return out
+
+    # -- undo requests ------------------------------------------------------------
+    def request_undo(self, node: str, request: dict[str, Any]) -> str:
+        self.conn.call("ensure_path", self.layout.undo_requests(node))
+        created = self.conn.call("create", self.layout.undo_requests(node) + "/" + UNDO_PREFIX,
+                                 json.dumps(request).encode(), None, False, True)
+        return created.rsplit("/", 1)[1]
+
+    def undo_requests(self, node: str) -> dict[str, dict[str, Any]]:
+        base = self.layout.undo_requests(node)
+        return {name: self._json(base + "/" + name) for name in self._children(base)}
+
+    def update_undo_request(self, node: str, name: str, request: dict[str, Any]) -> None:
+        self.conn.call("set", self.layout.undo_request(node, name), json.dumps(request).encode())
 
     # -- control --------------------------------------------------------------
     def killswitch(self) -> Killswitch | None:

@@ -1,0 +1,158 @@
+"""Fleet-wide dry runs, the central change history, and undo on a node, through ZooKeeper."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from zkdeploy.cli.commands import resolve_targets, who
+from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
+from zkdeploy.cli.journal_cmd import SINCE
+from zkdeploy.cli.output import emit_json, say, table
+from zkdeploy.errors import ConfigError, RolloutError
+from zkdeploy.names import check_name
+
+
+def _wanted_nodes(store, services: list[str]) -> set[str]:
+    return {node for service in services for node in store.current(service)}
+
+
+def _normalized(answer: dict[str, Any]) -> str:
+    """A host's plan with its own name and data directory abstracted, so identical plans group."""
+    text = json.dumps([{k: s.get(k) for k in ("service", "from", "to", "error")} |
+                       {"actions": [a["description"] for a in s["actions"]]} for s in answer["services"]],
+                      sort_keys=True)
+    return text.replace(answer["data_dir"], "<data>").replace(answer["node"], "<node>")
+
+
+@click.command("plan")
+@click.argument("targets", nargs=-1, required=True, metavar="SERVICE[@VERSION]...")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for every node that runs these services to answer.")
+@json_option
+@pass_ctx
+@handle_errors
+def plan(ctx: Ctx, targets: tuple[str, ...], timeout: float, as_json: bool) -> None:
+    """Dry-run a deploy on every host: the exact changes and commands each would make.
+
+    Every agent concerned runs its restart in NoAction mode (it may fetch and
+    verify the payload; nothing under the service's release or current paths,
+    no service process and no journal entry changes) and reports back through
+    ZooKeeper.  Identical plans are grouped.  Exit code 4 if some host did not
+    answer within --timeout (they are named).
+    """
+    store = ctx.store()
+    resolved = resolve_targets(store, targets, "plan")
+    services = [s for s, _ in resolved]
+    expected = _wanted_nodes(store, services)
+    name = store.request_plan({"targets": [{"service": s, "version": v} for s, v in resolved],
+                               "created": time.time(), "by": who()})
+    deadline = time.monotonic() + timeout
+    answers: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        answers = store.plan_answers(name)
+        if expected <= set(answers):
+            break
+        time.sleep(0.2)
+    missing = sorted(expected - set(answers))
+    groups: dict[str, list[str]] = defaultdict(list)
+    for node, answer in sorted(answers.items()):
+        groups[_normalized(answer)].append(node)
+    if as_json:
+        emit_json({"request": name, "targets": resolved, "answers": answers, "missing": missing,
+                   "groups": [{"nodes": nodes, "plan": answers[nodes[0]]["services"]} for nodes in groups.values()]})
+    else:
+        for nodes in groups.values():
+            say(f"== {len(nodes)} host(s): {', '.join(nodes)}")
+            for svc in answers[nodes[0]]["services"]:
+                head = f"  {svc['service']}: {svc.get('from') or '-'} -> {svc['to']}"
+                if svc.get("error"):
+                    say(f"{head}: ERROR {svc['error']}")
+                    continue
+                say(head + ("" if svc["actions"] else ": nothing to do"))
+                for i, action in enumerate(svc["actions"], 1):
+                    note = "" if action["undoable"] else "  [cannot be undone automatically]"
+                    say(f"    {i}. {action['description']}{note}")
+        if missing:
+            say(f"no answer within {timeout:g}s from: {', '.join(missing)}")
+    if missing:
+        raise RolloutError(f"{len(missing)} host(s) did not answer the plan: {', '.join(missing)}")
+
+
+@click.command("history")
+@click.option("--node", help="Only this node.")
+@click.option("--service", help="Only changes of this service.")
+@click.option("--since", type=SINCE, help="Only changes since DATE (ISO-8601 or an age like 2h, 7d).")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@json_option
+@pass_ctx
+@handle_errors
+def history(ctx: Ctx, node: str | None, service: str | None, since: datetime | None, limit: int,
+            as_json: bool) -> None:
+    """The central record of what changed where (reports agents push after each live change set)."""
+    if since is not None and since > datetime.now(timezone.utc):
+        raise ConfigError(f"--since {since.isoformat()} is in the future")
+    records = ctx.store().history()
+    out = [r for r in records
+           if (node is None or r["node"] == node) and (service is None or service in r.get("services", []))
+           and (since is None or datetime.fromisoformat(r["created"]) >= since)][-limit:]
+    if as_json:
+        emit_json(out)
+        return
+    if not out:
+        say("no recorded changes match")
+        return
+    table(None, ["WHEN", "NODE", "CHANGE", "DEPLOY", "STATUS", "WHAT"],
+          [[r["created"][:19], r["node"], r["change_id"], r.get("deploy_id") or "-", r["status"], r["description"]]
+           for r in out])
+
+
+@click.command("undo")
+@click.option("--node", required=True, help="The node whose changes to undo.")
+@click.option("--last", type=click.IntRange(1), help="Undo the last N change sets still in effect.")
+@click.option("--since", type=SINCE, help="Undo every change set since DATE.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the node.")
+@click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_ctx
+@handle_errors
+def undo(ctx: Ctx, node: str, last: int | None, since: datetime | None, timeout: float, force: bool,
+         as_json: bool) -> None:
+    """Ask NODE's agent to undo its recent changes, under the same quorum rules as any restart.
+
+    The release that ran before is live again afterwards and /dc/current says
+    so.  Exit code 4 if the node refused, failed or did not answer in time.
+    """
+    check_name("node", node)
+    if (last is None) == (since is None):
+        raise ConfigError("give exactly one of --last N or --since DATE")
+    if since is not None and since > datetime.now(timezone.utc):
+        raise ConfigError(f"--since {since.isoformat()} is in the future")
+    store = ctx.store()
+    if node not in store.nodes():
+        raise ConfigError(f"no agent is registered as {node!r}")
+    what = f"the last {last} change set(s)" if last else f"every change set since {since.isoformat()}"
+    if not force and not click.confirm(f"undo {what} on {node}?"):
+        raise click.Abort()
+    name = store.request_undo(node, {"last": last, "since": since.isoformat() if since else None,
+                                     "by": who(), "created": time.time(), "state": "pending"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        request = store.undo_requests(node).get(name) or {}
+        if request.get("state") in ("done", "failed"):
+            break
+        time.sleep(0.3)
+    else:
+        raise RolloutError(f"{node} did not carry out undo request {name} within {timeout:g}s (it still may)")
+    if as_json:
+        emit_json({"request": name, **request})
+    elif request["state"] == "done":
+        for report in request["result"]:
+            say(f"{node}: change set {report['change_id']} ({report['description']}): {report['status']}")
+    if request["state"] == "failed":
+        raise RolloutError(f"{node} could not undo: {request.get('error')}")
