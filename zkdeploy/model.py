@@ -24,11 +24,13 @@ STOPPED = "stopped"
 SERVICE_STATES = (ONLINE, RESTARTING, FAILED, STOPPED)
 
 # Deploy entry states.
-PENDING = "pending"
+PENDING = "pending"        # active when at the head of the queue
+PAUSED = "paused"          # an operator paused it: no node starts a new restart for it
+HALTED = "halted"          # past its failure budget with on_failure: pause
 DONE = "done"
-HALTED = "halted"
 ABORTED = "aborted"
-OPEN_DEPLOY_STATES = (PENDING, HALTED)
+ROLLED_BACK = "rolled_back"  # past its failure budget with on_failure: rollback (a rollback deploy follows)
+OPEN_DEPLOY_STATES = (PENDING, PAUSED, HALTED)
 
 
 def now() -> float:
@@ -129,9 +131,14 @@ class DeployEntry(Record):
     requested_by: str = ""
     created: float = 0.0
     finished: float | None = None
-    max_failures: int = 0
+    max_failures: int | str = 0
     failures: tuple[dict[str, Any], ...] = ()
     message: str = ""
+    kind: str = "deploy"
+    previous: str | None = None
+    on_failure: str = "pause"
+    progress_deadline: float = 600.0
+    stalled_since: float | None = None
 
     @property
     def is_open(self) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from zkdeploy.demo.observer import Observer
 from zkdeploy.journal import Journal
 from zkdeploy.demo.scenario import wait_deploys
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import two_services, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -165,3 +165,32 @@ def test_failed_health_check_rolls_the_node_back_and_halts_the_deploy(make_fleet
     # an operator aborts it; the fleet stays on version 1
     harness.fleet.cli("abort", name, "--force")
     assert harness.store.deploy(name).state == "aborted"
+
+
+@pytest.mark.timeout(240)
+def test_on_failure_rollback_returns_every_switched_node_to_the_previous_version(make_fleet):
+    services = two_services()
+    services[0].on_failure = "rollback"
+    services[0].health_retries = 20
+    harness = make_fleet(services, size=5)
+    harness.install("1")
+    victim = harness.fleet.hosts[-1].name
+    observer = observe(harness)
+    try:
+        harness.stage("db", "2", fail_health_on=(victim,))  # version 2 is bad on one node only
+        harness.stage("web", "2")
+        names = harness.deploy("db@2", "web@2")
+        wait_for(lambda: harness.store.deploy(names[0]).state == "rolled_back", 120, "the deploy to fail")
+        rollback = wait_for(lambda: next((d for d in harness.store.deploys() if d.kind == "rollback"), None),
+                            10, "the rollback deploy")
+        wait_deploys(harness.store, [rollback.name], 120)
+        wait_for(lambda: all(v == "1" for v in observer.final("db").values()), 30, "every db node back at 1")
+    finally:
+        observer.stop()
+    assert (rollback.service, rollback.version) == ("db", "1")
+    assert harness.store.deploy(names[1]).state == "aborted"  # web@2 depended on the failed db@2
+    assert [f["node"] for f in harness.store.deploy(names[0]).failures] == [victim]
+    assert observer.min_answering("db") >= 3
+    assert set(observer.final("web").values()) == {"1"}
+    for host in harness.fleet.hosts:
+        assert (host.root / "data" / "current" / "db").resolve().name == "1"

@@ -194,3 +194,26 @@ def test_unreachable_zookeeper_exits_3(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["--zk", "127.0.0.1:1", "--zk-timeout", "1", "status"])
     assert result.exit_code == 3
     assert "cannot reach ZooKeeper at 127.0.0.1:1" in result.output
+
+
+def test_pause_resume_and_rollback_requests(run, catalog_file: Path, tmp_path: Path, store: Store) -> None:
+    run("services", "apply", str(catalog_file))
+    fleet_of(store, 4)
+    for version in ("2", "3"):
+        run("stage", "db", version, str(payload(tmp_path, f"db-{version}.tar.gz")))
+    name = json.loads(run("deploy", "db@2", "--json").output)["queued"][0]["name"]
+    assert store.deploy(name).previous == "1"  # the most popular version when it was queued
+    assert run("pause", name).exit_code == 0 and store.deploy(name).state == "paused"
+    status = json.loads(run("status", "--json").output)
+    assert next(s for s in status["services"] if s["service"] == "db")["waiting_for"].startswith("paused")
+    assert run("resume", name).exit_code == 0 and store.deploy(name).state == "pending"
+    assert run("resume", name).exit_code == 2  # only a paused or halted deploy resumes
+    # a rollback aborts the open deploy of the service and queues its own, to the version replaced
+    assert run("rollback", "web").exit_code == 2  # nothing says what web would go back to
+    result = run("rollback", "db", "--to", "1", "--json")
+    assert result.exit_code == 2 and "db@1 is not staged" in result.output
+    result = run("rollback", "db", "--to", "3", "--json")
+    assert result.exit_code == 0, result.output
+    assert store.deploy(name).state == "aborted"
+    latest = store.deploys()[-1]
+    assert (latest.service, latest.version, latest.kind) == ("db", "3", "rollback")

@@ -17,10 +17,22 @@ from zkdeploy.cli.views import deploy_dict, fleet_status
 from zkdeploy.config.loader import load_catalog, parse_catalog
 from zkdeploy.coordination import Store
 from zkdeploy.errors import ConfigError, DeployRefusedError, RolloutError
-from zkdeploy.model import ABORTED, DONE, HALTED, PENDING, DeployEntry, Killswitch, Release
+from zkdeploy.model import (
+    ABORTED,
+    DONE,
+    HALTED,
+    ONLINE,
+    PAUSED,
+    PENDING,
+    ROLLED_BACK,
+    DeployEntry,
+    Killswitch,
+    Release,
+)
 from zkdeploy.names import check_name
 from zkdeploy.policy.order import dependency_order
-from zkdeploy.policy.quorum import required_online
+from zkdeploy.policy.quorum import failure_budget, required_online
+from zkdeploy.policy.versions import most_popular
 from zkdeploy.transfer.fetch import is_url, sha256_file
 from zkdeploy.transfer.unpack import check_archive
 
@@ -197,12 +209,12 @@ def resolve_targets(store: Store, targets: tuple[str, ...], what: str) -> list[t
 @click.option("--wait", is_flag=True, help="Show progress and return only when the rollout ended.")
 @click.option("--timeout", type=float, default=3600.0, show_default=True,
               help="With --wait: give up waiting after this many seconds (the rollout goes on).")
-@click.option("--max-failures", type=int, default=0, show_default=True,
-              help="Nodes that may fail their restart before the deploy halts.")
+@click.option("--max-failures", metavar="N|PCT",
+              help="Nodes that may fail their restart before the deploy stops (default: the catalog's).")
 @json_option
 @pass_ctx
 @handle_errors
-def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_failures: int,
+def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_failures: str | None,
            as_json: bool) -> None:
     """Queue rollouts of SERVICE[@VERSION]... in dependency order.
 
@@ -213,11 +225,38 @@ def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_f
     unreachable, 4 the rollout halted, was aborted or timed out.
     """
     store = ctx.store()
-    group = uuid.uuid4().hex[:12]
-    entries = [DeployEntry(service=service, version=version, group=group, requested_by=who(),
-                           created=time.time(), max_failures=max_failures)
-               for service, version in resolve_targets(store, targets, "deploy")]
+    if max_failures is not None:
+        failure_budget(max_failures, 1)  # validates
+    entries = make_entries(store, resolve_targets(store, targets, "deploy"), max_failures=max_failures)
     names = store.enqueue(entries)
+    _report_queued(ctx, names, entries, wait, timeout, as_json)
+
+
+def make_entries(store: Store, targets: list[tuple[str, str]], *, max_failures: str | None = None,
+                 kind: str = "deploy") -> list[DeployEntry]:
+    """Deploy entries for resolved targets, with the catalog's failure policy and each
+    service's current most popular version as the one to roll back to."""
+    data, _ = store.catalog()
+    catalog = parse_catalog(data, "catalog in ZooKeeper")
+    group = uuid.uuid4().hex[:12]
+    entries = []
+    for service, version in targets:
+        spec = catalog.services[service]
+        online = [e.version for e in store.current(service).values() if e.state == ONLINE]
+        entries.append(DeployEntry(
+            service=service, version=version, group=group, requested_by=who(), created=time.time(),
+            max_failures=_count_or_pct(max_failures) if max_failures is not None else spec.max_failures,
+            previous=most_popular(online), on_failure=spec.on_failure,
+            progress_deadline=spec.progress_deadline, kind=kind))
+    return entries
+
+
+def _count_or_pct(text: str) -> int | str:
+    return int(text) if text.strip().isdigit() else text
+
+
+def _report_queued(ctx: Ctx, names: list[str], entries: list[DeployEntry], wait: bool, timeout: float,
+                   as_json: bool) -> None:
     queued = [{"name": n, "service": e.service, "version": e.version} for n, e in zip(names, entries)]
     if not wait:
         if as_json:
@@ -244,7 +283,7 @@ def _wait(ctx: Ctx, names: list[str], timeout: float, quiet: bool) -> list[Deplo
     while True:
         entries = [store.deploy(n) for n in names]
         entries = [e for e in entries if e is not None]
-        if all(e.state in (DONE, ABORTED, HALTED) for e in entries):
+        if all(e.state in (DONE, ABORTED, HALTED, ROLLED_BACK, PAUSED) for e in entries):
             return entries
         if time.monotonic() > deadline:
             raise RolloutError(f"gave up waiting after {timeout:g}s; the rollout goes on "
@@ -293,8 +332,21 @@ def abort(ctx: Ctx, deploy_name: str | None, all_: bool, force: bool) -> None:
         raise ConfigError("name a deploy or give --all")
     if not force and not click.confirm(f"abort {deploy_name or 'every open deploy'}?"):
         raise click.Abort()
-    for name in _set_state(ctx, deploy_name, ABORTED, (PENDING, HALTED)):
+    for name in _set_state(ctx, deploy_name, ABORTED, (PENDING, PAUSED, HALTED)):
         say(f"aborted {name}")
+
+
+@click.command("pause")
+@click.argument("deploy_name", required=False, metavar="[DEPLOY]")
+@click.option("--all", "all_", is_flag=True, help="Pause every pending deploy.")
+@pass_ctx
+@handle_errors
+def pause(ctx: Ctx, deploy_name: str | None, all_: bool) -> None:
+    """Pause one deploy (or --all): no node starts a new restart for it; restarts under way finish."""
+    if not deploy_name and not all_:
+        raise ConfigError("name a deploy or give --all")
+    for name in _set_state(ctx, deploy_name, PAUSED, (PENDING,)):
+        say(f"paused {name}")
 
 
 @click.command("resume")
@@ -302,14 +354,50 @@ def abort(ctx: Ctx, deploy_name: str | None, all_: bool, force: bool) -> None:
 @pass_ctx
 @handle_errors
 def resume(ctx: Ctx, deploy_name: str) -> None:
-    """Resume a halted deploy (its failure count is kept; raise it with a new deploy if needed)."""
+    """Resume a paused or halted deploy.
+
+    A halted deploy's failure budget is raised to the failures it already had,
+    so one more failure halts it again.
+    """
     store = ctx.store()
     entry = store.deploy(deploy_name)
-    if entry is None or entry.state != HALTED:
-        raise ConfigError(f"no halted deploy {deploy_name}")
-    store.update_deploy(entry.evolve(state=PENDING, message=f"resumed by {who()}",
-                                     max_failures=len(entry.failures)))
+    if entry is None or entry.state not in (PAUSED, HALTED):
+        raise ConfigError(f"no paused or halted deploy {deploy_name}")
+    budget = len(entry.failures) if entry.state == HALTED else entry.max_failures
+    store.update_deploy(entry.evolve(state=PENDING, message=f"resumed by {who()}", max_failures=budget))
     say(f"resumed {deploy_name}")
+
+
+@click.command("rollback")
+@click.argument("service")
+@click.option("--to", "version", help="The version to go back to (default: the one the last deploy replaced).")
+@click.option("--wait", is_flag=True, help="Show progress and return only when the rollback ended.")
+@click.option("--timeout", type=float, default=3600.0, show_default=True)
+@json_option
+@pass_ctx
+@handle_errors
+def rollback(ctx: Ctx, service: str, version: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+    """Roll SERVICE back, as a deploy of its own, under the same quorum rules.
+
+    Open deploys of SERVICE are aborted first.  Without --to, the version
+    the last finished deploy of SERVICE replaced is used.
+    """
+    check_name("service", service)
+    store = ctx.store()
+    if version is None:
+        done = [d for d in store.deploys() if d.service == service and d.state in (DONE, ROLLED_BACK, ABORTED)
+                and d.previous and d.kind == "deploy"]
+        if not done:
+            raise DeployRefusedError(f"no earlier deploy of {service} says what it replaced; give --to VERSION")
+        version = done[-1].previous
+    targets = resolve_targets(store, (f"{service}@{version}",), "rollback")
+    for entry in store.deploys():
+        if entry.service == service and entry.is_open:
+            store.update_deploy(entry.evolve(state=ABORTED, message=f"aborted by rollback ({who()})",
+                                             finished=time.time()))
+    entries = make_entries(store, targets, kind="rollback")
+    names = store.enqueue(entries)
+    _report_queued(ctx, names, entries, wait, timeout, as_json)
 
 
 @click.command("killswitch")

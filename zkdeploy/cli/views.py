@@ -16,7 +16,9 @@ def deploy_dict(entry: DeployEntry) -> dict[str, Any]:
         "name": entry.name, "service": entry.service, "version": entry.version, "state": entry.state,
         "group": entry.group, "requested_by": entry.requested_by, "created": entry.created,
         "finished": entry.finished, "max_failures": entry.max_failures,
-        "failures": list(entry.failures), "message": entry.message,
+        "failures": list(entry.failures), "message": entry.message, "kind": entry.kind,
+        "previous": entry.previous, "on_failure": entry.on_failure,
+        "progress_deadline": entry.progress_deadline, "stalled_since": entry.stalled_since,
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from zkdeploy.errors import ZkdeployError
 from zkdeploy.names import check_name
@@ -73,15 +73,18 @@ class ServiceSpec(_Strict):
     pre_stop: tuple[str, ...] = ()
     post_start: tuple[str, ...] = ()
     keep_releases: int = Field(3, ge=1, le=1000)
+    max_failures: int | str = 0
+    on_failure: Literal["pause", "rollback"] = "pause"
+    progress_deadline: float = Field(600.0, gt=0)
     start_timeout: float = Field(60.0, gt=0)
     stop_timeout: float = Field(30.0, gt=0)
     hook_timeout: float = Field(60.0, gt=0)
 
-    @field_validator("quorum", mode="before")
+    @field_validator("quorum", "max_failures", mode="before")
     @classmethod
-    def _quorum(cls, value: object) -> object:
+    def _quorum(cls, value: object, info: ValidationInfo) -> object:
         try:
-            parse_quorum(value)
+            parse_quorum(value, info.field_name or "quorum")
         except ZkdeployError as exc:
             raise ValueError(str(exc)) from None
         return value

@@ -278,6 +278,20 @@ class Store:
             raise ConflictError(f"deploy {entry.name} changed since it was read") from None
         return entry.evolve(zversion=stat.version)
 
+    def replace_with_rollback(self, failed: DeployEntry, rollback: DeployEntry,
+                              abort: list[DeployEntry]) -> str:
+        """In one transaction: close ``failed``, abort ``abort`` (its dependants), queue ``rollback``.
+
+        Conditional on every entry's znode version, so exactly one agent wins.
+        """
+        txn = self.conn.client.transaction()
+        txn.set_data(self.layout.deploy_entry(failed.name), failed.to_bytes(), failed.zversion)
+        for entry in abort:
+            txn.set_data(self.layout.deploy_entry(entry.name), entry.to_bytes(), entry.zversion)
+        txn.create(self.layout.deploy + "/" + DEPLOY_PREFIX, rollback.to_bytes(), sequence=True)
+        results = self.conn.commit(txn, f"roll back deploy {failed.name}")
+        return results[-1].rsplit("/", 1)[1]
+
     def prune_deploys(self, keep: int = 200) -> int:
         """Delete the oldest finished entries beyond ``keep``; returns how many went."""
         finished = [e for e in self.deploys() if not e.is_open]

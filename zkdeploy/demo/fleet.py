@@ -42,18 +42,23 @@ class DemoService:
     depends_on: tuple[str, ...] = ()
     timing: ServiceTiming = field(default_factory=ServiceTiming)
     health_interval: float = 0.1
+    health_retries: int = 100
+    on_failure: str = "pause"
 
 
-def build_payload(path: Path, service: str, version: str, *, fail_health: bool = False) -> Path:
+def build_payload(path: Path, service: str, version: str, *, fail_health: bool = False,
+                  fail_health_on: tuple[str, ...] = ()) -> Path:
     """Write a tar.gz release of the demo service: its server, a VERSION file, and with
-    ``fail_health`` a FLAGS file that makes the server answer 500 on /health."""
+    ``fail_health`` (everywhere) or ``fail_health_on`` (those nodes) a FLAGS file that makes
+    the server answer 500 on /health."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz") as tar:
         tar.add(SERVER_SOURCE, arcname="server.py")
         files = [("VERSION", version + "\n"),
                  ("release.json", json.dumps({"service": service, "version": version}))]
-        if fail_health:
-            files.append(("FLAGS", "--fail-health\n"))
+        flags = (["--fail-health"] if fail_health else []) + [f"--fail-health-on {n}" for n in fail_health_on]
+        if flags:
+            files.append(("FLAGS", " ".join(flags) + "\n"))
         for name, text in files:
             data = text.encode()
             info = tarfile.TarInfo(name)
@@ -74,7 +79,8 @@ def catalog_for(services: list[DemoService]) -> dict[str, Any]:
                       f"--port {port} --start-delay {svc.timing.start_delay} --stop-delay {svc.timing.stop_delay}"
                       " $(cat {release}/FLAGS 2>/dev/null)"),
             "health_checks": [{"http": f"http://127.0.0.1:{port}/health", "timeout": 1,
-                               "interval": svc.health_interval, "retries": 100}],
+                               "interval": svc.health_interval, "retries": svc.health_retries}],
+            "on_failure": svc.on_failure,
             "keep_releases": 3,
             "stop_timeout": 10 + svc.timing.stop_delay,
         }
@@ -134,9 +140,10 @@ class LocalFleet:
             }
             host.config.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def payload(self, service: str, version: str, *, fail_health: bool = False) -> Path:
+    def payload(self, service: str, version: str, *, fail_health: bool = False,
+                fail_health_on: tuple[str, ...] = ()) -> Path:
         path = self.payload_dir / f"{service}-{version}.tar.gz"
-        build_payload(path, service, version, fail_health=fail_health)
+        build_payload(path, service, version, fail_health=fail_health, fail_health_on=fail_health_on)
         return path
 
     # -- processes ------------------------------------------------------------

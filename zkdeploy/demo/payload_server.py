@@ -23,7 +23,10 @@ def main() -> None:
     parser.add_argument("--start-delay", type=float, default=0.0)
     parser.add_argument("--stop-delay", type=float, default=0.0)
     parser.add_argument("--fail-health", action="store_true")
+    parser.add_argument("--fail-health-on", action="append", default=[], metavar="NODE",
+                        help="answer 500 on /health only on this node (repeatable)")
     args = parser.parse_args()
+    args.fail_health = args.fail_health or args.node in args.fail_health_on
     body = json.dumps({"service": args.service, "version": args.version, "node": args.node}).encode()
 
     class Handler(BaseHTTPRequestHandler):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from zkdeploy.model import HALTED, ONLINE, PENDING, CurrentEntry, DeployEntry
+from zkdeploy.model import HALTED, ONLINE, PAUSED, PENDING, CurrentEntry, DeployEntry
 from zkdeploy.policy.quorum import required_online
 
 
@@ -32,8 +32,12 @@ def explain(deploy: DeployEntry | None, entries: Mapping[str, CurrentEntry], quo
         return f"stopped by the killswitch: {killswitch}"
     if deploy.state == HALTED:
         return f"halted: {deploy.message or 'too many failures'} (resume or abort it)"
+    if deploy.state == PAUSED:
+        return f"paused ({deploy.message})" if deploy.message else "paused"
     if deploy.state != PENDING:
         return deploy.state
+    if deploy.stalled_since is not None and deploy.message:
+        return deploy.message
     if not entries:
         return "no node runs this service"
     at_target = [n for n, e in entries.items() if e.version == deploy.version and e.state == ONLINE]

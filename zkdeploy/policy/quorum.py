@@ -11,24 +11,24 @@ from zkdeploy.errors import ConfigError
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
-def parse_quorum(value: int | str) -> int | float:
+def parse_quorum(value: int | str, what: str = "quorum") -> int | float:
     """Return an int count, or a float fraction in (0, 1] for a percentage string."""
     if isinstance(value, bool):
-        raise ConfigError(f"quorum {value!r}: expected a count or a percentage like '66%'")
+        raise ConfigError(f"{what} {value!r}: expected a count or a percentage like '66%'")
     if isinstance(value, int):
         if value < 0:
-            raise ConfigError(f"quorum {value}: must not be negative")
+            raise ConfigError(f"{what} {value}: must not be negative")
         return value
     if isinstance(value, str):
         match = _PERCENT.match(value)
         if match:
             pct = float(match.group(1))
             if not 0 <= pct <= 100:
-                raise ConfigError(f"quorum {value!r}: a percentage must be between 0% and 100%")
+                raise ConfigError(f"{what} {value!r}: a percentage must be between 0% and 100%")
             return pct / 100.0
         if value.strip().isdigit():
             return int(value.strip())
-    raise ConfigError(f"quorum {value!r}: expected a count or a percentage like '66%'")
+    raise ConfigError(f"{what} {value!r}: expected a count or a percentage like '66%'")
 
 
 def required_online(quorum: int | str, fleet_size: int) -> int:
@@ -74,3 +74,11 @@ def may_go_down(*, online: int, present: int, quorum: int | str, self_online: bo
 def max_unavailable(quorum: int | str, fleet_size: int) -> int:
     """How many nodes may be down at once for a fleet of ``fleet_size``."""
     return max(0, fleet_size - required_online(quorum, fleet_size))
+
+
+def failure_budget(max_failures: int | str, fleet_size: int) -> int:
+    """How many nodes may fail their restart before a deploy stops; a percentage rounds down."""
+    parsed = parse_quorum(max_failures, "max_failures")
+    if isinstance(parsed, float):
+        return math.floor(round(parsed * fleet_size, 9))
+    return parsed
