@@ -194,3 +194,25 @@ def test_on_failure_rollback_returns_every_switched_node_to_the_previous_version
     assert set(observer.final("web").values()) == {"1"}
     for host in harness.fleet.hosts:
         assert (host.root / "data" / "current" / "db").resolve().name == "1"
+
+
+@pytest.mark.timeout(240)
+def test_killswitch_stops_every_new_step_until_it_is_lifted(make_fleet):
+    harness = make_fleet(size=3, services=two_services(db_quorum=2, web_quorum=2))
+    harness.install("1")
+    harness.fleet.cli("killswitch", "on", "-m", "incident 4711: hands off")
+    harness.stage("db", "2")
+    name = harness.deploy("db@2")[0]
+    # every agent logs the message, and nobody moves
+    for host in harness.fleet.hosts:
+        wait_for(lambda host=host: "killswitch on: incident 4711: hands off" in host.log.read_text(),
+                 20, f"{host.name} to log the killswitch")
+    assert harness.store.slots("db") == []
+    assert {e.version for e in harness.store.current("db").values()} == {"1"}
+    status = json.loads(harness.fleet.cli("status", "--json").stdout)
+    assert status["killswitch"]["message"] == "incident 4711: hands off"
+    assert next(s for s in status["services"] if s["service"] == "db")["waiting_for"].startswith(
+        "stopped by the killswitch")
+    harness.fleet.cli("killswitch", "off")
+    wait_deploys(harness.store, [name], 120)
+    assert {e.version for e in harness.store.current("db").values()} == {"2"}
