@@ -552,7 +552,7 @@ class Agent:
             return
         catalog_spec = self.catalog.services.get(head.service) if self.catalog else None
         why = explain(head, entries, catalog_spec.quorum if catalog_spec else None, self.store.slots(head.service),
-                      self.store._children(self.store.layout.lock_queue(head.service)))
+                      self.store.queue(head.service))
         failing = sorted(n for n, e in entries.items() if e.state == FAILED)
         message = (f"stalled: no progress for {int(time.time() - last)}s: {why}"
                    + (f"; failing health checks: {', '.join(failing)}" if failing else "")) if stalled else ""

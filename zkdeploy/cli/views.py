@@ -42,7 +42,7 @@ def fleet_status(store: Store) -> dict[str, Any]:
         open_for = [d for d in deploys if d.is_open and d.service == service]
         target = open_for[0].version if open_for else None
         slots = store.slots(service)
-        queue = store._children(store.layout.lock_queue(service))
+        queue = store.queue(service)
         counts = Counter((e.version or "-", e.state) for e in entries.values())
         is_head = head is not None and head.service == service
         if is_head:
@@ -59,6 +59,7 @@ def fleet_status(store: Store) -> dict[str, Any]:
             "target": target,
             "versions": [{"version": v, "state": s, "nodes": n} for (v, s), n in sorted(counts.items())],
             "restarting": sorted(slots),
+            "restart_queue": queue,
             "waiting_for": waiting,
             "node_states": {n: {"version": e.version, "state": e.state, "phase": e.phase, "detail": e.detail}
                             for n, e in sorted(entries.items())},

@@ -304,6 +304,17 @@ class Store:
         return len(doomed)
 
     # -- locks ---------------------------------------------------------------
+    def queue(self, service: str) -> list[str]:
+        """The nodes waiting in the restart queue of ``service``, first (lock holder) first."""
+        base = self.layout.lock_queue(service)
+        names = sorted(self._children(base), key=lambda c: c.rsplit("-", 1)[-1])
+        out = []
+        for name in names:
+            got = self._get(base + "/" + name)
+            if got:
+                out.append(got[0].decode(errors="replace"))
+        return out
+
     def slots(self, service: str) -> list[str]:
         return self._children(self.layout.slots(service))
 
