@@ -95,7 +95,7 @@ class Agent:
         self._watched_head: str | None = None
         self._last_summary = ""
         self._lockfile = None
-        self.transport = Transport(self.data)
+        self.transport = Transport(config)
         self.registry = agent_registry()
         self.journal: Journal | None = None
         self.executor: Executor | None = None
@@ -111,6 +111,7 @@ class Agent:
     def run(self) -> None:
         self._lock_data_dir()
         self._open_journal()
+        self.transport.start()
         zk = self.config.zookeeper
         while not self.stopping.is_set():
             try:
@@ -122,7 +123,9 @@ class Agent:
                 log.error("%s; retrying in 2s", exc)
                 self.stopping.wait(2.0)
         if self.store is None:
+            self.transport.close()
             return
+        self.transport.attach(self.store)
         self.store.conn.add_listener(lambda _state: self.wake.set())
         monitor = threading.Thread(target=self._monitor, name="health-monitor", daemon=True)
         monitor.start()
@@ -140,6 +143,7 @@ class Agent:
                 self.wake.clear()
         finally:
             log.info("agent %s stopping", self.node)
+            self.transport.close()
             self.store.close()
 
     def _open_journal(self) -> None:
@@ -223,13 +227,20 @@ class Agent:
         except ConflictError as exc:
             log.warning("not registered yet: %s", exc)
             return False
+        first = self._registered_generation < 0
         self._registered_generation = generation
         for service, svc in self._services().items():
             self._observe_local(service, svc)
             self.publish(service)
             for version in self.releases[service].installed():
-                if self.releases[service].payload_path(version).exists():
+                payload = self.releases[service].payload_path(version)
+                if payload.exists():
                     store.add_holder(service, version, self.node)
+                    release = self._release(service, version)
+                    if first and release is not None:
+                        self.transport.reseed(release, payload)
+        if not first:
+            self.transport.reannounce()
         log.info("registered node %s (session generation %d)", self.node, generation)
         self._converge_on_return()
         return True
@@ -394,7 +405,13 @@ class Agent:
             self.store.add_holder(service, version, self.node)
             machine.to(Phase.STAGED, f"{version} ready")
             rel_dir.prune(self.catalog.services[service].keep_releases,
-                          protect={v for s, v in wanted if s == service})
+                          protect={v for s, v in wanted if s == service},
+                          before_remove=lambda gone, service=service, rel_dir=rel_dir: self._forget(service, rel_dir, gone))
+
+    def _forget(self, service: str, rel_dir: ReleaseDir, version: str) -> None:
+        release = self._release(service, version)
+        if release is not None:
+            self.transport.forget(release, rel_dir.payload_path(version))
 
     def _release(self, service: str, version: str) -> Release | None:
         """Release metadata, cached: a staged release never changes."""

@@ -90,13 +90,19 @@ class ReleaseDir:
         dirs = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
         return [p.name for p in sorted(dirs, key=lambda p: p.stat().st_mtime)]
 
-    def prune(self, keep: int, protect: set[str]) -> list[str]:
-        """Remove the oldest releases beyond ``keep`` (never ``protect`` or the live one)."""
+    def prune(self, keep: int, protect: set[str],
+              before_remove: Callable[[str], None] = lambda version: None) -> list[str]:
+        """Remove the oldest releases beyond ``keep`` (never ``protect`` or the live one).
+
+        ``before_remove(version)`` runs before each removal (the agent stops
+        seeding the payload there).
+        """
         protect = set(protect) | {v for v in [self.current_version()] if v}
         versions = self.installed()
         removable = [v for v in versions if v not in protect]
         doomed = removable[: max(0, len(versions) - keep)]
         for version in doomed:
+            before_remove(version)
             shutil.rmtree(self.path(version), ignore_errors=True)
             self.payload_path(version).unlink(missing_ok=True)
             log.info("%s: removed old release %s", self.service, version)

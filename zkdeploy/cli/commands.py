@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
+import shutil
 import socket
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import click
 
@@ -16,7 +21,9 @@ from zkdeploy.cli.output import emit_json, say, table
 from zkdeploy.cli.views import deploy_dict, fleet_status
 from zkdeploy.config.loader import load_catalog, parse_catalog
 from zkdeploy.coordination import Store
-from zkdeploy.errors import ConfigError, DeployRefusedError, RolloutError
+from zkdeploy.agent.transport import TORRENT_BLOB
+from zkdeploy.cli.seeding import seed_in_foreground
+from zkdeploy.errors import ConfigError, DeployRefusedError, PayloadError, RolloutError
 from zkdeploy.model import (
     ABORTED,
     DONE,
@@ -33,7 +40,8 @@ from zkdeploy.names import check_name
 from zkdeploy.policy.order import dependency_order
 from zkdeploy.policy.quorum import failure_budget, required_online
 from zkdeploy.policy.versions import most_popular
-from zkdeploy.transfer.fetch import is_url, sha256_file
+from zkdeploy.transfer.fetch import is_url, open_origin, sha256_file
+from zkdeploy.transfer.torrent import make_torrent
 from zkdeploy.transfer.unpack import check_archive
 
 
@@ -115,15 +123,27 @@ def services_list(ctx: Ctx, as_json: bool) -> None:
 @click.argument("service")
 @click.argument("version")
 @click.argument("payload")
+@click.option("--no-torrent", is_flag=True, help="Agents fetch from the origin only (no swarm).")
+@click.option("--seed-until", type=click.IntRange(1), metavar="N",
+              help="Seed the payload from here until N hosts hold it (shows progress).")
+@click.option("--listen", default="127.0.0.1:0", show_default=True, metavar="IP:PORT",
+              help="With --seed-until: where this seeder listens (an address the agents reach).")
+@click.option("--seed-timeout", type=float, default=3600.0, show_default=True,
+              help="With --seed-until: give up after this many seconds (exit 5).")
 @json_option
 @pass_ctx
 @handle_errors
-def stage(ctx: Ctx, service: str, version: str, payload: str, as_json: bool) -> None:
-    """Stage VERSION of SERVICE: hash PAYLOAD and record the release.
+def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, seed_until: int | None,
+          listen: str, seed_timeout: float, as_json: bool) -> None:
+    """Stage VERSION of SERVICE: hash PAYLOAD, make its torrent, record the release.
 
     PAYLOAD is a tar archive (optionally compressed), given as a path that the
-    agents can read or as an http(s) URL.  Agents that run SERVICE fetch it,
-    verify its SHA-256 and unpack it beside the running release.
+    agents can read or as an http(s) URL: that is the origin, the fallback
+    when the swarm stalls.  Agents that run SERVICE fetch it from their peers
+    (ZooKeeper is the tracker), verify its SHA-256 and unpack it beside the
+    running release.  Someone must seed first: this command with
+    --seed-until N, a `zkdeploy seed` daemon on the origin's host, or the
+    first agent that falls back to the origin.
     """
     check_name("service", service)
     check_name("version", version)
@@ -131,31 +151,45 @@ def stage(ctx: Ctx, service: str, version: str, payload: str, as_json: bool) -> 
     catalog, _ = store.catalog()
     if service not in (catalog or {}).get("services", {}):
         raise ConfigError(f"unknown service {service!r}: it is not in the catalog (zkdeploy services apply)")
-    if is_url(payload):
-        import tempfile
-        from zkdeploy.transfer.fetch import _open_origin
-        with tempfile.NamedTemporaryFile(prefix="zkdeploy-stage-") as tmp:
-            with _open_origin(payload, 30.0) as src:
-                while chunk := src.read(1 << 20):
-                    tmp.write(chunk)
-            tmp.flush()
-            check_archive(tmp.name)
-            sha, size = sha256_file(tmp.name)
-        origin = payload
-    else:
+    with _local_copy(payload) as path:
+        check_archive(path)
+        if no_torrent:
+            sha, size = sha256_file(path)
+            meta = None
+        else:
+            meta = make_torrent(path)
+            sha, size = meta.sha256, meta.size
+        origin = payload if is_url(payload) else str(Path(payload).resolve())
+        release = Release(service=service, version=version, sha256=sha, size=size, origin=origin,
+                          staged_by=who(), staged_at=time.time(), info_hash=meta.info_hash if meta else None)
+        store.put_release(release, {TORRENT_BLOB: meta.metainfo} if meta else None)
+        if as_json:
+            emit_json({"service": service, "version": version, "sha256": sha, "size": size, "origin": origin,
+                       "info_hash": release.info_hash})
+        else:
+            say(f"staged {service}@{version}: {size} bytes, sha256 {sha}"
+                + (f", info-hash {meta.info_hash}" if meta else ""))
+        if seed_until and meta is not None:
+            seed_in_foreground(store, release, meta, path, seed_until, listen, seed_timeout, quiet=as_json)
+
+
+@contextlib.contextmanager
+def _local_copy(payload: str) -> Iterator[Path]:
+    """The payload as a local file: the path itself, or a temporary download of a URL."""
+    if not is_url(payload):
         path = Path(payload)
         if not path.is_file():
             raise ConfigError(f"payload {payload} does not exist or is not a file")
-        check_archive(path)
-        sha, size = sha256_file(path)
-        origin = str(path.resolve())
-    release = Release(service=service, version=version, sha256=sha, size=size, origin=origin,
-                      staged_by=who(), staged_at=time.time())
-    store.put_release(release)
-    if as_json:
-        emit_json({"service": service, "version": version, "sha256": sha, "size": size, "origin": origin})
-    else:
-        say(f"staged {service}@{version}: {size} bytes, sha256 {sha}")
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="zkdeploy-stage-") as tmp:
+        local = Path(tmp) / (Path(urlparse(payload).path).name or "payload")
+        try:
+            with open_origin(payload, 30.0) as src, open(local, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except OSError as exc:
+            raise PayloadError(f"cannot fetch payload from {payload}: {exc}") from None
+        yield local
 
 
 # -- deploy ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from zkdeploy.cli.context import Ctx
 from zkdeploy.cli.demo_cmd import demo
 from zkdeploy.cli.journal_cmd import journal
 from zkdeploy.cli.reports_cmd import history, plan, undo
+from zkdeploy.cli.seeding import seed, swarm
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -56,6 +57,8 @@ cli.add_command(demo)
 cli.add_command(plan)
 cli.add_command(history)
 cli.add_command(undo)
+cli.add_command(seed)
+cli.add_command(swarm)
 
 
 cli.add_command(journal)

@@ -133,6 +133,18 @@ class ZooKeeperSettings(_Strict):
         return value
 
 
+class SwarmSettings(_Strict):
+    """The agent's BitTorrent session (payloads come from peers; ZooKeeper is the tracker)."""
+
+    enabled: bool = True
+    listen_port: int = Field(6881, ge=0, le=65535)
+    upload_rate_limit: int = Field(0, ge=0)          # bytes/s, 0 = unlimited
+    download_rate_limit: int = Field(0, ge=0)
+    stall_timeout: float = Field(60.0, gt=0)         # no byte from any peer this long: fall back to the origin
+    allow_multiple_connections_per_ip: bool = False  # true only when several agents share one address
+    max_peers: int = Field(50, ge=1)                 # peers to connect to, nearest first
+
+
 class Labels(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     rack: str | None = None
@@ -150,6 +162,7 @@ class AgentConfig(_Strict):
     labels: Labels = Labels()
     address: str = "127.0.0.1"
     vars: dict[str, str | int | float] = {}
+    swarm: SwarmSettings = SwarmSettings()
     cycle_interval: float = Field(2.0, gt=0, le=300)
     monitor_interval: float = Field(2.0, gt=0, le=300)
     log_format: Literal["plain", "json"] = "plain"

@@ -246,6 +246,25 @@ class Store:
     def add_holder(self, service: str, version: str, node: str) -> None:
         self.put_ephemeral(self.layout.holder(service, version, node), b"")
 
+    # -- the swarm tracker -----------------------------------------------------
+    def register_peer(self, info_hash: str, node: str, peer: dict[str, Any]) -> None:
+        """Announce (or update) this node as a peer of ``info_hash`` (ephemeral)."""
+        self.conn.call("ensure_path", self.layout.swarm(info_hash))
+        self.put_ephemeral(self.layout.swarm_peer(info_hash, node), json.dumps(peer).encode())
+
+    def unregister_peer(self, info_hash: str, node: str) -> None:
+        self._delete(self.layout.swarm_peer(info_hash, node))
+
+    def peers(self, info_hash: str, watch: Callable[..., Any] | None = None) -> dict[str, dict[str, Any]]:
+        """Every announced peer of ``info_hash``; ``watch`` fires once when the membership changes."""
+        base = self.layout.swarm(info_hash)
+        out = {}
+        for node in self._children(base, watch):
+            peer = self._json(base + "/" + node)
+            if isinstance(peer, dict):
+                out[node] = peer
+        return out
+
     # -- deploy queue --------------------------------------------------------
     def deploys(self) -> list[DeployEntry]:
         """Every deploy entry, oldest first."""

@@ -92,6 +92,7 @@ class Host:
     name: str
     root: Path
     ports: dict[str, int]
+    swarm_port: int = 0
     process: subprocess.Popen | None = None
 
     @property
@@ -116,7 +117,7 @@ class LocalFleet:
         self.env = dict(env or {})
         self.hosts = [
             Host(f"node{i + 1:02d}", self.workdir / f"node{i + 1:02d}",
-                 {svc.name: free_port() for svc in services})
+                 {svc.name: free_port() for svc in services}, free_port())
             for i in range(size)
         ]
         self.catalog_file = self.workdir / "services.yaml"
@@ -137,6 +138,10 @@ class LocalFleet:
                 "vars": {"python": sys.executable, **{f"{s}_port": p for s, p in host.ports.items()}},
                 "cycle_interval": 1.0,
                 "monitor_interval": 1.0,
+                # every host shares 127.0.0.1 here, so each needs its own port and several
+                # connections per address
+                "swarm": {"listen_port": host.swarm_port, "allow_multiple_connections_per_ip": True,
+                          "stall_timeout": 10},
             }
             host.config.write_text(yaml.safe_dump(config, sort_keys=False))
 

@@ -8,6 +8,7 @@ ports; ``stop()`` kills it and removes the directory.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,10 +26,34 @@ CLASSPATH = os.environ.get(
 MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
 
+_taken: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A free TCP port below the kernel's ephemeral range.
+
+    A port handed out now is bound a moment later by another process; an
+    ephemeral port could be taken in between as the source port of some
+    outgoing connection, so ports come from below that range (and are never
+    handed out twice by this process).
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    low = max(low, 12000)
+    for _ in range(1000):
+        port = random.randrange(10000, low)
+        if port in _taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
+    raise CoordinationError("no free TCP port found below the ephemeral range")
 
 
 def available() -> str | None:

@@ -56,7 +56,7 @@ def fetch(origin: str, dest: Path, expected_sha256: str, expected_size: int | No
     digest = hashlib.sha256()
     size = 0
     try:
-        with _open_origin(origin, timeout) as src, open(partial, "wb") as out:
+        with open_origin(origin, timeout) as src, open(partial, "wb") as out:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
@@ -79,7 +79,7 @@ def fetch(origin: str, dest: Path, expected_sha256: str, expected_size: int | No
     return dest
 
 
-def _open_origin(origin: str, timeout: float):
+def open_origin(origin: str, timeout: float):
     if is_url(origin):
         return urllib.request.urlopen(origin, timeout=timeout)  # noqa: S310 - scheme checked above
     return open(origin, "rb")
