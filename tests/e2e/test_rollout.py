@@ -52,6 +52,12 @@ def test_rollout_keeps_quorum_follows_dependencies_and_converges(make_fleet):
     for svc in status["services"]:
         assert svc["versions"] == [{"version": "2", "state": "online", "nodes": 5}]
         assert svc["waiting_for"] == "no rollout under way"
+        assert svc["staged"]["version"] == "2" and svc["staged"]["holders"] == 5
+    # the payloads went through the swarm: every host announces itself as a complete peer
+    swarm = json.loads(harness.fleet.cli("swarm", "db@2", "--json").stdout)
+    assert sorted(swarm["peers"]) == hosts and all(p["complete"] for p in swarm["peers"].values())
+    from_swarm = sum("from the swarm, sha256 verified" in h.log.read_text() for h in harness.fleet.hosts)
+    assert from_swarm >= 4  # one node fetched each payload from the origin, the others from peers
     # the releases are where the layout says, and the live one is a symlink to v2
     for host in harness.fleet.hosts:
         link = host.root / "data" / "current" / "web"

@@ -25,9 +25,15 @@ def _print_status(status: dict) -> None:
     rows = []
     for svc in status["services"]:
         versions = ", ".join(f"{v['nodes']}×{v['version']} {v['state']}" for v in svc["versions"]) or "-"
-        rows.append([svc["service"], svc["target"] or "-", svc["quorum"], svc["nodes"], versions,
+        staged = svc["staged"]
+        payload = "-"
+        if staged:
+            payload = f"{staged['version']}: {staged['holders']}/{svc['nodes']} hold it"
+            if staged["swarm_download_rate"]:
+                payload += f", swarm {staged['swarm_download_rate'] / 1e6:.1f} MB/s"
+        rows.append([svc["service"], svc["target"] or "-", svc["quorum"], svc["nodes"], versions, payload,
                      svc["waiting_for"]])
-    table(None, ["SERVICE", "TARGET", "QUORUM", "NODES", "VERSIONS", "ROLLOUT"], rows)
+    table(None, ["SERVICE", "TARGET", "QUORUM", "NODES", "VERSIONS", "NEWEST PAYLOAD", "ROLLOUT"], rows)
 
 
 @click.command("status")

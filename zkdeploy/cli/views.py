@@ -51,7 +51,17 @@ def fleet_status(store: Store) -> dict[str, Any]:
             waiting = f"queued behind {head.service}@{head.version} ({head.name})" if head else "queued"
         else:
             waiting = "no rollout under way"
+        staged = None
+        releases = store.releases(service)
+        if releases:
+            newest = max(releases.values(), key=lambda r: r.staged_at)
+            peers = store.peers(newest.info_hash) if newest.info_hash else {}
+            staged = {"version": newest.version, "holders": len(store.holders(service, newest.version)),
+                      "info_hash": newest.info_hash,
+                      "swarm_download_rate": sum(int(p.get("download_rate") or 0) for p in peers.values()),
+                      "swarm_peers": len(peers)}
         out["services"].append({
+            "staged": staged,
             "service": service,
             "quorum": quorum,
             "required_online": required_online(quorum, len(entries)) if quorum is not None and entries else None,
