@@ -45,6 +45,10 @@ from zkdeploy.transfer.torrent import make_torrent
 from zkdeploy.transfer.unpack import check_archive
 
 
+#: finished deploy entries kept in ZooKeeper (the oldest beyond are removed when a deploy is queued)
+DEPLOYS_KEPT = 500
+
+
 def who() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
@@ -263,6 +267,7 @@ def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_f
         failure_budget(max_failures, 1)  # validates
     entries = make_entries(store, resolve_targets(store, targets, "deploy"), max_failures=max_failures)
     names = store.enqueue(entries)
+    store.prune_deploys(keep=DEPLOYS_KEPT)
     _report_queued(ctx, names, entries, wait, timeout, as_json)
 
 

@@ -18,6 +18,10 @@ from zkdeploy.errors import ConfigError, RolloutError
 from zkdeploy.names import check_name
 
 
+#: plan requests (and their answers) older than this are removed when a new plan is requested
+PLANS_KEPT_SECONDS = 86400.0
+
+
 def _wanted_nodes(store, services: list[str]) -> set[str]:
     return {node for service in services for node in store.current(service)}
 
@@ -48,6 +52,7 @@ def plan(ctx: Ctx, targets: tuple[str, ...], timeout: float, as_json: bool) -> N
     """
     store = ctx.store()
     resolved = resolve_targets(store, targets, "plan")
+    store.prune_plans(older_than=PLANS_KEPT_SECONDS)
     services = [s for s, _ in resolved]
     expected = _wanted_nodes(store, services)
     name = store.request_plan({"targets": [{"service": s, "version": v} for s, v in resolved],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -376,6 +377,14 @@ class Store:
     def plan_answers(self, name: str) -> dict[str, Any]:
         return {node: self._json(self.layout.plan_answer(name, node))
                 for node in self._children(self.layout.plan(name))}
+
+    def prune_plans(self, older_than: float) -> None:
+        """Remove plan requests (with their answers) created more than ``older_than`` seconds ago."""
+        now = time.time()
+        for name in self.plan_requests():
+            request = self.plan_request(name)
+            if isinstance(request, dict) and now - float(request.get("created", now)) > older_than:
+                self.delete_tree(self.layout.plan(name))
 
     def answer_plan(self, name: str, node: str, answer: dict[str, Any]) -> None:
         try:
