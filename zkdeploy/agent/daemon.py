@@ -54,9 +54,21 @@ from zkdeploy.model import (
 from zkdeploy.policy.progress import active_deploy, explain, is_complete
 from zkdeploy.policy.quorum import failure_budget
 from zkdeploy.policy.versions import most_popular
+from zkdeploy.runner.process import ManagedProcess
 from zkdeploy.runner.service import HostService
 
 log = logging.getLogger(__name__)
+
+
+def _process_running(change) -> bool:
+    """Whether a managed process named by a change set's start/stop tasks is running now."""
+    for task in change.tasks:
+        if task.execute.params.get("managed") is False:
+            return True  # a one-shot service cannot be seen from here: assume it runs
+        pidfile = task.execute.params.get("pidfile")
+        if pidfile and ManagedProcess(Path(pidfile), Path(task.execute.params["logfile"])).running():
+            return True
+    return False
 
 #: how long a payload that failed to fetch or verify is left alone before the next try
 FETCH_RETRY_SECONDS = 30
@@ -100,6 +112,7 @@ class Agent:
         self.journal: Journal | None = None
         self.executor: Executor | None = None
         self._converge: dict[str, str] = {}
+        self._deferred_recovery = False
         self._answered_plans: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------
@@ -147,13 +160,26 @@ class Agent:
             self.store.close()
 
     def _open_journal(self) -> None:
-        """Open this host's journal and settle whatever a crash left in flight, before anything else.
+        """Open this host's journal; settle at once what a crash left in flight if that only
+        brings services up.
 
-        A restart that a crash interrupted is undone as a whole: the node goes
-        back to the release it ran, and rejoins the rollout from there.
+        A restart that a crash interrupted is undone as a whole (the node goes
+        back to the release it ran, and rejoins the rollout from there) when its
+        service is down anyway.  When the service is running, stopping it without
+        a restart slot could take the fleet below its quorum, so settling waits
+        until the agent is registered (``_settle_interrupted``).
         """
         self.journal = Journal.open(self.data / "state" / "journal.db")
         self.executor = Executor(self.journal, registry=self.registry)
+        interrupted = self.journal.interrupted_changes()
+        if interrupted and not any(_process_running(change) for change in interrupted):
+            self._undo_interrupted()
+        elif interrupted:
+            self._deferred_recovery = True
+            log.warning("journal: change set(s) %s were interrupted while their service runs; settling them "
+                        "under a restart slot once registered", ", ".join(str(c.id) for c in interrupted))
+
+    def _undo_interrupted(self) -> None:
         interrupted: list[int] = []
         for action in recover(self.journal, self.registry, policy="undo"):
             log.warning("journal recovery: change set %s: %s %s", action.change_id, action.action, action.detail)
@@ -164,6 +190,45 @@ class Agent:
                 report = undo_change(self.journal, self.registry, change.id)
                 log.warning("journal recovery: undid change set %d (%s): %s", change.id, change.description,
                             report.status)
+
+    def _settle_interrupted(self) -> None:
+        """Settle interrupted change sets whose service is running, now that a slot can be taken.
+
+        If the service runs the change's new release and passes its health
+        checks, the change is completed and kept.  Otherwise it is undone under
+        a restart slot, like any restart.
+        """
+        services = self._services()
+        for change in self.journal.interrupted_changes():
+            service = next((t.execute.params.get("service") for t in change.tasks if t.execute.params.get("service")),
+                           None)
+            target = next((Path(t.execute.params["target"]).name for t in change.tasks
+                           if t.execute.kind == "symlink_swap" and t.status == "done"), None)
+            svc = services.get(service)
+            current = self.releases[service].current_version() if service in self.releases else None
+            if svc is not None and target is not None and current == target and svc.probe(current) is None:
+                for action in recover(self.journal, self.registry, policy="complete"):
+                    log.warning("journal recovery: change set %s: %s %s (the new release runs and is healthy: kept)",
+                                action.change_id, action.action, action.detail)
+                continue
+            if svc is None:
+                self._undo_interrupted()
+                continue
+            restart = Restart(self.store, self.node, svc, self.releases[service], self.machines[service],
+                              lambda service=service, **kw: self.publish(service, **kw),
+                              lambda: "agent is stopping" if self.stopping.is_set() else None,
+                              quorum=svc.spec.quorum, target=f"recovery of change set {change.id}",
+                              session_timeout=self.config.zookeeper.session_timeout)
+            restart.acquire_slot()
+            try:
+                restart.fence()
+                self._undo_interrupted()
+            finally:
+                self.store.release_slot(service, self.node)
+                self.machines[service].to(Phase.IDLE, "recovered")
+                self._observe_local(service, svc)
+                self.publish(service)
+        self._deferred_recovery = False
 
     def _lock_data_dir(self) -> None:
         state = self.data / "state"
@@ -199,13 +264,16 @@ class Agent:
                 rec.target = target or None
             if not write or self.store is None or self._registered_generation < 0:
                 return
-            entry = CurrentEntry(node=self.node, version=rec.version, state=rec.state,
-                                 phase=self.machines[service].phase.value, target=rec.target,
-                                 since=time.time(), detail=rec.detail[:500])
             try:
-                self.store.publish_current(service, entry)
+                self.store.publish_current(service, self._entry(service))
             except CoordinationError as exc:
                 log.warning("%s: could not publish state: %s", service, exc)
+
+    def _entry(self, service: str) -> CurrentEntry:
+        rec = self.local[service]
+        return CurrentEntry(node=self.node, version=rec.version, state=rec.state,
+                            phase=self.machines[service].phase.value, target=rec.target,
+                            since=time.time(), detail=rec.detail[:500])
 
     def _services(self) -> dict[str, HostService]:
         assert self.catalog is not None
@@ -228,10 +296,15 @@ class Agent:
             log.warning("not registered yet: %s", exc)
             return False
         first = self._registered_generation < 0
-        self._registered_generation = generation
         for service, svc in self._services().items():
             self._observe_local(service, svc)
-            self.publish(service)
+            try:
+                store.publish_current(service, self._entry(service))
+            except ConflictError as exc:
+                log.warning("not registered yet: %s", exc)
+                return False
+        self._registered_generation = generation
+        for service in self._services():
             for version in self.releases[service].installed():
                 payload = self.releases[service].payload_path(version)
                 if payload.exists():
@@ -309,6 +382,8 @@ class Agent:
         self._ensure_watches()
         if not self._load_catalog() or not self._register():
             return
+        if self._deferred_recovery:
+            self._settle_interrupted()
         answer_plans(self, self._answered_plans)  # a dry run changes nothing: allowed even now
         switch = store.killswitch()
         if switch is not None:
@@ -514,8 +589,8 @@ class Agent:
         current = self.releases[service].current_version()
         state = ONLINE if outcome.healthy and svc.probe(current) is None else FAILED
         self.publish(service, version=current or "", state=state, detail=outcome.error, target="")
-        if deploy is not None:
-            self._failed_deploys.add((deploy.name, service))
+        if deploy is not None and not outcome.fenced:
+            self._failed_deploys.add((deploy.name, service))  # a lost slot is retried; a bad release is not
 
     def _report_failure(self, head: DeployEntry, error: str) -> None:
         """Record a failed restart on the deploy; past its budget, pause it or roll it back.
@@ -583,10 +658,14 @@ class Agent:
     def _maybe_complete(self, head: DeployEntry) -> None:
         """Mark the head done when every present node of its service is online at its version."""
         entries = self.store.current(head.service)
-        if not is_complete(entries, head.version, self.store.slots(head.service)):
+        failed = {f["node"] for f in head.failures}
+        if not is_complete(entries, head.version, self.store.slots(head.service), excused=failed):
             return
+        left = sorted(failed & set(entries))
+        message = (f"done; {len(left)} node(s) failed within the failure budget and run the previous "
+                   f"release: {', '.join(left)}") if left else head.message
         try:
-            self.store.update_deploy(head.evolve(state=DONE, finished=time.time()))
+            self.store.update_deploy(head.evolve(state=DONE, finished=time.time(), message=message))
             log.info("deploy %s of %s@%s complete on %d node(s)", head.name, head.service,
                      head.version, len(entries))
         except ConflictError:

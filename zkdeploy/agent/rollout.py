@@ -46,6 +46,7 @@ class Outcome:
     error: str = ""
     healthy: bool = True
     change_id: int | None = None
+    fenced: bool = False  # interrupted by a lost slot or session: not the release's fault
 
 
 def restart_tasks(cs: ChangeSetBuilder, svc: HostService, releases: ReleaseDir, old: str | None, target: str,
@@ -187,8 +188,9 @@ class Restart:
             SessionLostError: "lost the ZooKeeper session",
         }.get(type(exc), "step failed")
         error = f"{kind}: {exc}"
+        fenced = isinstance(exc, (LockLostError, SessionLostError))
         log.error("%s: %s; undoing change set %s", self.service, error, change_id)
-        if self.on_failure is not None:
+        if self.on_failure is not None and not fenced:
             # Reported before the roll-back brings this node back online, so that no other
             # node takes its place in the quorum and restarts into a version known to fail.
             try:
@@ -205,4 +207,4 @@ class Restart:
                 healthy = False
                 log.error("%s: undo of change set %d failed: %s", self.service, change_id, undo_exc)
         self.machine.to(Phase.IDLE, f"rolled back to {old}: {error}")
-        return Outcome(False, self.releases.current_version(), error, healthy, change_id)
+        return Outcome(False, self.releases.current_version(), error, healthy, change_id, fenced)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from zkdeploy.model import HALTED, ONLINE, PAUSED, PENDING, CurrentEntry, DeployEntry
 from zkdeploy.policy.quorum import required_online
@@ -16,11 +16,17 @@ def active_deploy(deploys: Sequence[DeployEntry]) -> DeployEntry | None:
     return None
 
 
-def is_complete(entries: Mapping[str, CurrentEntry], version: str, slots: Sequence[str] = ()) -> bool:
-    """True when at least one node runs the service and every present node is online at ``version``."""
+def is_complete(entries: Mapping[str, CurrentEntry], version: str, slots: Sequence[str] = (),
+                excused: Collection[str] = ()) -> bool:
+    """True when at least one node runs the service and every present node is online at ``version``.
+
+    ``excused`` nodes (those whose restart failed within the deploy's failure
+    budget and rolled back) are not waited for.
+    """
     if not entries or slots:
         return False
-    return all(e.state == ONLINE and e.version == version for e in entries.values())
+    waited = [e for n, e in entries.items() if n not in excused]
+    return bool(waited) and all(e.state == ONLINE and e.version == version for e in waited)
 
 
 def explain(deploy: DeployEntry | None, entries: Mapping[str, CurrentEntry], quorum: int | str | None,
