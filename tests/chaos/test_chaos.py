@@ -66,7 +66,8 @@ def test_short_chaos_run_keeps_every_invariant(capsys, tmp_path):
     code = chaos.snapshot_code(tmp_path / "code")
     results = []
     for seed in pick_seeds():
-        result = chaos.run_once(seed, nodes=6, rollout_timeout=90, converge_timeout=45, code=code)
+        result = chaos.run_once(seed, nodes=6, rollout_timeout=90, converge_timeout=45, code=code,
+                                keep=True, base_dir=str(tmp_path))  # a failing run keeps its logs
         results.append(result)
         with capsys.disabled():
             print("\n" + result.line(), flush=True)
