@@ -221,3 +221,34 @@ def test_killswitch_stops_every_new_step_until_it_is_lifted(make_fleet):
     harness.fleet.cli("killswitch", "off")
     wait_deploys(harness.store, [name], 120)
     assert {e.version for e in harness.store.current("db").values()} == {"2"}
+
+
+@pytest.mark.timeout(240)
+def test_agent_killed_after_starting_the_new_release_keeps_it_when_healthy(make_fleet):
+    harness = make_fleet(size=5)
+    harness.install("1")
+    victim = harness.fleet.hosts[1]
+    harness.fleet.kill_agent(victim, signal.SIGTERM)
+    harness.fleet.start_agent(victim, {"ZKDEPLOY_CRASH_AT": "db:checking"})  # dies with db 2 already started
+    wait_for(lambda: victim.name in harness.store.nodes(), 30, "the victim to register again")
+    observer = observe(harness)
+    try:
+        harness.stage("db", "2")
+        names = harness.deploy("db@2")
+        wait_for(lambda: victim.process.poll() is not None, 60, "the armed agent to kill itself")
+        harness.fleet.start_agent(victim)  # unarmed: it must not stop the healthy db 2 without a slot
+        wait_deploys(harness.store, names, 120)
+        wait_for(lambda: (e := harness.store.current("db").get(victim.name)) and e.state == "online",
+                 60, "the victim to publish its state")
+    finally:
+        observer.stop()
+    assert harness.store.current("db")[victim.name].version == "2"
+    # once it answered version 2, the victim's db never went back to 1 or down
+    answers = [s.answers[("db", victim.name)] for s in observer.samples]
+    first = answers.index("2")
+    assert set(answers[first:]) == {"2"}
+    with Journal.open(victim.root / "data" / "state" / "journal.db", create=False) as journal:
+        change = next(c for c in journal.list_changes() if c.description == "db 1 -> 2")
+        assert change.status == "failed" and "crash" in (change.note or "")
+        assert journal.interrupted_changes() == []
+        assert journal.blame(victim.root / "data" / "current" / "db").change_id == change.id

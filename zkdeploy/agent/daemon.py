@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zkdeploy import __version__
+from zkdeploy.agent import recovery
 from zkdeploy.agent.host_actions import agent_registry
 from zkdeploy.agent.releases import ReleaseDir
 from zkdeploy.agent.reports import answer_plans, push_history, serve_undo_requests
@@ -26,7 +27,7 @@ from zkdeploy.agent.transport import Transport
 from zkdeploy.config.loader import parse_catalog
 from zkdeploy.config.schema import AgentConfig, Catalog
 from zkdeploy.coordination import CONNECTED, Store
-from zkdeploy.journal import Executor, Journal, recover, undo_change
+from zkdeploy.journal import Executor, Journal
 from zkdeploy.errors import (
     ConfigError,
     ConflictError,
@@ -54,21 +55,10 @@ from zkdeploy.model import (
 from zkdeploy.policy.progress import active_deploy, explain, is_complete
 from zkdeploy.policy.quorum import failure_budget
 from zkdeploy.policy.versions import most_popular
-from zkdeploy.runner.process import ManagedProcess
 from zkdeploy.runner.service import HostService
 
 log = logging.getLogger(__name__)
 
-
-def _process_running(change) -> bool:
-    """Whether a managed process named by a change set's start/stop tasks is running now."""
-    for task in change.tasks:
-        if task.execute.params.get("managed") is False:
-            return True  # a one-shot service cannot be seen from here: assume it runs
-        pidfile = task.execute.params.get("pidfile")
-        if pidfile and ManagedProcess(Path(pidfile), Path(task.execute.params["logfile"])).running():
-            return True
-    return False
 
 #: how long a payload that failed to fetch or verify is left alone before the next try
 FETCH_RETRY_SECONDS = 30
@@ -160,75 +150,9 @@ class Agent:
             self.store.close()
 
     def _open_journal(self) -> None:
-        """Open this host's journal; settle at once what a crash left in flight if that only
-        brings services up.
-
-        A restart that a crash interrupted is undone as a whole (the node goes
-        back to the release it ran, and rejoins the rollout from there) when its
-        service is down anyway.  When the service is running, stopping it without
-        a restart slot could take the fleet below its quorum, so settling waits
-        until the agent is registered (``_settle_interrupted``).
-        """
         self.journal = Journal.open(self.data / "state" / "journal.db")
         self.executor = Executor(self.journal, registry=self.registry)
-        interrupted = self.journal.interrupted_changes()
-        if interrupted and not any(_process_running(change) for change in interrupted):
-            self._undo_interrupted()
-        elif interrupted:
-            self._deferred_recovery = True
-            log.warning("journal: change set(s) %s were interrupted while their service runs; settling them "
-                        "under a restart slot once registered", ", ".join(str(c.id) for c in interrupted))
-
-    def _undo_interrupted(self) -> None:
-        interrupted: list[int] = []
-        for action in recover(self.journal, self.registry, policy="undo"):
-            log.warning("journal recovery: change set %s: %s %s", action.change_id, action.action, action.detail)
-            interrupted.append(action.change_id)
-        for change_id in dict.fromkeys(interrupted):
-            change = self.journal.get_change(change_id)
-            if change.status == "failed":
-                report = undo_change(self.journal, self.registry, change.id)
-                log.warning("journal recovery: undid change set %d (%s): %s", change.id, change.description,
-                            report.status)
-
-    def _settle_interrupted(self) -> None:
-        """Settle interrupted change sets whose service is running, now that a slot can be taken.
-
-        If the service runs the change's new release and passes its health
-        checks, the change is completed and kept.  Otherwise it is undone under
-        a restart slot, like any restart.
-        """
-        services = self._services()
-        for change in self.journal.interrupted_changes():
-            service = next((t.execute.params.get("service") for t in change.tasks if t.execute.params.get("service")),
-                           None)
-            target = next((Path(t.execute.params["target"]).name for t in change.tasks
-                           if t.execute.kind == "symlink_swap" and t.status == "done"), None)
-            svc = services.get(service)
-            current = self.releases[service].current_version() if service in self.releases else None
-            if svc is not None and target is not None and current == target and svc.probe(current) is None:
-                for action in recover(self.journal, self.registry, policy="complete"):
-                    log.warning("journal recovery: change set %s: %s %s (the new release runs and is healthy: kept)",
-                                action.change_id, action.action, action.detail)
-                continue
-            if svc is None:
-                self._undo_interrupted()
-                continue
-            restart = Restart(self.store, self.node, svc, self.releases[service], self.machines[service],
-                              lambda service=service, **kw: self.publish(service, **kw),
-                              lambda: "agent is stopping" if self.stopping.is_set() else None,
-                              quorum=svc.spec.quorum, target=f"recovery of change set {change.id}",
-                              session_timeout=self.config.zookeeper.session_timeout)
-            restart.acquire_slot()
-            try:
-                restart.fence()
-                self._undo_interrupted()
-            finally:
-                self.store.release_slot(service, self.node)
-                self.machines[service].to(Phase.IDLE, "recovered")
-                self._observe_local(service, svc)
-                self.publish(service)
-        self._deferred_recovery = False
+        self._deferred_recovery = recovery.settle_at_start(self)
 
     def _lock_data_dir(self) -> None:
         state = self.data / "state"
@@ -383,7 +307,8 @@ class Agent:
         if not self._load_catalog() or not self._register():
             return
         if self._deferred_recovery:
-            self._settle_interrupted()
+            recovery.settle_registered(self)
+            self._deferred_recovery = False
         answer_plans(self, self._answered_plans)  # a dry run changes nothing: allowed even now
         switch = store.killswitch()
         if switch is not None:

@@ -1,0 +1,99 @@
+"""Settling what a crash left in the journal, without breaking the quorum.
+
+When the agent starts, a restart that a crash interrupted is undone as a
+whole (the node goes back to the release it ran, and rejoins the rollout
+from there) if its service is down anyway: that only brings a service up.
+When the service is running, stopping it without a restart slot could take
+the fleet below its quorum (the node's session expired, so the others no
+longer counted it), so settling waits until the agent is registered, and
+then either keeps the new release (it runs and is healthy) or undoes the
+change under a slot like any restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from zkdeploy.agent.rollout import Restart
+from zkdeploy.agent.states import Phase
+from zkdeploy.journal import ChangeSet, recover, undo_change
+from zkdeploy.runner.process import ManagedProcess
+
+if TYPE_CHECKING:
+    from zkdeploy.agent.daemon import Agent
+
+log = logging.getLogger(__name__)
+
+
+def process_running(change: ChangeSet) -> bool:
+    """Whether a service process named by a change set's start/stop tasks is running now."""
+    for task in change.tasks:
+        if task.execute.params.get("managed") is False:
+            return True  # a one-shot service cannot be seen from here: assume it runs
+        pidfile = task.execute.params.get("pidfile")
+        if pidfile and ManagedProcess(Path(pidfile), Path(task.execute.params["logfile"])).running():
+            return True
+    return False
+
+
+def undo_interrupted(agent: Agent) -> None:
+    """Finish or undo the in-flight task of every interrupted change set, then undo the sets."""
+    interrupted: list[int] = []
+    for action in recover(agent.journal, agent.registry, policy="undo"):
+        log.warning("journal recovery: change set %s: %s %s", action.change_id, action.action, action.detail)
+        interrupted.append(action.change_id)
+    for change_id in dict.fromkeys(interrupted):
+        change = agent.journal.get_change(change_id)
+        if change.status == "failed":
+            report = undo_change(agent.journal, agent.registry, change.id)
+            log.warning("journal recovery: undid change set %d (%s): %s", change.id, change.description,
+                        report.status)
+
+
+def settle_at_start(agent: Agent) -> bool:
+    """Settle what can be settled before ZooKeeper; True if the rest must wait for registration."""
+    interrupted = agent.journal.interrupted_changes()
+    if not interrupted:
+        return False
+    if not any(process_running(change) for change in interrupted):
+        undo_interrupted(agent)
+        return False
+    log.warning("journal: change set(s) %s were interrupted while their service runs; settling them "
+                "under a restart slot once registered", ", ".join(str(c.id) for c in interrupted))
+    return True
+
+
+def settle_registered(agent: Agent) -> None:
+    """Keep a healthy new release, or undo the interrupted change under a restart slot."""
+    services = agent._services()
+    for change in agent.journal.interrupted_changes():
+        service = next((t.execute.params.get("service") for t in change.tasks if t.execute.params.get("service")),
+                       None)
+        target = next((Path(t.execute.params["target"]).name for t in change.tasks
+                       if t.execute.kind == "symlink_swap" and t.status == "done"), None)
+        svc = services.get(service)
+        if svc is None:
+            undo_interrupted(agent)
+            continue
+        current = agent.releases[service].current_version()
+        if target is not None and current == target and svc.probe(current) is None:
+            for action in recover(agent.journal, agent.registry, policy="complete"):
+                log.warning("journal recovery: change set %s: %s %s (the new release runs and is healthy: kept)",
+                            action.change_id, action.action, action.detail)
+            continue
+        restart = Restart(agent.store, agent.node, svc, agent.releases[service], agent.machines[service],
+                          lambda service=service, **kw: agent.publish(service, **kw),
+                          lambda: "agent is stopping" if agent.stopping.is_set() else None,
+                          quorum=svc.spec.quorum, target=f"recovery of change set {change.id}",
+                          session_timeout=agent.config.zookeeper.session_timeout)
+        restart.acquire_slot()
+        try:
+            restart.fence()
+            undo_interrupted(agent)
+        finally:
+            agent.store.release_slot(service, agent.node)
+            agent.machines[service].to(Phase.IDLE, "recovered")
+            agent._observe_local(service, svc)
+            agent.publish(service)
