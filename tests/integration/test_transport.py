@@ -106,3 +106,46 @@ def test_peer_order_prefers_rack_then_datacenter_then_complete():
     assert peer_order(peers, "me", "r1", "d1", 10) == [
         ("198.18.0.2", 1), ("198.18.0.3", 1), ("198.18.0.5", 1), ("198.18.0.9", 1)]
     assert peer_order(peers, "me", "r1", "d1", 2) == [("198.18.0.2", 1), ("198.18.0.3", 1)]
+
+
+def test_stage_seed_until_serves_the_first_copy(tmp_path, store, zk_hosts, zk_root):
+    """`zkdeploy stage --seed-until 1` seeds from the operator's side until a host holds the payload."""
+    import threading
+
+    from click.testing import CliRunner
+
+    from zkdeploy.cli.main import cli
+
+    (tmp_path / "services.yaml").write_text("services:\n  db: {quorum: 1, start: 'sleep 1'}\n")
+    runner = CliRunner()
+    base = ["--zk", zk_hosts, "--root", zk_root]
+    assert runner.invoke(cli, [*base, "services", "apply", str(tmp_path / "services.yaml")]).exit_code == 0
+    path = payload(tmp_path / "db-2.tar")
+    agent = transport(tmp_path, "a", zk_hosts, zk_root)
+    agent.attach(store)
+    got: dict[str, object] = {}
+
+    def fetch_when_staged() -> None:
+        import time
+        deadline = time.monotonic() + 30
+        while store.release("db", "2") is None or not store.peers(store.release("db", "2").info_hash):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+        release = store.release("db", "2")
+        got["path"] = agent.fetch(release, tmp_path / "a" / "db-2.payload")
+        got["from_peers"] = agent.session.status(release.info_hash).total_download
+        store.add_holder("db", "2", "a")
+
+    thread = threading.Thread(target=fetch_when_staged)
+    thread.start()
+    try:
+        result = runner.invoke(cli, [*base, "stage", "db", "2", str(path), "--seed-until", "1",
+                                     "--listen", f"127.0.0.1:{free_port()}", "--seed-timeout", "60"])
+        thread.join(60)
+        assert result.exit_code == 0, result.output
+        assert "1/1 hosts hold db@2" in result.output
+        assert Path(got["path"]).read_bytes() == path.read_bytes()
+        assert got["from_peers"] >= path.stat().st_size  # it came from the seeder, not the origin
+    finally:
+        agent.close()
