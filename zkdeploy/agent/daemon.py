@@ -492,6 +492,7 @@ class Agent:
                           quorum=svc.spec.quorum, target=target, executor=self.executor,
                           deploy_id=deploy.name if deploy else None,
                           on_failure=(lambda error: self._report_failure(deploy, error)) if deploy else None,
+                          on_quorum_wait=(lambda: self._watch_progress_of(deploy.name)) if deploy else None,
                           session_timeout=self.config.zookeeper.session_timeout)
         was_running = svc.running()
         try:
@@ -559,6 +560,11 @@ class Agent:
                 return
             except ConflictError:
                 continue
+
+    def _watch_progress_of(self, name: str) -> None:
+        entry = self.store.deploy(name)
+        if entry is not None and entry.state == PENDING:
+            self._watch_progress(entry)
 
     def _watch_progress(self, head: DeployEntry) -> None:
         """Record on the deploy when no node made progress for its progress deadline, and why."""

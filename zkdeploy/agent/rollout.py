@@ -94,6 +94,7 @@ class Restart:
     executor: Executor | None = None
     deploy_id: str | None = None
     on_failure: Callable[[str], None] | None = None
+    on_quorum_wait: Callable[[], None] | None = None  # called by the queue's head while it waits
     session_timeout: float = 10.0
 
     @property
@@ -132,6 +133,8 @@ class Restart:
                     log.info("%s: %s", self.service, decision.reason)
                     self.publish(detail=decision.reason)
                     last_reason = decision.reason
+                if self.on_quorum_wait is not None:
+                    self.on_quorum_wait()
                 changed.wait(1.0)
         finally:
             lock.release()

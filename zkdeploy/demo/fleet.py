@@ -44,6 +44,7 @@ class DemoService:
     health_interval: float = 0.1
     health_retries: int = 100
     on_failure: str = "pause"
+    progress_deadline: float = 600.0
 
 
 def build_payload(path: Path, service: str, version: str, *, fail_health: bool = False,
@@ -81,6 +82,7 @@ def catalog_for(services: list[DemoService]) -> dict[str, Any]:
             "health_checks": [{"http": f"http://127.0.0.1:{port}/health", "timeout": 1,
                                "interval": svc.health_interval, "retries": svc.health_retries}],
             "on_failure": svc.on_failure,
+            "progress_deadline": svc.progress_deadline,
             "keep_releases": 3,
             "stop_timeout": 10 + svc.timing.stop_delay,
         }
