@@ -594,9 +594,11 @@ def check_journals(fleet: LocalFleet, result: RunResult) -> None:
                     result.violations.append(Violation(
                         "journal", f"{host.name}: current/{svc.name} -> {actual}, but change set "
                                    f"{task.change_id} switched it to {task.execute.params.get('target')}"))
-                last_done = next((c for c in changes if c.status == "done"
+                # the newest change set whose swap of this link is in effect: done, or interrupted by a
+                # crash and kept by recovery (its tasks done, the set closed as failed with a note)
+                last_done = next((c for c in changes if c.status in ("done", "failed")
                                   and c.description.startswith(svc.name + " ")
-                                  and any(t.execute.kind == "symlink_swap"
+                                  and any(t.execute.kind == "symlink_swap" and t.status == "done"
                                           and t.execute.params.get("link") == os.path.abspath(link)
                                           for t in c.tasks)), None)
                 if last_done is None or last_done.id != task.change_id:

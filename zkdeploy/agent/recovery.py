@@ -16,9 +16,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zkdeploy.agent.host_actions import HOOKS
 from zkdeploy.agent.rollout import Restart
 from zkdeploy.agent.states import Phase
-from zkdeploy.journal import ChangeSet, recover, undo_change
+from zkdeploy.journal import NOTHING_TO_UNDO, ChangeSet, recover, undo_change
 from zkdeploy.runner.process import ManagedProcess
 
 if TYPE_CHECKING:
@@ -82,6 +83,10 @@ def settle_registered(agent: Agent) -> None:
             for action in recover(agent.journal, agent.registry, policy="complete"):
                 log.warning("journal recovery: change set %s: %s %s (the new release runs and is healthy: kept)",
                             action.change_id, action.action, action.detail)
+            # the crash may have come before the undrain: finish the restart's last step
+            with agent.executor.change_set(f"{service} {target}: finish change set {change.id} after a crash",
+                                           deploy_id=change.deploy_id) as cs:
+                cs.task(HOOKS, svc.hook_params("post_start", target), undo=NOTHING_TO_UNDO)
             continue
         restart = Restart(agent.store, agent.node, svc, agent.releases[service], agent.machines[service],
                           lambda service=service, **kw: agent.publish(service, **kw),
