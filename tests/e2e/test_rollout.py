@@ -31,7 +31,8 @@ def test_rollout_keeps_quorum_follows_dependencies_and_converges(make_fleet):
             harness.stage(svc, "2")
         names = harness.deploy("web@2", "db@2")
         wait_deploys(harness.store, names, 120)
-        wait_for(lambda: len(observer.samples) > 5, 5, "more samples")
+        wait_for(lambda: set(observer.final("db").values()) == set(observer.final("web").values()) == {"2"},
+                 20, "the observer to see every node at 2")
     finally:
         observer.stop()
 
@@ -148,6 +149,7 @@ def test_failed_health_check_rolls_the_node_back_and_halts_the_deploy(make_fleet
         wait_for(lambda: harness.store.deploy(name).state == "halted", 120, "the deploy to halt")
         wait_for(lambda: all(e.state == "online" and e.version == "1"
                              for e in harness.store.current("db").values()), 60, "every node online at 1")
+        wait_for(lambda: set(observer.final("db").values()) == {"1"}, 20, "the observer to see every db at 1")
     finally:
         observer.stop()
     entry = harness.store.deploy(name)

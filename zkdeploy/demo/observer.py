@@ -26,7 +26,7 @@ class Observer:
 
     targets: dict[tuple[str, str], int]
     interval: float = 0.05
-    timeout: float = 0.5
+    timeout: float = 1.0
     samples: list[Sample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
