@@ -136,14 +136,14 @@ class Agent:
                  ", ".join(self.config.services))
         try:
             while not self.stopping.is_set():
+                self.wake.clear()  # before the cycle: a watch firing during it wakes the next one
                 try:
                     self.cycle()
                 except CoordinationError as exc:
                     log.warning("cycle interrupted: %s", exc)
-                except ZkdeployError as exc:
+                except (ZkdeployError, OSError) as exc:
                     log.error("cycle failed: %s", exc)
                 self.wake.wait(self.config.cycle_interval)
-                self.wake.clear()
         finally:
             log.info("agent %s stopping", self.node)
             self.transport.close()
@@ -386,27 +386,11 @@ class Agent:
             rel_dir = self.releases[service]
             if rel_dir.has(version) or self.local[service].version == version:
                 continue
-            release = self._release(service, version)
-            if release is None:
-                continue
-            failed_at = self._fetch_failures.get((service, version))
-            if failed_at is not None and time.monotonic() - failed_at < FETCH_RETRY_SECONDS:
-                continue
-            machine = self.machines[service]
-            machine.to(Phase.FETCHING, f"fetching {version}")
-            try:
-                rel_dir.install(release, self.transport.fetch)
-            except PayloadError as exc:
-                log.error("%s@%s: %s (retrying in %ds)", service, version, exc, FETCH_RETRY_SECONDS)
-                self._fetch_failures[(service, version)] = time.monotonic()
-                machine.reset(f"cannot fetch {version}: {exc}")
-                continue
-            self._fetch_failures.pop((service, version), None)
-            self.store.add_holder(service, version, self.node)
-            machine.to(Phase.STAGED, f"{version} ready")
-            rel_dir.prune(self.catalog.services[service].keep_releases,
-                          protect={v for s, v in wanted if s == service},
-                          before_remove=lambda gone, service=service, rel_dir=rel_dir: self._forget(service, rel_dir, gone))
+            if self._install(service, version):
+                rel_dir.prune(self.catalog.services[service].keep_releases,
+                              protect={v for s, v in wanted if s == service},
+                              before_remove=lambda gone, service=service, rel_dir=rel_dir:
+                              self._forget(service, rel_dir, gone))
 
     def _forget(self, service: str, rel_dir: ReleaseDir, version: str) -> None:
         release = self._release(service, version)
@@ -454,18 +438,32 @@ class Agent:
         return reason
 
     def _install(self, service: str, version: str) -> bool:
-        """Make sure ``version`` is unpacked here (fetching it if staged); False if it cannot be."""
-        if self.releases[service].has(version):
+        """Make sure ``version`` is unpacked here, fetching it if it is staged; False if it cannot be.
+
+        A payload that failed to fetch or verify is left alone for
+        FETCH_RETRY_SECONDS, and the reason is published for ``status``.
+        """
+        rel_dir = self.releases[service]
+        if rel_dir.has(version):
             return True
         release = self._release(service, version)
         if release is None:
             return False
-        try:
-            self.releases[service].install(release, self.transport.fetch)
-        except PayloadError as exc:
-            log.error("%s@%s: %s", service, version, exc)
+        failed_at = self._fetch_failures.get((service, version))
+        if failed_at is not None and time.monotonic() - failed_at < FETCH_RETRY_SECONDS:
             return False
+        machine = self.machines[service]
+        machine.to(Phase.FETCHING, f"fetching {version}")
+        try:
+            rel_dir.install(release, self.transport.fetch)
+        except PayloadError as exc:
+            log.error("%s@%s: %s (retrying in %ds)", service, version, exc, FETCH_RETRY_SECONDS)
+            self._fetch_failures[(service, version)] = time.monotonic()
+            machine.reset(f"cannot fetch {version}: {exc}")
+            return False
+        self._fetch_failures.pop((service, version), None)
         self.store.add_holder(service, version, self.node)
+        machine.to(Phase.STAGED, f"{version} ready")
         return True
 
     def _maybe_restart(self, head: DeployEntry, svc: HostService) -> None:
