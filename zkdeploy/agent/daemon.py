@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zkdeploy import __version__
-from zkdeploy.agent import recovery
+from zkdeploy.agent import deploys, recovery
 from zkdeploy.agent.host_actions import agent_registry
 from zkdeploy.agent.releases import ReleaseDir
 from zkdeploy.agent.reports import answer_plans, push_history, serve_undo_requests
@@ -38,22 +38,17 @@ from zkdeploy.errors import (
     ZkdeployError,
 )
 from zkdeploy.model import (
-    ABORTED,
-    DONE,
     FAILED,
-    HALTED,
     ONLINE,
     PENDING,
     RESTARTING,
-    ROLLED_BACK,
     STOPPED,
     CurrentEntry,
     DeployEntry,
     NodeRecord,
     Release,
 )
-from zkdeploy.policy.progress import active_deploy, explain, is_complete
-from zkdeploy.policy.quorum import failure_budget
+from zkdeploy.policy.progress import active_deploy
 from zkdeploy.policy.versions import most_popular
 from zkdeploy.runner.service import HostService
 
@@ -517,47 +512,7 @@ class Agent:
             self._failed_deploys.add((deploy.name, service))  # a lost slot is retried; a bad release is not
 
     def _report_failure(self, head: DeployEntry, error: str) -> None:
-        """Record a failed restart on the deploy; past its budget, pause it or roll it back.
-
-        ``on_failure: rollback`` closes the deploy, aborts the open deploys of
-        the same request (they depend on it), and queues a rollback deploy to
-        the version it replaced, all in one transaction.
-        """
-        for _ in range(10):
-            entry = self.store.deploy(head.name)
-            if entry is None or not entry.is_open:
-                return
-            failures = entry.failures + ({"node": self.node, "error": error, "at": time.time()},)
-            budget = failure_budget(entry.max_failures, len(self.store.current(entry.service)))
-            updated = entry.evolve(failures=failures)
-            if len(failures) <= budget:
-                pass
-            elif entry.on_failure == "rollback" and entry.previous and entry.previous != entry.version:
-                message = (f"{len(failures)} node(s) failed (max_failures {entry.max_failures}); "
-                           f"rolling back to {entry.previous}; last: {self.node}: {error}")
-                rollback = DeployEntry(service=entry.service, version=entry.previous, group=entry.group,
-                                       requested_by=f"zkdeploy on {self.node}", created=time.time(),
-                                       max_failures=entry.max_failures, previous=entry.version,
-                                       on_failure="pause", progress_deadline=entry.progress_deadline,
-                                       kind="rollback", message=f"rollback of {entry.name}")
-                dependants = [d.evolve(state=ABORTED, finished=time.time(), message=f"aborted: {entry.name} failed")
-                              for d in self.store.deploys()
-                              if d.is_open and d.group == entry.group and d.name > entry.name]
-                try:
-                    name = self.store.replace_with_rollback(
-                        updated.evolve(state=ROLLED_BACK, message=message, finished=time.time()), rollback, dependants)
-                    log.error("deploy %s failed; queued rollback %s to %s", entry.name, name, entry.previous)
-                    return
-                except ConflictError:
-                    continue
-            else:
-                updated = updated.evolve(state=HALTED, message=(
-                    f"{len(failures)} node(s) failed (max_failures {entry.max_failures}); last: {self.node}: {error}"))
-            try:
-                self.store.update_deploy(updated)
-                return
-            except ConflictError:
-                continue
+        deploys.report_failure(self.store, self.node, head.name, error)
 
     def _watch_progress_of(self, name: str) -> None:
         entry = self.store.deploy(name)
@@ -565,40 +520,11 @@ class Agent:
             self._watch_progress(entry)
 
     def _watch_progress(self, head: DeployEntry) -> None:
-        """Record on the deploy when no node made progress for its progress deadline, and why."""
-        entries = self.store.current(head.service)
-        last = max([head.created] + [e.since for e in entries.values()])
-        stalled = time.time() - last > head.progress_deadline
-        if stalled == (head.stalled_since is not None):
-            return
-        catalog_spec = self.catalog.services.get(head.service) if self.catalog else None
-        why = explain(head, entries, catalog_spec.quorum if catalog_spec else None, self.store.slots(head.service),
-                      self.store.queue(head.service))
-        failing = sorted(n for n, e in entries.items() if e.state == FAILED)
-        message = (f"stalled: no progress for {int(time.time() - last)}s: {why}"
-                   + (f"; failing health checks: {', '.join(failing)}" if failing else "")) if stalled else ""
-        try:
-            self.store.update_deploy(head.evolve(stalled_since=last if stalled else None, message=message))
-            if stalled:
-                log.warning("deploy %s %s", head.name, message)
-        except ConflictError:
-            pass
+        spec = self.catalog.services.get(head.service) if self.catalog else None
+        deploys.watch_progress(self.store, head, spec.quorum if spec else None)
 
     def _maybe_complete(self, head: DeployEntry) -> None:
-        """Mark the head done when every present node of its service is online at its version."""
-        entries = self.store.current(head.service)
-        failed = {f["node"] for f in head.failures}
-        if not is_complete(entries, head.version, self.store.slots(head.service), excused=failed):
-            return
-        left = sorted(failed & set(entries))
-        message = (f"done; {len(left)} node(s) failed within the failure budget and run the previous "
-                   f"release: {', '.join(left)}") if left else head.message
-        try:
-            self.store.update_deploy(head.evolve(state=DONE, finished=time.time(), message=message))
-            log.info("deploy %s of %s@%s complete on %d node(s)", head.name, head.service,
-                     head.version, len(entries))
-        except ConflictError:
-            pass  # another agent completed it first (or it changed): next cycle sees
+        deploys.maybe_complete(self.store, head)
 
     # -- health monitor ---------------------------------------------------------------
     def _monitor(self) -> None:

@@ -1,0 +1,106 @@
+"""What agents write on deploy entries: failures, completion, and stalls.
+
+Any agent may do any of these; every write is conditional on the entry's
+znode version, so concurrent agents never overwrite each other and the loser
+of a race simply re-reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from zkdeploy.coordination import Store
+from zkdeploy.errors import ConflictError
+from zkdeploy.model import ABORTED, DONE, FAILED, HALTED, ROLLED_BACK, DeployEntry
+from zkdeploy.policy.progress import explain, is_complete
+from zkdeploy.policy.quorum import failure_budget
+
+log = logging.getLogger(__name__)
+
+#: attempts at a conditional write that keeps losing races before giving up until the next cycle
+RETRIES = 10
+
+
+def report_failure(store: Store, node: str, name: str, error: str) -> None:
+    """Record ``node``'s failed restart on deploy ``name``; past its budget, halt it or roll it back.
+
+    ``on_failure: rollback`` closes the deploy, aborts the open deploys of the
+    same request (they depend on it) and queues a rollback deploy to the
+    version it replaced, all in one transaction.  ``pause`` halts it until an
+    operator resumes or aborts it.
+    """
+    for _ in range(RETRIES):
+        entry = store.deploy(name)
+        if entry is None or not entry.is_open:
+            return
+        failures = entry.failures + ({"node": node, "error": error, "at": time.time()},)
+        updated = entry.evolve(failures=failures)
+        over_budget = len(failures) > failure_budget(entry.max_failures, len(store.current(entry.service)))
+        summary = f"{len(failures)} node(s) failed (max_failures {entry.max_failures})"
+        try:
+            if over_budget and entry.on_failure == "rollback" and entry.previous and entry.previous != entry.version:
+                _roll_back(store, node, updated.evolve(
+                    state=ROLLED_BACK, finished=time.time(),
+                    message=f"{summary}; rolling back to {entry.previous}; last: {node}: {error}"))
+                return
+            if over_budget:
+                updated = updated.evolve(state=HALTED, message=f"{summary}; last: {node}: {error}")
+            store.update_deploy(updated)
+            return
+        except ConflictError:
+            continue
+
+
+def _roll_back(store: Store, node: str, failed: DeployEntry) -> None:
+    rollback = DeployEntry(service=failed.service, version=failed.previous, group=failed.group,
+                           requested_by=f"zkdeploy on {node}", created=time.time(),
+                           max_failures=failed.max_failures, previous=failed.version, on_failure="pause",
+                           progress_deadline=failed.progress_deadline, kind="rollback",
+                           message=f"rollback of {failed.name}")
+    dependants = [d.evolve(state=ABORTED, finished=time.time(), message=f"aborted: {failed.name} failed")
+                  for d in store.deploys() if d.is_open and d.group == failed.group and d.name > failed.name]
+    name = store.replace_with_rollback(failed, rollback, dependants)
+    log.error("deploy %s failed; queued rollback %s to %s", failed.name, name, failed.previous)
+
+
+def maybe_complete(store: Store, head: DeployEntry) -> None:
+    """Mark the head done when every present node of its service is online at its version.
+
+    Nodes whose restart failed within the failure budget keep the previous
+    release and are not waited for; the deploy's message names them.
+    """
+    entries = store.current(head.service)
+    failed = {f["node"] for f in head.failures}
+    if not is_complete(entries, head.version, store.slots(head.service), excused=failed):
+        return
+    left = sorted(failed & set(entries))
+    message = (f"done; {len(left)} node(s) failed within the failure budget and run the previous "
+               f"release: {', '.join(left)}") if left else head.message
+    try:
+        store.update_deploy(head.evolve(state=DONE, finished=time.time(), message=message))
+        log.info("deploy %s of %s@%s complete on %d node(s)", head.name, head.service, head.version, len(entries))
+    except ConflictError:
+        pass  # another agent completed it first (or it changed): the next cycle sees
+
+
+def watch_progress(store: Store, head: DeployEntry, quorum: int | str | None) -> None:
+    """Record on the deploy when no node made progress for its progress deadline, and why; clear it after."""
+    entries = store.current(head.service)
+    last = max([head.created] + [e.since for e in entries.values()])
+    stalled = time.time() - last > head.progress_deadline
+    if stalled == (head.stalled_since is not None):
+        return
+    message = ""
+    if stalled:
+        why = explain(head.evolve(stalled_since=None), entries, quorum, store.slots(head.service),
+                      store.queue(head.service))
+        failing = sorted(n for n, e in entries.items() if e.state == FAILED)
+        message = (f"stalled: no progress for {int(time.time() - last)}s: {why}"
+                   + (f"; failing health checks: {', '.join(failing)}" if failing else ""))
+    try:
+        store.update_deploy(head.evolve(stalled_since=last if stalled else None, message=message))
+        if stalled:
+            log.warning("deploy %s %s", head.name, message)
+    except ConflictError:
+        pass  # changed meanwhile: judged again at the next look
