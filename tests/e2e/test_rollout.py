@@ -64,6 +64,10 @@ def test_rollout_keeps_quorum_follows_dependencies_and_converges(make_fleet):
         link = host.root / "data" / "current" / "web"
         assert link.is_symlink() and link.resolve().name == "2"
         assert (host.root / "data" / "releases" / "web" / "1").is_dir()
+        # drained before the stop, undrained after the health checks, for each service in order
+        lb = (host.root / "data" / "logs" / "lb.log").read_text().split("\n")
+        assert [line for line in lb if line.endswith(" 2") or line.startswith("drain")][-4:] == [
+            "drain db 1", "undrain db 2", "drain web 1", "undrain web 2"]
         # every host journaled its restarts, each for its deploy, and the journal matches the disk
         with Journal.open(host.root / "data" / "state" / "journal.db", create=False) as journal:
             changes = {c.description: c for c in journal.list_changes()}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 
+from tenacity import RetryError, retry, retry_if_exception_type, stop_after_attempt, wait_random
+
 from zkdeploy.coordination import Store
 from zkdeploy.errors import ConflictError
 from zkdeploy.model import ABORTED, DONE, FAILED, HALTED, ROLLED_BACK, DeployEntry
@@ -30,26 +32,31 @@ def report_failure(store: Store, node: str, name: str, error: str) -> None:
     version it replaced, all in one transaction.  ``pause`` halts it until an
     operator resumes or aborts it.
     """
-    for _ in range(RETRIES):
-        entry = store.deploy(name)
-        if entry is None or not entry.is_open:
-            return
-        failures = entry.failures + ({"node": node, "error": error, "at": time.time()},)
-        updated = entry.evolve(failures=failures)
-        over_budget = len(failures) > failure_budget(entry.max_failures, len(store.current(entry.service)))
-        summary = f"{len(failures)} node(s) failed (max_failures {entry.max_failures})"
-        try:
-            if over_budget and entry.on_failure == "rollback" and entry.previous and entry.previous != entry.version:
-                _roll_back(store, node, updated.evolve(
-                    state=ROLLED_BACK, finished=time.time(),
-                    message=f"{summary}; rolling back to {entry.previous}; last: {node}: {error}"))
-                return
-            if over_budget:
-                updated = updated.evolve(state=HALTED, message=f"{summary}; last: {node}: {error}")
-            store.update_deploy(updated)
-            return
-        except ConflictError:
-            continue
+    try:
+        _record_failure(store, node, name, error)
+    except RetryError:
+        log.error("could not record the failure on deploy %s: it kept changing under %d attempts", name, RETRIES)
+
+
+@retry(retry=retry_if_exception_type(ConflictError), stop=stop_after_attempt(RETRIES),
+       wait=wait_random(0, 0.2))
+def _record_failure(store: Store, node: str, name: str, error: str) -> None:
+    """One conditional attempt; ConflictError when another agent changed the entry first."""
+    entry = store.deploy(name)
+    if entry is None or not entry.is_open:
+        return
+    failures = entry.failures + ({"node": node, "error": error, "at": time.time()},)
+    updated = entry.evolve(failures=failures)
+    over_budget = len(failures) > failure_budget(entry.max_failures, len(store.current(entry.service)))
+    summary = f"{len(failures)} node(s) failed (max_failures {entry.max_failures})"
+    if over_budget and entry.on_failure == "rollback" and entry.previous and entry.previous != entry.version:
+        _roll_back(store, node, updated.evolve(
+            state=ROLLED_BACK, finished=time.time(),
+            message=f"{summary}; rolling back to {entry.previous}; last: {node}: {error}"))
+        return
+    if over_budget:
+        updated = updated.evolve(state=HALTED, message=f"{summary}; last: {node}: {error}")
+    store.update_deploy(updated)
 
 
 def _roll_back(store: Store, node: str, failed: DeployEntry) -> None:

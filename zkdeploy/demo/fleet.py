@@ -79,6 +79,9 @@ def catalog_for(services: list[DemoService]) -> dict[str, Any]:
             "start": ("{python} {release}/server.py --service {service} --version {version} --node {node} "
                       f"--port {port} --start-delay {svc.timing.start_delay} --stop-delay {svc.timing.stop_delay}"
                       " $(cat {release}/FLAGS 2>/dev/null)"),
+            # stand-ins for taking the node out of a load balancer and back
+            "pre_stop": ["echo drain {service} {version} >> {data}/logs/lb.log"],
+            "post_start": ["echo undrain {service} {version} >> {data}/logs/lb.log"],
             "health_checks": [{"http": f"http://127.0.0.1:{port}/health", "timeout": 1,
                                "interval": svc.health_interval, "retries": svc.health_retries}],
             "on_failure": svc.on_failure,
