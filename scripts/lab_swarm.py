@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Lab benchmark: payload swarm vs one HTTP origin across N shaped "hosts".
 
-Run as root from the repository:  sudo venv/bin/python scripts/lab_swarm.py [--hosts 8]
+Run as root from the repository, after scripts/setup:  sudo .venv/bin/python scripts/lab_swarm.py [--hosts 8]
 [--size-mb 256] [--rate-mbit 100]
 
 Each host is a network namespace on one Linux bridge, with an address in
