@@ -99,6 +99,7 @@ class Host:
     ports: dict[str, int]
     swarm_port: int = 0
     process: subprocess.Popen | None = None
+    swarm_settings: dict[str, Any] = field(default_factory=dict)  # overrides for this host's agent file
 
     @property
     def config(self) -> Path:
@@ -146,7 +147,7 @@ class LocalFleet:
                 # every host shares 127.0.0.1 here, so each needs its own port and several
                 # connections per address
                 "swarm": {"listen_port": host.swarm_port, "allow_multiple_connections_per_ip": True,
-                          "stall_timeout": 10},
+                          "stall_timeout": 10, **host.swarm_settings},
             }
             host.config.write_text(yaml.safe_dump(config, sort_keys=False))
 
