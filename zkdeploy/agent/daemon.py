@@ -99,6 +99,7 @@ class Agent:
         self._converge: dict[str, str] = {}
         self._deferred_recovery = False
         self._answered_plans: set[str] = set()
+        self._closed_deploys: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------
     def stop(self) -> None:
@@ -310,7 +311,7 @@ class Agent:
             self._summary(f"killswitch on: {switch.message}")
             return
         serve_undo_requests(self)
-        deploys = store.deploys()
+        deploys = self._open_deploys()
         head = active_deploy(deploys)
         self._watch_head(head)
         services = self._services()
@@ -331,6 +332,13 @@ class Agent:
             if head is not None and head.state == PENDING:
                 self._watch_progress(head)
         self._summary(self._describe(head))
+
+    def _open_deploys(self) -> list[DeployEntry]:
+        """The open deploy entries.  A closed entry never opens again, so once seen closed it is
+        not read again: a cycle costs one read per open entry, not one per entry kept."""
+        entries = self.store.deploys(skip=self._closed_deploys)
+        self._closed_deploys.update(e.name for e in entries if not e.is_open)
+        return [e for e in entries if e.is_open]
 
     def _describe(self, head: DeployEntry | None) -> str:
         parts = [f"{s}={r.version or '-'}:{r.state}" for s, r in sorted(self.local.items())]
@@ -424,7 +432,7 @@ class Agent:
             if self.store.killswitch() is not None:
                 return "killswitch is on"
             if deploy is None:
-                head = active_deploy(self.store.deploys())
+                head = active_deploy(self._open_deploys())
                 return f"a rollout of {service} started" if head and head.service == service else None
             entry = self.store.deploy(deploy.name)
             if entry is None or entry.state != PENDING:

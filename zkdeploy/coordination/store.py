@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
@@ -267,11 +267,11 @@ class Store:
         return out
 
     # -- deploy queue --------------------------------------------------------
-    def deploys(self) -> list[DeployEntry]:
-        """Every deploy entry, oldest first."""
+    def deploys(self, skip: Collection[str] = ()) -> list[DeployEntry]:
+        """Every deploy entry, oldest first, except those named in ``skip`` (not even read)."""
         out = []
         for name in self._children(self.layout.deploy):
-            if not name.startswith(DEPLOY_PREFIX):
+            if not name.startswith(DEPLOY_PREFIX) or name in skip:
                 continue
             got = self._get(self.layout.deploy_entry(name))
             if got:
