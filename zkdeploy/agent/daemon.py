@@ -323,15 +323,23 @@ class Agent:
             if self._install(service, target):
                 self._converge.pop(service)
                 self._restart(services[service], target, None)
+        restarted = False
         if head is not None and head.state == PENDING and head.service in services:
-            self._maybe_restart(head, services[head.service])
+            restarted = self._maybe_restart(head, services[head.service])
             head = store.deploy(head.name)
-        if head is not None and head.state == PENDING:
+        # Completion and stalls are judged by the node that just restarted, and each cycle by
+        # one steward per service (the first present node by name), not by every node: a
+        # fleet-wide read of /current per node per cycle would grow with the square of the fleet.
+        if head is not None and head.state == PENDING and (restarted or self._is_steward(head.service)):
             self._maybe_complete(head)
             head = store.deploy(head.name)
             if head is not None and head.state == PENDING:
                 self._watch_progress(head)
         self._summary(self._describe(head))
+
+    def _is_steward(self, service: str) -> bool:
+        nodes = self.store.current_nodes(service)
+        return bool(nodes) and min(nodes) == self.node
 
     def _open_deploys(self) -> list[DeployEntry]:
         """The open deploy entries.  A closed entry never opens again, so once seen closed it is
@@ -469,17 +477,19 @@ class Agent:
         machine.to(Phase.STAGED, f"{version} ready")
         return True
 
-    def _maybe_restart(self, head: DeployEntry, svc: HostService) -> None:
+    def _maybe_restart(self, head: DeployEntry, svc: HostService) -> bool:
+        """Restart into the head's version if this node does not run it; True if a restart ran."""
         service, target = head.service, head.version
         rec = self.local[service]
         if rec.version == target and rec.state == ONLINE:
             self.machines[service].reset()
-            return
+            return False
         if (head.name, service) in self._failed_deploys:
-            return
+            return False
         if not self.releases[service].has(target):
-            return  # not fetched (yet): _prefetch reports why
+            return False  # not fetched (yet): _prefetch reports why
         self._restart(svc, target, head)
+        return True
 
     def _restart(self, svc: HostService, target: str, deploy: DeployEntry | None) -> None:
         """Restart ``svc`` into ``target`` under the quorum rules, for ``deploy`` or to converge."""

@@ -191,6 +191,10 @@ class Store:
                 out[name] = CurrentEntry.from_bytes(got[0], got[1].version)
         return out
 
+    def current_nodes(self, service: str) -> list[str]:
+        """The nodes present under /current/<service> (names only: one read)."""
+        return self._children(self.layout.current_service(service))
+
     def current_services(self) -> list[str]:
         return self._children(self.layout.current)
 
