@@ -145,9 +145,10 @@ def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, 
     agents can read or as an http(s) URL: that is the origin, the fallback
     when the swarm stalls.  Agents that run SERVICE fetch it from their peers
     (ZooKeeper is the tracker), verify its SHA-256 and unpack it beside the
-    running release.  Someone must seed first: this command with
-    --seed-until N, a `zkdeploy seed` daemon on the origin's host, or the
-    first agent that falls back to the origin.
+    running release.  The first copy comes from this command with
+    --seed-until N, or from a `zkdeploy seed` daemon on the origin's host; when
+    nobody seeds, one agent is elected to fetch it from the origin and the
+    others get it from that agent.
     """
     check_name("service", service)
     check_name("version", version)
