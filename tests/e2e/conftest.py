@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,6 +63,12 @@ class FleetHarness:
         names = {h.name for h in self.fleet.hosts}
         wait_for(lambda: all(names <= set(self.store.current(s.name)) for s in self.fleet.services),
                  timeout, "every agent to register")
+
+    def arm_crash(self, host, at: str) -> None:
+        """Restart ``host``'s agent so that it SIGKILLs itself on reaching ``at`` (service:phase)."""
+        self.fleet.kill_agent(host, signal.SIGTERM)
+        self.fleet.start_agent(host, {"ZKDEPLOY_CRASH_AT": at})
+        wait_for(lambda: host.name in self.store.nodes(), 30, f"{host.name}'s armed agent to register")
 
     def stage(self, service: str, version: str, **payload_kw: object) -> Path:
         path = self.fleet.payload(service, version, **payload_kw)

@@ -22,9 +22,7 @@ def test_sigkill_at_each_step_leaves_a_consistent_host(make_fleet, phase):
     harness = make_fleet([DemoService("db", quorum=2, timing=FAST)], size=3)
     harness.install("1")
     victim = harness.fleet.hosts[0]
-    harness.fleet.kill_agent(victim, signal.SIGTERM)
-    harness.fleet.start_agent(victim, {"ZKDEPLOY_CRASH_AT": f"db:{phase}"})
-    wait_for(lambda: victim.name in harness.store.nodes(), 30, "the armed agent to register")
+    harness.arm_crash(victim, f"db:{phase}")
     harness.stage("db", "2")
     names = harness.deploy("db@2")
     wait_for(lambda: victim.process.poll() is not None, 60, f"the agent to die at {phase}")

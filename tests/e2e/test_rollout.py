@@ -87,9 +87,7 @@ def test_agent_killed_mid_restart_releases_its_slot_and_the_rollout_completes(ma
     harness.install("1")
     victim = harness.fleet.hosts[2]
     # restart the victim's agent armed to die (SIGKILL) right before it starts db version 2
-    harness.fleet.kill_agent(victim, signal.SIGTERM)
-    harness.fleet.start_agent(victim, {"ZKDEPLOY_CRASH_AT": "db:starting"})
-    wait_for(lambda: victim.name in harness.store.nodes(), 30, "the victim to register again")
+    harness.arm_crash(victim, "db:starting")
     observer = observe(harness)
     try:
         harness.stage("db", "2")
@@ -234,9 +232,7 @@ def test_agent_killed_after_starting_the_new_release_keeps_it_when_healthy(make_
     harness = make_fleet(size=5)
     harness.install("1")
     victim = harness.fleet.hosts[1]
-    harness.fleet.kill_agent(victim, signal.SIGTERM)
-    harness.fleet.start_agent(victim, {"ZKDEPLOY_CRASH_AT": "db:checking"})  # dies with db 2 already started
-    wait_for(lambda: victim.name in harness.store.nodes(), 30, "the victim to register again")
+    harness.arm_crash(victim, "db:checking")  # dies with db 2 already started
     observer = observe(harness)
     try:
         harness.stage("db", "2")

@@ -8,11 +8,13 @@ wake the cycle early.  Signal handlers set a flag and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -336,6 +338,41 @@ class Agent:
             if head is not None and head.state == PENDING:
                 self._watch_progress(head)
         self._summary(self._describe(head))
+
+    @contextlib.contextmanager
+    def holding_slots(self, services: list[str], why: str) -> Iterator[None]:
+        """Take a restart slot of each service under the quorum rules, for work other than a restart
+        that may take them down (an undo, a crash recovery); afterwards release the slots and
+        publish what each service now runs.  RolloutAborted if the agent is told to stop meanwhile."""
+        svcs = self._services()
+        held: list[Restart] = []
+        try:
+            for service in services:
+                svc = svcs[service]
+                restart = Restart(self.store, self.node, svc, self.releases[service], self.machines[service],
+                                  lambda service=service, **kw: self.publish(service, **kw),
+                                  lambda: "agent is stopping" if self.stopping.is_set() else None,
+                                  quorum=svc.spec.quorum, target=why,
+                                  session_timeout=self.config.zookeeper.session_timeout)
+                try:
+                    restart.acquire_slot()
+                except ZkdeployError as exc:
+                    self.machines[service].reset(str(exc))
+                    raise
+                held.append(restart)
+            for restart in held:
+                restart.fence()
+            yield
+        finally:
+            for restart in held:
+                try:
+                    self.store.release_slot(restart.service, self.node)
+                except CoordinationError as exc:
+                    log.warning("%s: could not release the slot (it goes with the session): %s",
+                                restart.service, exc)
+                self.machines[restart.service].to(Phase.IDLE, f"{why} finished")
+                self._observe_local(restart.service, restart.svc)
+                self.publish(restart.service)
 
     def _is_steward(self, service: str) -> bool:
         nodes = self.store.current_nodes(service)

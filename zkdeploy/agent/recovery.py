@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zkdeploy.agent.host_actions import HOOKS
-from zkdeploy.agent.rollout import Restart
-from zkdeploy.agent.states import Phase
 from zkdeploy.journal import NOTHING_TO_UNDO, ChangeSet, recover, undo_change
 from zkdeploy.runner.process import ManagedProcess
 
@@ -88,17 +86,5 @@ def settle_registered(agent: Agent) -> None:
                                            deploy_id=change.deploy_id) as cs:
                 cs.task(HOOKS, svc.hook_params("post_start", target), undo=NOTHING_TO_UNDO)
             continue
-        restart = Restart(agent.store, agent.node, svc, agent.releases[service], agent.machines[service],
-                          lambda service=service, **kw: agent.publish(service, **kw),
-                          lambda: "agent is stopping" if agent.stopping.is_set() else None,
-                          quorum=svc.spec.quorum, target=f"recovery of change set {change.id}",
-                          session_timeout=agent.config.zookeeper.session_timeout)
-        restart.acquire_slot()
-        try:
-            restart.fence()
+        with agent.holding_slots([service], f"recovery of change set {change.id}"):
             undo_interrupted(agent)
-        finally:
-            agent.store.release_slot(service, agent.node)
-            agent.machines[service].to(Phase.IDLE, "recovered")
-            agent._observe_local(service, svc)
-            agent.publish(service)

@@ -9,11 +9,9 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from zkdeploy.agent.rollout import Restart, restart_tasks
-from zkdeploy.agent.states import Phase
+from zkdeploy.agent.rollout import restart_tasks
 from zkdeploy.errors import CoordinationError, PayloadError, RolloutAborted, ZkdeployError
 from zkdeploy.journal import Executor, undo_last, undo_since
-from zkdeploy.model import ONLINE
 from zkdeploy.transfer.unpack import check_archive
 
 if TYPE_CHECKING:
@@ -130,37 +128,12 @@ def _select(agent: Agent, request: dict[str, Any], dry_run: bool) -> list[Any]:
 def _undo(agent: Agent, request: dict[str, Any]) -> list[dict[str, Any]]:
     """Take a restart slot for every service the undo touches, undo, publish what now runs."""
     planned = _select(agent, request, dry_run=True)
-    touched = sorted({agent.journal.get_change(r.change_id).tasks[0].execute.params.get("service")
-                      for r in planned} - {None})
-    services = agent._services()
-    held: list[Restart] = []
+    touched = {agent.journal.get_change(r.change_id).tasks[0].execute.params.get("service") for r in planned}
+    services = sorted(touched & set(agent._services()))
     try:
-        for service in touched:
-            if service not in services:
-                continue
-            restart = Restart(agent.store, agent.node, services[service], agent.releases[service],
-                              agent.machines[service], lambda service=service, **kw: agent.publish(service, **kw),
-                              lambda: "agent is stopping" if agent.stopping.is_set() else None,
-                              quorum=services[service].spec.quorum, target="undo",
-                              session_timeout=agent.config.zookeeper.session_timeout)
-            restart.acquire_slot()
-            held.append(restart)
-        for restart in held:
-            restart.fence()
-        reports = _select(agent, request, dry_run=False)
+        with agent.holding_slots(services, "undo"):
+            reports = _select(agent, request, dry_run=False)
     except RolloutAborted as exc:
         raise CoordinationError(f"undo abandoned: {exc}") from None
-    finally:
-        for restart in held:
-            try:
-                agent.store.release_slot(restart.service, agent.node)
-            except CoordinationError:
-                pass
-            version = agent.releases[restart.service].current_version()
-            reason = restart.svc.probe(version)
-            restart.machine.to(Phase.IDLE, "undo finished")
-            agent.publish(restart.service, version=version or "", state=ONLINE if reason is None else "failed",
-                          detail=f"undo: now at {version}" + (f" ({reason})" if reason else ""))
     log.info("undo request carried out: %s", ", ".join(f"{r.change_id} {r.status}" for r in reports))
     return [r.to_dict() for r in reports]
-

@@ -20,6 +20,7 @@ from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
 from zkdeploy.cli.output import emit_json, say, table
 from zkdeploy.cli.views import deploy_dict, fleet_status
 from zkdeploy.config.loader import load_catalog, parse_catalog
+from zkdeploy.config.schema import Catalog
 from zkdeploy.coordination import Store
 from zkdeploy.agent.transport import TORRENT_BLOB
 from zkdeploy.cli.seeding import seed_in_foreground
@@ -206,8 +207,9 @@ def _parse_target(spec: str) -> tuple[str, str | None]:
     return service, version or None
 
 
-def resolve_targets(store: Store, targets: tuple[str, ...], what: str) -> list[tuple[str, str]]:
-    """``SERVICE[@VERSION]`` arguments as (service, version) in dependency order, or DeployRefusedError.
+def resolve_targets(store: Store, targets: tuple[str, ...], what: str) -> tuple[Catalog, list[tuple[str, str]]]:
+    """The catalog, and ``SERVICE[@VERSION]`` arguments as (service, version) in dependency order;
+    or DeployRefusedError.
 
     Refuses unknown services, unstaged versions, dependency cycles, services
     no node runs, and quorums that leave no node free to restart; every
@@ -240,7 +242,7 @@ def resolve_targets(store: Store, targets: tuple[str, ...], what: str) -> list[t
         out.append((service, version))
     if problems:
         raise DeployRefusedError(f"{what} refused, nothing was queued:\n" + "\n".join(f"  - {p}" for p in problems))
-    return out
+    return catalog, out
 
 
 @click.command("deploy")
@@ -266,18 +268,17 @@ def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_f
     store = ctx.store()
     if max_failures is not None:
         failure_budget(max_failures, 1)  # validates
-    entries = make_entries(store, resolve_targets(store, targets, "deploy"), max_failures=max_failures)
+    entries = make_entries(store, *resolve_targets(store, targets, "deploy"), max_failures=max_failures)
     names = store.enqueue(entries)
     store.prune_deploys(keep=DEPLOYS_KEPT)
     _report_queued(ctx, names, entries, wait, timeout, as_json)
 
 
-def make_entries(store: Store, targets: list[tuple[str, str]], *, max_failures: str | None = None,
+def make_entries(store: Store, catalog: Catalog, targets: list[tuple[str, str]], *,
+                 max_failures: str | None = None,
                  kind: str = "deploy") -> list[DeployEntry]:
     """Deploy entries for resolved targets, with the catalog's failure policy and each
     service's current most popular version as the one to roll back to."""
-    data, _ = store.catalog()
-    catalog = parse_catalog(data, "catalog in ZooKeeper")
     group = uuid.uuid4().hex[:12]
     entries = []
     for service, version in targets:
@@ -430,12 +431,12 @@ def rollback(ctx: Ctx, service: str, version: str | None, wait: bool, timeout: f
         if not done:
             raise DeployRefusedError(f"no earlier deploy of {service} says what it replaced; give --to VERSION")
         version = done[-1].previous
-    targets = resolve_targets(store, (f"{service}@{version}",), "rollback")
+    catalog, targets = resolve_targets(store, (f"{service}@{version}",), "rollback")
     for entry in store.deploys():
         if entry.service == service and entry.is_open:
             store.update_deploy(entry.evolve(state=ABORTED, message=f"aborted by rollback ({who()})",
                                              finished=time.time()))
-    entries = make_entries(store, targets, kind="rollback")
+    entries = make_entries(store, catalog, targets, kind="rollback")
     names = store.enqueue(entries)
     _report_queued(ctx, names, entries, wait, timeout, as_json)
 

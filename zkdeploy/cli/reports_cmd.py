@@ -51,7 +51,7 @@ def plan(ctx: Ctx, targets: tuple[str, ...], timeout: float, as_json: bool) -> N
     answer within --timeout (they are named).
     """
     store = ctx.store()
-    resolved = resolve_targets(store, targets, "plan")
+    _, resolved = resolve_targets(store, targets, "plan")
     store.prune_plans(older_than=PLANS_KEPT_SECONDS)
     services = [s for s, _ in resolved]
     expected = _wanted_nodes(store, services)
