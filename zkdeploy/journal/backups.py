@@ -18,17 +18,7 @@ import tempfile
 from pathlib import Path
 
 from zkdeploy.errors import JournalError
-
-_CHUNK = 1 << 20
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry change (a rename, a create, an unlink) to disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from zkdeploy.fsutil import CHUNK, fsync_dir, sha256_file
 
 
 def _tmp_name(target: Path, tag: str) -> Path:
@@ -85,14 +75,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class BackupStore:
     """The content-addressed blob area of one journal.
 
@@ -146,7 +128,7 @@ class BackupStore:
         fd, name = tempfile.mkstemp(prefix=".blob-", dir=self.root)
         digest = hashlib.sha256()
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            for chunk in iter(lambda: src.read(_CHUNK), b""):
+            for chunk in iter(lambda: src.read(CHUNK), b""):
                 digest.update(chunk)
                 out.write(chunk)
             out.flush()
@@ -168,7 +150,7 @@ class BackupStore:
                 tar.add(str(source), arcname=source.name, recursive=True)
             out.flush()
             os.fsync(out.fileno())
-        sha = sha256_file(Path(name))
+        sha = sha256_file(name).sha256
         self._install(Path(name), sha)
         return sha
 
@@ -185,7 +167,7 @@ def verify_blob(path: Path, sha256: str) -> Path:
     """
     if not path.is_file():
         raise JournalError(f"journal backup {path} is missing")
-    actual = sha256_file(path)
+    actual = sha256_file(path).sha256
     if actual != sha256:
         raise JournalError(f"journal backup {path} is corrupt (sha256 {actual}, expected {sha256})")
     return path

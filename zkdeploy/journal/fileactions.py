@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from zkdeploy.errors import JournalError
+from zkdeploy.fsutil import fsync_dir
 from zkdeploy.journal.actions import ActionHandler, action_failed
 from zkdeploy.journal.backups import (
     BackupStore,
     atomic_symlink,
     atomic_write,
     extract_tree,
-    fsync_dir,
     read_blob,
     remove_path,
     sha256_bytes,

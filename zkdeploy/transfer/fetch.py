@@ -16,25 +16,23 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from zkdeploy import fsutil
 from zkdeploy.errors import IntegrityError, PayloadError
+from zkdeploy.fsutil import CHUNK, FileDigest
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 
-
-def sha256_file(path: str | Path) -> tuple[str, int]:
-    """SHA-256 hex digest and size of a file, read in chunks."""
-    digest = hashlib.sha256()
-    size = 0
+def payload_digest(path: str | Path) -> FileDigest:
+    """SHA-256 and size of a payload file; PayloadError (exit 5) when it cannot be read."""
     try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
+        return fsutil.sha256_file(path)
     except OSError as exc:
         raise PayloadError(f"cannot read payload {path}: {exc.strerror or exc}") from None
-    return digest.hexdigest(), size
+
+
+#: The name ``zkdeploy stage`` imports (zkdeploy.cli.commands); same function.
+sha256_file = payload_digest
 
 
 def is_url(origin: str) -> bool:
@@ -87,7 +85,7 @@ def open_origin(origin: str, timeout: float):
 
 def copy_verified(src: Path, dest: Path, expected_sha256: str) -> Path:
     """Copy a local file that was already verified elsewhere (e.g. a swarm download)."""
-    actual, _ = sha256_file(src)
+    actual = payload_digest(src).sha256
     if actual != expected_sha256:
         raise IntegrityError(f"{src} does not match its release sha256; nothing was unpacked")
     dest.parent.mkdir(parents=True, exist_ok=True)

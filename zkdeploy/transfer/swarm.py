@@ -16,7 +16,6 @@ Guarantees of ``SwarmSession.download``:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -28,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping
 import libtorrent as lt
 
 from zkdeploy.errors import IntegrityError, PayloadError
+from zkdeploy.transfer.fetch import payload_digest
 from zkdeploy.transfer.torrent import MiB, TorrentMeta, normalize_sha256
 
 log = logging.getLogger(__name__)
@@ -510,7 +510,7 @@ class SwarmSession:
             raise PayloadError(f"fetching {t.meta.name} failed: {t.error}")
 
     def _verify(self, t: _Torrent, expected: str) -> None:
-        got = file_sha256(t.path)
+        got = payload_digest(t.path).sha256
         if got != expected:
             raise IntegrityError(f"{t.meta.name}: SHA-256 is {got}, release metadata says "
                                  f"{expected}; the file was removed")
@@ -658,18 +658,6 @@ class SwarmSession:
             return None  # handle already removed
         with self._lock:
             return self._torrents.get(key)
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file in hex, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(MiB), b""):
-                h.update(chunk)
-    except OSError as e:
-        raise PayloadError(f"cannot read {path} to verify it: {e}") from e
-    return h.hexdigest()
 
 
 def _write_atomically(path: str, data: bytes) -> None:
