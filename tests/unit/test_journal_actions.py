@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from zkdeploy.journal import (
     undo_change,
 )
 from zkdeploy.journal.model import DONE, FAILED, UNDONE
+
+from .escapee import call_within, escaping_command
 
 
 @pytest.fixture
@@ -132,9 +135,23 @@ def test_a_failing_command_raises_and_is_recorded_failed(journal: Journal, tmp_p
 
 
 def test_a_command_past_its_timeout_is_killed(journal: Journal) -> None:
-    with pytest.raises(StepTimeoutError, match="after 0.3s"):
+    with pytest.raises(StepTimeoutError, match="ran past 0.3s and was killed"):
         with Executor(journal).change_set("cmd") as cs:
             cs.run(["sleep", "30"], undo=NOTHING_TO_UNDO, timeout=0.3)
+    assert journal.get_change(1).tasks[0].status == FAILED
+
+
+def test_a_timed_out_command_returns_even_when_a_grandchild_keeps_the_output_open(
+        journal: Journal, tmp_path: Path) -> None:
+    def change() -> None:
+        with Executor(journal).change_set("cmd") as cs:
+            cs.run(["sh", "-c", command], undo=NOTHING_TO_UNDO, timeout=0.5)
+
+    with escaping_command(tmp_path) as command:
+        started = time.monotonic()
+        error = call_within(10, change)
+        assert isinstance(error, StepTimeoutError) and "ran past 0.5s and was killed" in str(error), error
+        assert time.monotonic() - started < 5
     assert journal.get_change(1).tasks[0].status == FAILED
 
 

@@ -18,6 +18,8 @@ from zkdeploy.runner.commands import render, run
 from zkdeploy.runner.health import Check, probe, probe_all, wait_healthy
 from zkdeploy.runner.process import ManagedProcess
 
+from .escapee import call_within, escaping_command
+
 
 def _alive(pid: int) -> bool:
     """True while ``pid`` is a live process (a zombie counts as gone)."""
@@ -141,6 +143,17 @@ def test_run_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
         assert _wait_gone(child), "the child sleep survived the timeout"
     finally:
         _kill(child)
+
+
+def test_run_timeout_returns_even_when_a_grandchild_keeps_the_output_open(tmp_path: Path) -> None:
+    # the grandchild escaped the process group (setsid): the kill does not reach it, and it
+    # keeps the pipe open; the caller (the agent, holding a restart slot) must not wait for it
+    with escaping_command(tmp_path) as command:
+        started = time.monotonic()
+        error = call_within(10, lambda: run(command, timeout=0.5, what="pre_stop"))
+        assert isinstance(error, StepTimeoutError), error
+        assert "ran past 0.5s and was killed" in str(error)
+        assert time.monotonic() - started < 5
 
 
 # --------------------------------------------------------------------------- ManagedProcess
@@ -304,6 +317,75 @@ def test_http_probe_refused() -> None:
 
 def test_http_probe_bad_url() -> None:
     assert probe(_check("http", "not a url")) is not None
+
+
+class _RawServer:
+    """A loopback TCP server that treats every connection with ``answer(conn)`` in its own thread."""
+
+    def __init__(self, answer) -> None:  # noqa: ANN001
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.answer = answer
+        self.conns: list[socket.socket] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(None)
+            self.conns.append(conn)
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def _answer_garbage(conn: socket.socket) -> None:
+    conn.recv(65536)
+    conn.sendall(b"garbage\r\n")
+    conn.close()
+
+
+def _never_answer(conn: socket.socket) -> None:
+    conn.recv(65536)  # and then say nothing until the test closes it
+
+
+def _close_at_once(conn: socket.socket) -> None:
+    conn.close()
+
+
+@pytest.fixture(params=[_answer_garbage, _never_answer, _close_at_once],
+                ids=["answers-garbage", "never-answers", "closes-at-once"])
+def broken_endpoint(request: pytest.FixtureRequest) -> Iterator[str]:
+    server = _RawServer(request.param)
+    yield f"http://127.0.0.1:{server.port}/health"
+    server.close()
+
+
+def test_http_probe_of_an_endpoint_that_does_not_speak_http_is_a_failed_check(broken_endpoint: str) -> None:
+    reasons: list[str | None] = []
+    started = time.monotonic()
+    error = call_within(10, lambda: reasons.append(probe(_check("http", broken_endpoint, timeout=0.5))))
+    assert error is None, f"probe raised {error!r} instead of returning a reason"
+    assert isinstance(reasons[0], str) and reasons[0]
+    assert time.monotonic() - started < 5
+
+
+def test_wait_healthy_on_an_endpoint_that_does_not_speak_http_raises_health_check_error(
+        broken_endpoint: str) -> None:
+    error = call_within(10, lambda: wait_healthy([_check("http", broken_endpoint, timeout=0.5, retries=2)]))
+    assert isinstance(error, HealthCheckError), repr(error)
+    assert str(error).startswith(f"http {broken_endpoint} failed 2 times: ")
 
 
 def test_tcp_probe_open_port(http_port: int) -> None:

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import shlex
-import signal
-import subprocess
 from typing import Any, ClassVar
 
-from zkdeploy.errors import JournalError, ServiceError, StepTimeoutError, ZkdeployError
+from zkdeploy.errors import JournalError, ServiceError, ZkdeployError
 from zkdeploy.journal.backups import BackupStore
 from zkdeploy.journal.model import CANNOT_UNDO_TEXT, NO_UNDO, NOOP, Action
+from zkdeploy.runner.commands import run_bounded
 
 _OUTPUT_TAIL = 2000
 
@@ -110,41 +108,27 @@ def command_text(params: dict[str, Any]) -> str:
 def run_process(params: dict[str, Any], what: str) -> dict[str, Any]:
     """Run the argv (or, with ``shell``, the shell string) in ``params`` with its timeout.
 
-    Guarantees: the whole process group is killed on timeout
-    (StepTimeoutError); a non-zero exit raises the action-failed error with
-    the tail of stderr; success returns the exit code and output tails.
+    Guarantees (see :func:`zkdeploy.runner.commands.run_bounded`): the whole
+    process group is killed on timeout (StepTimeoutError) and the call never
+    waits on a process that escaped it; a non-zero exit raises the
+    action-failed error with the tail of stderr; success returns the exit
+    code and output tails.
     """
     timeout = float(params.get("timeout", 60))
     if params.get("shell") is not None:
-        args: Any = params["shell"]
-        shell = True
+        argv = ["/bin/sh", "-c", str(params["shell"])]
     else:
-        args = list(params["argv"])
-        shell = False
-    env = None
-    if params.get("env"):
-        env = dict(os.environ)
-        env.update({str(k): str(v) for k, v in params["env"].items()})
+        argv = [str(a) for a in params["argv"]]
+    env = {str(k): str(v) for k, v in (params.get("env") or {}).items()}
     try:
-        proc = subprocess.Popen(
-            args, shell=shell, cwd=params.get("cwd"), env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        )
+        done = run_bounded(argv, timeout=timeout, what=what, env=env, cwd=params.get("cwd"))
     except OSError as exc:
         raise action_failed(f"{what}: cannot run {command_text(params)}: {exc}") from exc
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.communicate()
-        raise StepTimeoutError(f"{what}: {command_text(params)} still running after {timeout:g}s; killed") from None
-    stderr = err.decode(errors="replace")[-_OUTPUT_TAIL:]
-    if proc.returncode != 0:
-        raise action_failed(f"{what}: {command_text(params)} exited with {proc.returncode}: {stderr.strip()[-500:]}")
-    return {"returncode": proc.returncode, "stdout": out.decode(errors="replace")[-_OUTPUT_TAIL:], "stderr": stderr}
+    stderr = done.stderr.decode(errors="replace")[-_OUTPUT_TAIL:]
+    if done.returncode != 0:
+        raise action_failed(f"{what}: {command_text(params)} exited with {done.returncode}: {stderr.strip()[-500:]}")
+    return {"returncode": done.returncode, "stdout": done.stdout.decode(errors="replace")[-_OUTPUT_TAIL:],
+            "stderr": stderr}
 
 
 # -- handlers ----------------------------------------------------------------

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
+import http.client
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from zkdeploy.errors import HealthCheckError
+from zkdeploy.errors import HealthCheckError, StepTimeoutError
+from zkdeploy.runner.commands import DISCARD, run_bounded
 
 
 @dataclass(frozen=True)
@@ -30,37 +29,49 @@ class Check:
 
 
 def probe(check: Check) -> str | None:
-    """Run one attempt; None when healthy, else the reason it is not."""
+    """Run one attempt; None when healthy, else the reason it is not.
+
+    Guarantee: whatever the target does (refuses, hangs, answers in another
+    protocol, closes at once, times out), a failure is returned as a reason
+    string and never raised, and the attempt ends within about the check's
+    timeout.
+    """
     try:
         if check.kind == "http":
-            with urllib.request.urlopen(check.target, timeout=check.timeout) as resp:  # noqa: S310
-                if 200 <= resp.status < 300:
-                    return None
-                return f"HTTP {resp.status}"
+            return _probe_http(check)
         if check.kind == "tcp":
-            host, _, port = check.target.rpartition(":")
-            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=check.timeout):
-                return None
-        proc = subprocess.Popen(["/bin/sh", "-c", check.target], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            code = proc.wait(timeout=check.timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            raise
-        return None if code == 0 else f"exit {code}"
+            return _probe_tcp(check)
+        return _probe_command(check)
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code}"
     except urllib.error.URLError as exc:
         return str(exc.reason)
-    except subprocess.TimeoutExpired:
+    except http.client.HTTPException as exc:
+        # not HTTP/1.x (BadStatusLine), a truncated body, an over-long header line...
+        return f"bad HTTP answer: {type(exc).__name__}" + (f": {str(exc).strip()[:200]}" if str(exc).strip() else "")
+    except StepTimeoutError:
         return f"timed out after {check.timeout:g}s"
     except (OSError, ValueError) as exc:
         return str(exc) or type(exc).__name__
+
+
+def _probe_http(check: Check) -> str | None:
+    with urllib.request.urlopen(check.target, timeout=check.timeout) as resp:  # noqa: S310
+        if 200 <= resp.status < 300:
+            return None
+        return f"HTTP {resp.status}"
+
+
+def _probe_tcp(check: Check) -> str | None:
+    host, _, port = check.target.rpartition(":")
+    with socket.create_connection((host or "127.0.0.1", int(port)), timeout=check.timeout):
+        return None
+
+
+def _probe_command(check: Check) -> str | None:
+    done = run_bounded(["/bin/sh", "-c", check.target], timeout=check.timeout, what=check.describe(),
+                       output=DISCARD)
+    return None if done.returncode == 0 else f"exit {done.returncode}"
 
 
 def probe_all(checks: Sequence[Check]) -> str | None:
