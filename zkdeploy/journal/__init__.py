@@ -12,7 +12,7 @@ Typical use::
 See docs/journal.md for the model, the schema, recovery and NoAction.
 """
 
-from zkdeploy.journal.actions import ActionHandler, Registry, default_registry
+from zkdeploy.journal.actions import ActionHandler
 from zkdeploy.journal.executor import CRASH_ENV, NOTHING_TO_UNDO, ChangeSetBuilder, Executor, TaskOutcome
 from zkdeploy.journal.model import (
     CANNOT_UNDO_TEXT,
@@ -24,6 +24,7 @@ from zkdeploy.journal.model import (
     Task,
 )
 from zkdeploy.journal.recovery import RecoveryAction, recover
+from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.report import backout_steps, render_change, render_changes, render_plan
 from zkdeploy.journal.store import SCHEMA_VERSION, Journal
 from zkdeploy.journal.undo import UndoReport, UndoStep, undo_change, undo_last, undo_order, undo_since

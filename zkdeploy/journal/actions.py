@@ -1,4 +1,4 @@
-"""Action handlers and the registry that maps an action ``kind`` to its handler.
+"""Action handlers: the contract every action kind follows, and the built-in non-file kinds.
 
 A handler turns recorded data (``params``) into a change.  The contract:
 
@@ -17,8 +17,8 @@ Handlers of file-system kinds are idempotent: running execute or its undo
 twice leaves the same tree as running it once, which is what lets
 :func:`~zkdeploy.journal.undo.recover` replay an interrupted task.
 
-The registry is open: the agent registers richer ``service_start`` /
-``service_stop`` handlers with ``registry.register(handler, replace=True)``.
+The registry of kinds lives in :mod:`zkdeploy.journal.registry`, which
+imports this module and :mod:`zkdeploy.journal.fileactions`.
 """
 
 from __future__ import annotations
@@ -62,38 +62,6 @@ class ActionHandler:
 
     def manual_steps(self, params: dict[str, Any]) -> list[str]:
         return [f"# by hand: {self.describe(params)}"]
-
-
-class Registry:
-    """Handlers by kind.  ``get`` of an unknown kind raises JournalError."""
-
-    def __init__(self, handlers: list[ActionHandler] | None = None) -> None:
-        self._handlers: dict[str, ActionHandler] = {}
-        for handler in handlers or []:
-            self.register(handler)
-
-    def register(self, handler: ActionHandler, *, replace: bool = False) -> None:
-        """Add ``handler`` under ``handler.kind``; refuse to shadow one unless ``replace``."""
-        if not handler.kind:
-            raise JournalError(f"handler {handler!r} has no kind")
-        if handler.kind in self._handlers and not replace:
-            raise JournalError(f"a handler for action kind {handler.kind!r} is already registered")
-        self._handlers[handler.kind] = handler
-
-    def get(self, kind: str) -> ActionHandler:
-        try:
-            return self._handlers[kind]
-        except KeyError:
-            raise JournalError(f"no handler registered for action kind {kind!r}") from None
-
-    def __contains__(self, kind: object) -> bool:
-        return kind in self._handlers
-
-    def kinds(self) -> list[str]:
-        return sorted(self._handlers)
-
-    def describe(self, kind: str, params: dict[str, Any]) -> str:
-        return self.get(kind).describe(params)
 
 
 # -- process helpers --------------------------------------------------------
@@ -250,25 +218,3 @@ class NoopHandler(ActionHandler):
 
     def manual_steps(self, params: dict[str, Any]) -> list[str]:
         return []
-
-
-def default_registry() -> Registry:
-    """A fresh registry with every built-in kind (callers may register more)."""
-    from zkdeploy.journal import fileactions
-
-    return Registry(
-        [
-            fileactions.FileWriteHandler(),
-            fileactions.FileRestoreHandler(),
-            fileactions.SymlinkSwapHandler(),
-            fileactions.SymlinkRestoreHandler(),
-            fileactions.RemoveTreeHandler(),
-            fileactions.TreeRestoreHandler(),
-            CommandHandler(),
-            ServiceStartHandler(),
-            ServiceStopHandler(),
-            PythonHandler(),
-            NoUndoHandler(),
-            NoopHandler(),
-        ]
-    )

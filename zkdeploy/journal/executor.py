@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from zkdeploy.errors import JournalError
-from zkdeploy.journal.actions import ActionHandler, Registry, default_registry
+from zkdeploy.journal.actions import ActionHandler
 from zkdeploy.journal.backups import BackupStore
 from zkdeploy.journal.fileactions import plan_file_write
 from zkdeploy.journal.model import (
@@ -39,6 +39,7 @@ from zkdeploy.journal.model import (
     PlannedAction,
     dumps,
 )
+from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.store import Journal
 
 #: Test hook: ``<position>:<before|after>``, ``undo:<position>:<before|after>``,

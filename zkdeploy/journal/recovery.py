@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zkdeploy.errors import JournalError
-from zkdeploy.journal.actions import Registry, default_registry
+from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.model import DONE, FAILED, NO_UNDO, PENDING, UNDOING, ChangeSet, Task
 from zkdeploy.journal.store import Journal
 from zkdeploy.journal.undo import run_undo

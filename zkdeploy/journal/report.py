@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from zkdeploy.journal.actions import Registry, default_registry
+from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.model import (
     CANNOT_UNDO_TEXT,
     FAILED,

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from zkdeploy.errors import JournalError
-from zkdeploy.journal.actions import Registry, default_registry
+from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.executor import crash_point
 from zkdeploy.journal.model import (
     CANNOT_UNDO_TEXT,
