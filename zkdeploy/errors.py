@@ -103,3 +103,22 @@ class JournalError(ZkdeployError):
 
 class RolloutAborted(RolloutError):
     """A wait was abandoned because the deploy changed, the agent is stopping, or the killswitch is on."""
+
+
+class DeployTransitionError(ZkdeployError):
+    """A deploy entry was asked to move to a state its lifecycle does not allow from where it is
+    (``resume`` of a done deploy, ``pause`` of a paused one).  Refused before anything is written.
+
+    ``deploy``, ``current`` and ``requested`` name the entry and the two states; ``allowed`` lists
+    the states the requester could have moved it to (empty for a terminal state).
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, deploy: str, current: str, requested: str,
+                 allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.deploy = deploy
+        self.current = current
+        self.requested = requested
+        self.allowed = allowed

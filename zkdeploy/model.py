@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from zkdeploy.errors import CoordinationError
@@ -23,14 +24,32 @@ FAILED = "failed"
 STOPPED = "stopped"
 SERVICE_STATES = (ONLINE, RESTARTING, FAILED, STOPPED)
 
-# Deploy entry states.
-PENDING = "pending"        # active when at the head of the queue
-PAUSED = "paused"          # an operator paused it: no node starts a new restart for it
-HALTED = "halted"          # past its failure budget with on_failure: pause
-DONE = "done"
-ABORTED = "aborted"
-ROLLED_BACK = "rolled_back"  # past its failure budget with on_failure: rollback (a rollback deploy follows)
-OPEN_DEPLOY_STATES = (PENDING, PAUSED, HALTED)
+
+class DeployState(StrEnum):
+    """The state of a deploy entry (``/dc/deploy/<seq>``).
+
+    Stored in the entry's JSON as its plain value (``"pending"``, ...).  Which
+    state may follow which, and who may make each move, is defined once in
+    zkdeploy.policy.lifecycle; every change of state goes through its
+    ``transition``.
+    """
+
+    PENDING = "pending"          # active when at the head of the queue
+    PAUSED = "paused"            # an operator paused it: no node starts a new restart for it
+    HALTED = "halted"            # past its failure budget with on_failure: pause
+    DONE = "done"                # every present node runs the version (terminal)
+    ABORTED = "aborted"          # an operator (or a failed deploy it depended on) stopped it (terminal)
+    ROLLED_BACK = "rolled_back"  # past its failure budget with on_failure: rollback; a rollback deploy follows (terminal)
+
+
+PENDING = DeployState.PENDING
+PAUSED = DeployState.PAUSED
+HALTED = DeployState.HALTED
+DONE = DeployState.DONE
+ABORTED = DeployState.ABORTED
+ROLLED_BACK = DeployState.ROLLED_BACK
+#: the states an entry can still leave (the others are terminal: a closed entry never opens again)
+OPEN_DEPLOY_STATES = frozenset({PENDING, PAUSED, HALTED})
 
 
 def now() -> float:
@@ -126,7 +145,7 @@ class DeployEntry(Record):
     name: str = ""
     service: str = ""
     version: str = ""
-    state: str = PENDING
+    state: str = PENDING  # a DeployState value (a plain str when read back from ZooKeeper)
     group: str = ""
     requested_by: str = ""
     created: float = 0.0

@@ -2,7 +2,8 @@
 
 Any agent may do any of these; every write is conditional on the entry's
 znode version, so concurrent agents never overwrite each other and the loser
-of a race simply re-reads.
+of a race simply re-reads.  Every write of an entry is a move of its
+lifecycle (zkdeploy.policy.lifecycle), made by ``Actor.AGENT``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import time
 from tenacity import RetryError, retry, retry_if_exception_type, stop_after_attempt, wait_random
 
 from zkdeploy.coordination import Store
-from zkdeploy.errors import ConflictError
-from zkdeploy.model import ABORTED, DONE, FAILED, HALTED, ROLLED_BACK, DeployEntry
+from zkdeploy.errors import ConflictError, DeployTransitionError
+from zkdeploy.model import ABORTED, DONE, FAILED, HALTED, PENDING, ROLLED_BACK, DeployEntry
+from zkdeploy.policy.lifecycle import Actor, can, transition
 from zkdeploy.policy.progress import explain, is_complete
 from zkdeploy.policy.quorum import failure_budget
 
@@ -36,6 +38,8 @@ def report_failure(store: Store, node: str, name: str, error: str) -> None:
         _record_failure(store, node, name, error)
     except RetryError:
         log.error("could not record the failure on deploy %s: it kept changing under %d attempts", name, RETRIES)
+    except DeployTransitionError as exc:  # the entry holds what the table does not expect: say so, go on
+        log.error("could not record %s's failure on deploy %s: %s", node, name, exc)
 
 
 @retry(retry=retry_if_exception_type(ConflictError), stop=stop_after_attempt(RETRIES),
@@ -43,19 +47,21 @@ def report_failure(store: Store, node: str, name: str, error: str) -> None:
 def _record_failure(store: Store, node: str, name: str, error: str) -> None:
     """One conditional attempt; ConflictError when another agent changed the entry first."""
     entry = store.deploy(name)
-    if entry is None or not entry.is_open:
-        return
+    if entry is None or not can(entry, entry.state, by=Actor.AGENT):
+        return  # gone, or closed: a failure no longer changes it
     failures = entry.failures + ({"node": node, "error": error, "at": time.time()},)
-    updated = entry.evolve(failures=failures)
     over_budget = len(failures) > failure_budget(entry.max_failures, len(store.current(entry.service)))
     summary = f"{len(failures)} node(s) failed (max_failures {entry.max_failures})"
     if over_budget and entry.on_failure == "rollback" and entry.previous and entry.previous != entry.version:
-        _roll_back(store, node, updated.evolve(
-            state=ROLLED_BACK, finished=time.time(),
+        _roll_back(store, node, transition(
+            entry, ROLLED_BACK, by=Actor.AGENT, failures=failures,
             message=f"{summary}; rolling back to {entry.previous}; last: {node}: {error}"))
         return
     if over_budget:
-        updated = updated.evolve(state=HALTED, message=f"{summary}; last: {node}: {error}")
+        updated = transition(entry, HALTED, by=Actor.AGENT, failures=failures,
+                             message=f"{summary}; last: {node}: {error}")
+    else:
+        updated = transition(entry, entry.state, by=Actor.AGENT, failures=failures, message=entry.message)
     store.update_deploy(updated)
 
 
@@ -65,8 +71,9 @@ def _roll_back(store: Store, node: str, failed: DeployEntry) -> None:
                            max_failures=failed.max_failures, previous=failed.version, on_failure="pause",
                            progress_deadline=failed.progress_deadline, kind="rollback",
                            message=f"rollback of {failed.name}")
-    dependants = [d.evolve(state=ABORTED, finished=time.time(), message=f"aborted: {failed.name} failed")
-                  for d in store.deploys() if d.is_open and d.group == failed.group and d.name > failed.name]
+    dependants = [transition(d, ABORTED, by=Actor.AGENT, message=f"aborted: {failed.name} failed")
+                  for d in store.deploys()
+                  if d.group == failed.group and d.name > failed.name and can(d, ABORTED, by=Actor.AGENT)]
     name = store.replace_with_rollback(failed, rollback, dependants)
     log.error("deploy %s failed; queued rollback %s to %s", failed.name, name, failed.previous)
 
@@ -75,8 +82,11 @@ def maybe_complete(store: Store, head: DeployEntry) -> None:
     """Mark the head done when every present node of its service is online at its version.
 
     Nodes whose restart failed within the failure budget keep the previous
-    release and are not waited for; the deploy's message names them.
+    release and are not waited for; the deploy's message names them.  An entry
+    that cannot become done (only a pending one can) is left alone.
     """
+    if not can(head, DONE, by=Actor.AGENT):
+        return
     entries = store.current(head.service)
     failed = {f["node"] for f in head.failures}
     if not is_complete(entries, head.version, store.slots(head.service), excused=failed):
@@ -85,14 +95,20 @@ def maybe_complete(store: Store, head: DeployEntry) -> None:
     message = (f"done; {len(left)} node(s) failed within the failure budget and run the previous "
                f"release: {', '.join(left)}") if left else head.message
     try:
-        store.update_deploy(head.evolve(state=DONE, finished=time.time(), message=message))
+        store.update_deploy(transition(head, DONE, by=Actor.AGENT, message=message))
         log.info("deploy %s of %s@%s complete on %d node(s)", head.name, head.service, head.version, len(entries))
     except ConflictError:
         pass  # another agent completed it first (or it changed): the next cycle sees
 
 
 def watch_progress(store: Store, head: DeployEntry, quorum: int | str | None) -> None:
-    """Record on the deploy when no node made progress for its progress deadline, and why; clear it after."""
+    """Record on the deploy when no node made progress for its progress deadline, and why; clear it after.
+
+    Only a pending deploy stalls (the stall bookkeeping is the table's pending → pending move,
+    the only move to pending an agent makes); any other entry is left alone.
+    """
+    if not can(head, PENDING, by=Actor.AGENT):
+        return
     entries = store.current(head.service)
     last = max([head.created] + [e.since for e in entries.values()])
     stalled = time.time() - last > head.progress_deadline
@@ -106,7 +122,8 @@ def watch_progress(store: Store, head: DeployEntry, quorum: int | str | None) ->
         message = (f"stalled: no progress for {int(time.time() - last)}s: {why}"
                    + (f"; failing health checks: {', '.join(failing)}" if failing else ""))
     try:
-        store.update_deploy(head.evolve(stalled_since=last if stalled else None, message=message))
+        store.update_deploy(transition(head, PENDING, by=Actor.AGENT, stalled_since=last if stalled else None,
+                                       message=message))
         if stalled:
             log.warning("deploy %s %s", head.name, message)
     except ConflictError:

@@ -32,12 +32,13 @@ from zkdeploy.model import (
     ONLINE,
     PAUSED,
     PENDING,
-    ROLLED_BACK,
     DeployEntry,
+    DeployState,
     Killswitch,
     Release,
 )
 from zkdeploy.names import check_name
+from zkdeploy.policy.lifecycle import TERMINAL, Actor, can, transition
 from zkdeploy.policy.order import dependency_order
 from zkdeploy.policy.quorum import failure_budget, required_online
 from zkdeploy.policy.versions import most_popular
@@ -324,7 +325,7 @@ def _wait(ctx: Ctx, names: list[str], timeout: float, quiet: bool) -> list[Deplo
     while True:
         entries = [store.deploy(n) for n in names]
         entries = [e for e in entries if e is not None]
-        if all(e.state in (DONE, ABORTED, HALTED, ROLLED_BACK, PAUSED) for e in entries):
+        if all(e.state != PENDING for e in entries):  # only a pending deploy rolls on by itself
             return entries
         if time.monotonic() > deadline:
             raise RolloutError(f"gave up waiting after {timeout:g}s; the rollout goes on "
@@ -344,16 +345,24 @@ def _wait(ctx: Ctx, names: list[str], timeout: float, quiet: bool) -> list[Deplo
 
 
 # -- abort / resume / killswitch -------------------------------------------------------------
-def _set_state(ctx: Ctx, name: str | None, new: str, allowed: tuple[str, ...]) -> list[str]:
+def _set_state(ctx: Ctx, name: str | None, new: DeployState) -> list[str]:
+    """Move deploy ``name`` (or, for None, every deploy an operator may move) to ``new``; the names moved.
+
+    A named deploy that cannot make the move is refused (DeployTransitionError,
+    exit 2) before anything is written.
+    """
     store = ctx.store()
+    if name is not None:
+        entry = store.deploy(name)
+        if entry is None:
+            raise ConfigError(f"no deploy {name}")
+        entries = [entry]
+    else:
+        entries = [e for e in store.deploys() if can(e, new, by=Actor.OPERATOR)]
     changed = []
-    for entry in store.deploys():
-        if (name is None or entry.name == name) and entry.state in allowed:
-            store.update_deploy(entry.evolve(state=new, message=f"{new} by {who()}",
-                                             finished=time.time() if new == ABORTED else None))
-            changed.append(entry.name)
-    if name is not None and not changed:
-        raise ConfigError(f"no deploy {name} in a state that can be {new} ({', '.join(allowed)})")
+    for entry in entries:
+        store.update_deploy(transition(entry, new, by=Actor.OPERATOR, message=f"{new} by {who()}"))
+        changed.append(entry.name)
     return changed
 
 
@@ -373,7 +382,7 @@ def abort(ctx: Ctx, deploy_name: str | None, all_: bool, force: bool) -> None:
         raise ConfigError("name a deploy or give --all")
     if not force and not click.confirm(f"abort {deploy_name or 'every open deploy'}?"):
         raise click.Abort()
-    for name in _set_state(ctx, deploy_name, ABORTED, (PENDING, PAUSED, HALTED)):
+    for name in _set_state(ctx, deploy_name, ABORTED):
         say(f"aborted {name}")
 
 
@@ -386,7 +395,7 @@ def pause(ctx: Ctx, deploy_name: str | None, all_: bool) -> None:
     """Pause one deploy (or --all): no node starts a new restart for it; restarts under way finish."""
     if not deploy_name and not all_:
         raise ConfigError("name a deploy or give --all")
-    for name in _set_state(ctx, deploy_name, PAUSED, (PENDING,)):
+    for name in _set_state(ctx, deploy_name, PAUSED):
         say(f"paused {name}")
 
 
@@ -402,10 +411,11 @@ def resume(ctx: Ctx, deploy_name: str) -> None:
     """
     store = ctx.store()
     entry = store.deploy(deploy_name)
-    if entry is None or entry.state not in (PAUSED, HALTED):
-        raise ConfigError(f"no paused or halted deploy {deploy_name}")
+    if entry is None:
+        raise ConfigError(f"no deploy {deploy_name}")
     budget = len(entry.failures) if entry.state == HALTED else entry.max_failures
-    store.update_deploy(entry.evolve(state=PENDING, message=f"resumed by {who()}", max_failures=budget))
+    store.update_deploy(transition(entry, PENDING, by=Actor.OPERATOR, message=f"resumed by {who()}",
+                                   max_failures=budget))
     say(f"resumed {deploy_name}")
 
 
@@ -426,16 +436,16 @@ def rollback(ctx: Ctx, service: str, version: str | None, wait: bool, timeout: f
     check_name("service", service)
     store = ctx.store()
     if version is None:
-        done = [d for d in store.deploys() if d.service == service and d.state in (DONE, ROLLED_BACK, ABORTED)
+        done = [d for d in store.deploys() if d.service == service and d.state in TERMINAL
                 and d.previous and d.kind == "deploy"]
         if not done:
             raise DeployRefusedError(f"no earlier deploy of {service} says what it replaced; give --to VERSION")
         version = done[-1].previous
     catalog, targets = resolve_targets(store, (f"{service}@{version}",), "rollback")
     for entry in store.deploys():
-        if entry.service == service and entry.is_open:
-            store.update_deploy(entry.evolve(state=ABORTED, message=f"aborted by rollback ({who()})",
-                                             finished=time.time()))
+        if entry.service == service and can(entry, ABORTED, by=Actor.OPERATOR):
+            store.update_deploy(transition(entry, ABORTED, by=Actor.OPERATOR,
+                                           message=f"aborted by rollback ({who()})"))
     entries = make_entries(store, catalog, targets, kind="rollback")
     names = store.enqueue(entries)
     _report_queued(ctx, names, entries, wait, timeout, as_json)
