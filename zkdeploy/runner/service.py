@@ -1,8 +1,13 @@
-"""One service on this host: its commands, process and health checks, templated for this node."""
+"""One service on this host: its commands, process and health checks, templated for this node.
+
+HostService only describes and observes a service.  Starting, stopping and
+the hooks are journal actions (zkdeploy.agent.host_actions), built from
+``start_params`` / ``stop_params`` / ``hook_params``, so every change to a
+service is in the journal with its undo before it is made.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +17,6 @@ from zkdeploy.config.schema import ServiceSpec
 from zkdeploy.errors import ServiceError
 from zkdeploy.runner import commands, health
 from zkdeploy.runner.process import ManagedProcess
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,41 +86,15 @@ class HostService:
                 "commands": [self.command(t, version) for t in getattr(self.spec, hook)],
                 "env": self._env(version, None)}
 
-    # -- actions --------------------------------------------------------
+    # -- observation ----------------------------------------------------
     def running(self) -> bool:
         """Whether the service is up as far as the host can tell (process or health)."""
         if self.spec.managed:
             return self.process.running()
         return self.probe(None) is None
 
-    def start(self, version: str | None) -> None:
-        """Start the service from the ``current`` symlink."""
-        cmd = self.command(self.spec.start, version)
-        if self.spec.managed:
-            pid = self.process.start(cmd, cwd=str(self.current_link.resolve()),
-                                     env=self._env(version, None))
-            log.info("%s: started (pid %d): %s", self.name, pid, cmd)
-        else:
-            commands.run(cmd, timeout=self.spec.start_timeout, what=f"start {self.name}",
-                         env=self._env(version, None))
-
-    def stop(self, version: str | None) -> None:
-        """Stop the service; a service that is not running is already stopped."""
-        if self.spec.stop:
-            commands.run(self.command(self.spec.stop, version), timeout=self.spec.stop_timeout,
-                         what=f"stop {self.name}", env=self._env(version, None))
-            if self.spec.managed:
-                self.process.stop(self.spec.stop_timeout)
-        elif self.spec.managed:
-            self.process.stop(self.spec.stop_timeout)
-
-    def hooks(self, kind: str, version: str | None) -> None:
-        """Run the ``pre_stop`` or ``post_start`` hooks in order; the first failure raises."""
-        for template in getattr(self.spec, kind):
-            commands.run(self.command(template, version), timeout=self.spec.hook_timeout,
-                         what=f"{kind} hook of {self.name}", env=self._env(version, None))
-
     def wait_healthy(self, version: str | None, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Return once the service passed its health checks and (if managed) still runs; else raise."""
         checks = self.checks(version)
         if not checks and self.spec.managed and not self.process.running():
             raise ServiceError(f"{self.name} exited right after it started; see {self.process.logfile}")
