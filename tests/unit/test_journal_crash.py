@@ -1,7 +1,9 @@
 """Crash safety: SIGKILL a real child process at every point of a change set and of an undo.
 
-The child runs a five-task change set with ``ZKDEPLOY_CRASH_AT`` armed, so it
-kills itself (SIGKILL, no cleanup) at one point.  The parent then checks that
+The child runs a five-task change set (tests/unit/crashy.py) with
+``ZKDEPLOY_CRASH_AT`` armed, so it kills itself (SIGKILL, no cleanup) at one
+point.  The same work is also run in-process with a SimulatedCrash installed
+in place of the SIGKILL, and must leave the same journal.  The parent then checks that
 the journal names what was done and what was in flight, and that recovery
 leaves the tree exactly as the journal says: without the in-flight task
 (policy ``undo``) or with it (policy ``complete``); and that undoing the
@@ -20,29 +22,14 @@ from pathlib import Path
 import pytest
 
 import zkdeploy
+from zkdeploy import crash
 from zkdeploy.journal import CRASH_ENV, Executor, Journal, recover, undo_change
 from zkdeploy.journal.model import DONE, FAILED, OPEN, PENDING, UNDOING, UNDONE
 
+from .crashy import work
+
 REPO = Path(zkdeploy.__file__).resolve().parent.parent
 TASKS = 5
-
-CHILD = """
-import sys
-from pathlib import Path
-from zkdeploy.journal import Executor, Journal, undo_change
-
-root, db, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-journal = Journal.open(db)
-if mode == "undo":
-    undo_change(journal, None, 1)
-else:
-    with Executor(journal).change_set("crashy", deploy_id="d-1") as cs:
-        cs.write_file(root / "etc" / "a.conf", b"a2\\n", mode=0o600)
-        cs.write_file(root / "etc" / "b.conf", b"b1\\n")
-        cs.swap_symlink(root / "current", "releases/2")
-        cs.run(["touch", str(root / "flag")], undo=["rm", "-f", str(root / "flag")], timeout=10)
-        cs.remove_tree(root / "releases" / "0")
-"""
 
 STEPS = [
     lambda root: _write(root / "etc" / "a.conf", b"a2\n", 0o600),
@@ -110,9 +97,20 @@ def run_child(root: Path, db: Path, mode: str, crash_at: str) -> subprocess.Comp
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env[CRASH_ENV] = crash_at
     return subprocess.run(
-        [sys.executable, "-c", CHILD, str(root), str(db), mode],
-        env=env, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "tests.unit.crashy", str(root), str(db), mode],
+        env=env, capture_output=True, text=True, timeout=60, cwd=REPO,
     )
+
+
+def crash_at(how: str, root: Path, db: Path, mode: str, point: str) -> None:
+    """Run the work and have it crash at ``point``: SIGKILLed in a child, or a SimulatedCrash here."""
+    if how == "sigkill":
+        proc = run_child(root, db, mode, point)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        return
+    with crash.installed(crash.raise_at(point)), pytest.raises(crash.SimulatedCrash) as info:
+        work(root, db, mode)
+    assert info.value.point == point
 
 
 CRASH_POINTS = ["begin"] + [f"{k}:{when}" for k in range(1, TASKS + 1) for when in ("before", "after")] + ["end"]
@@ -128,14 +126,14 @@ def _tasks_done_before(point: str) -> tuple[int, int | None]:
     return position - 1, position
 
 
+@pytest.mark.parametrize("how", ["sigkill", "in-process"])
 @pytest.mark.parametrize("policy", ["undo", "complete"])
 @pytest.mark.parametrize("point", CRASH_POINTS)
-def test_sigkill_during_a_change_set(tmp_path: Path, point: str, policy: str) -> None:
+def test_crash_during_a_change_set(tmp_path: Path, point: str, policy: str, how: str) -> None:
     states = expected_states(tmp_path)
     root, db = tmp_path / "host", tmp_path / "state" / "journal.db"
     make_host(root)
-    proc = run_child(root, db, "execute", point)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    crash_at(how, root, db, "execute", point)
 
     done, in_flight = _tasks_done_before(point)
     with Journal.open(db) as journal:
@@ -174,17 +172,16 @@ def test_sigkill_during_a_change_set(tmp_path: Path, point: str, policy: str) ->
 UNDO_POINTS = [f"undo:{k}:{when}" for k in range(1, TASKS + 1) for when in ("before", "after")]
 
 
+@pytest.mark.parametrize("how", ["sigkill", "in-process"])
 @pytest.mark.parametrize("point", UNDO_POINTS)
-def test_sigkill_during_an_undo_is_resumed_by_recovery(tmp_path: Path, point: str) -> None:
+def test_crash_during_an_undo_is_resumed_by_recovery(tmp_path: Path, point: str, how: str) -> None:
     states = expected_states(tmp_path)
     root, db = tmp_path / "host", tmp_path / "state" / "journal.db"
     make_host(root)
-    proc = run_child(root, db, "execute", "")
-    assert proc.returncode == 0, proc.stderr
+    work(root, db, "execute")
     assert snapshot(root) == states[TASKS]
 
-    proc = run_child(root, db, "undo", point)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    crash_at(how, root, db, "undo", point)
     position = int(point.split(":")[1])
     with Journal.open(db) as journal:
         assert journal.get_change(1).status == UNDOING

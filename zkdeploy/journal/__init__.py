@@ -12,8 +12,9 @@ Typical use::
 See docs/journal.md for the model, the schema, recovery and NoAction.
 """
 
+from zkdeploy.crash import CRASH_ENV
 from zkdeploy.journal.actions import ActionHandler
-from zkdeploy.journal.executor import CRASH_ENV, NOTHING_TO_UNDO, ChangeSetBuilder, Executor, TaskOutcome
+from zkdeploy.journal.executor import NOTHING_TO_UNDO, ChangeSetBuilder, Executor, TaskOutcome
 from zkdeploy.journal.model import (
     CANNOT_UNDO_TEXT,
     NO_UNDO,

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from zkdeploy.crash import SimulatedCrash, crash_point
 from zkdeploy.errors import JournalError
 from zkdeploy.journal.actions import ActionHandler
 from zkdeploy.journal.backups import BackupStore
@@ -42,21 +42,11 @@ from zkdeploy.journal.model import (
 from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.store import Journal
 
-#: Test hook: ``<position>:<before|after>``, ``undo:<position>:<before|after>``,
-#: ``begin`` or ``end``; the process SIGKILLs itself at that point.
-CRASH_ENV = "ZKDEPLOY_CRASH_AT"
-
 #: An undo given to ``task``: an Action, or ``(kind, params)`` / ``(kind, params, description)``.
 UndoSpec = Union[Action, tuple[str, dict[str, Any]], tuple[str, dict[str, Any], str]]
 
 #: Pass as ``undo=`` for a step that changes nothing (a check, a reload that undoes itself).
 NOTHING_TO_UNDO = Action(NOOP, {}, "nothing to undo")
-
-
-def crash_point(point: str) -> None:
-    """SIGKILL this process if ``$ZKDEPLOY_CRASH_AT`` names ``point`` (tests only)."""
-    if os.environ.get(CRASH_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -161,13 +151,15 @@ class ChangeSetBuilder:
             undo = handler.capture_undo(params, journal.backups)
             assert undo is not None
         journal.add_task(self.id, position, Action(kind, params, desc), undo, reverse, handler.targets(params))
-        crash_point(f"{position}:before")
+        crash_point(str(position), "before")
         try:
             result = handler.execute(params, noaction=False)
+        except SimulatedCrash:
+            raise  # a killed process records nothing
         except BaseException as exc:
             journal.finish_task(self.id, position, FAILED, error=f"{type(exc).__name__}: {exc}")
             raise
-        crash_point(f"{position}:after")
+        crash_point(str(position), "after")
         journal.finish_task(self.id, position, DONE, result=result)
         return TaskOutcome(position, kind, desc, result)
 
@@ -315,6 +307,8 @@ class Executor:
             crash_point("begin")
             try:
                 yield ChangeSetBuilder(self, change_id, description)
+            except SimulatedCrash:
+                raise  # a killed process records nothing
             except BaseException as exc:
                 journal.set_change_status(change_id, FAILED, note=f"{type(exc).__name__}: {exc}")
                 raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from zkdeploy.crash import SimulatedCrash
 from zkdeploy.errors import JournalError
 from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.model import DONE, FAILED, NO_UNDO, PENDING, UNDOING, ChangeSet, Task
@@ -46,6 +47,8 @@ def _finish_task(journal: Journal, registry: Registry, change: ChangeSet, task: 
         journal.set_undo_state(cid, pos, PENDING)
         try:
             registry.get(task.undo.kind).execute(task.undo.params, noaction=False)
+        except SimulatedCrash:
+            raise  # a killed process records nothing
         except BaseException as exc:
             journal.set_undo_state(cid, pos, FAILED, f"{type(exc).__name__}: {exc}")
             journal.finish_task(cid, pos, FAILED, error="interrupted by a crash; undo in recovery failed")
@@ -54,6 +57,8 @@ def _finish_task(journal: Journal, registry: Registry, change: ChangeSet, task: 
         return RecoveryAction(cid, pos, "undone", task.undo.description)
     try:
         result = registry.get(task.execute.kind).execute(task.execute.params, noaction=False)
+    except SimulatedCrash:
+        raise  # a killed process records nothing
     except BaseException as exc:
         journal.finish_task(cid, pos, FAILED, error=f"completing after a crash: {type(exc).__name__}: {exc}")
         raise

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from zkdeploy.crash import SimulatedCrash, crash_point
 from zkdeploy.errors import JournalError
 from zkdeploy.journal.registry import Registry, default_registry
-from zkdeploy.journal.executor import crash_point
 from zkdeploy.journal.model import (
     CANNOT_UNDO_TEXT,
     DONE,
@@ -145,9 +145,11 @@ def run_undo(journal: Journal, change: ChangeSet, registry: Registry) -> UndoRep
             continue
         task = tasks[step.position]
         journal.set_undo_state(change.id, task.position, PENDING)
-        crash_point(f"undo:{task.position}:before")
+        crash_point("undo", str(task.position), "before")
         try:
             registry.get(task.undo.kind).execute(task.undo.params, noaction=False)
+        except SimulatedCrash:
+            raise  # a killed process records nothing
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
             journal.set_undo_state(change.id, task.position, FAILED, error)
@@ -157,7 +159,7 @@ def run_undo(journal: Journal, change: ChangeSet, registry: Registry) -> UndoRep
                 f"undo of change set {change.id} stopped at task {task.position} "
                 f"({task.undo.description}): {error}"
             ) from exc
-        crash_point(f"undo:{task.position}:after")
+        crash_point("undo", str(task.position), "after")
         journal.set_undo_state(change.id, task.position, None)
         undone_any = True
     complete = all(s.outcome in (UNDO, SKIP_UNDONE, SKIP_NOT_APPLIED) for s in steps)
