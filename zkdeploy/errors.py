@@ -59,6 +59,22 @@ class ConflictError(CoordinationError):
     """A conditional write lost a race (the znode changed since it was read)."""
 
 
+class NodeExistsError(ConflictError):
+    """A create found the node already there."""
+
+
+class NoNodeError(ConflictError):
+    """A write or delete found no node (or no parent) at its path."""
+
+
+class BadVersionError(ConflictError):
+    """A conditional write or delete found another version than the one it was read at."""
+
+
+class NotEmptyError(ConflictError):
+    """A delete found children under the node."""
+
+
 class DeployRefusedError(ZkdeployError):
     """A deploy request was refused before anything was queued."""
 

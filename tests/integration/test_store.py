@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from zkdeploy.coordination import QueueLock, Store
-from zkdeploy.coordination.faults import expire_session
+from zkdeploy.coordination import Store
 from zkdeploy.errors import ConflictError, CoordinationError, LockLostError, RolloutAborted
 from zkdeploy.model import ONLINE, RESTARTING, CurrentEntry, DeployEntry, Release
 
@@ -17,10 +16,10 @@ pytestmark = pytest.mark.integration
 
 def test_current_entries_are_ephemeral_and_owned(store: Store, zk_hosts: str, zk_root: str) -> None:
     store.publish_current("web", CurrentEntry(node="n1", version="1", state=ONLINE))
-    assert store.owns(store.layout.current_entry("web", "n1"))
+    assert store.owns_current("web", "n1")
     other = Store.connect(zk_hosts, zk_root, session_timeout=4.0)
     try:
-        assert not other.owns(store.layout.current_entry("web", "n1"))
+        assert not other.owns_current("web", "n1")
         with pytest.raises(ConflictError, match="older session"):
             other.publish_current("web", CurrentEntry(node="n1", version="2", state=ONLINE))
     finally:
@@ -84,7 +83,7 @@ def _stores(zk_hosts: str, zk_root: str, n: int) -> list[Store]:
 def test_queue_lock_is_fifo_and_wakes_only_the_next(zk_hosts: str, zk_root: str) -> None:
     stores = _stores(zk_hosts, zk_root, 3)
     try:
-        locks = [QueueLock(s, "db", f"n{i}") for i, s in enumerate(stores)]
+        locks = [s.restart_queue("db", f"n{i}") for i, s in enumerate(stores)]
         locks[0].acquire(lambda: None)
         order: list[int] = []
 
@@ -112,13 +111,13 @@ def test_queue_lock_is_fifo_and_wakes_only_the_next(zk_hosts: str, zk_root: str)
 def test_queue_lock_waiter_gives_up_when_told(zk_hosts: str, zk_root: str) -> None:
     a, b = _stores(zk_hosts, zk_root, 2)
     try:
-        QueueLock(a, "db", "a").acquire(lambda: None)
-        waiter = QueueLock(b, "db", "b")
+        a.restart_queue("db", "a").acquire(lambda: None)
+        waiter = b.restart_queue("db", "b")
         deadline = time.monotonic() + 0.5
         with pytest.raises(RolloutAborted, match="deploy aborted"):
             waiter.acquire(lambda: "deploy aborted" if time.monotonic() > deadline else None, poll=0.1)
         assert waiter.node is None
-        assert len(b._children(b.layout.lock_queue("db"))) == 1  # only a's node is left
+        assert b.queue("db") == ["a"]  # only a's node is left
     finally:
         a.close()
         b.close()
@@ -128,22 +127,22 @@ def test_an_expired_session_releases_locks_and_slots(zk_hosts: str, zk_root: str
     holder, observer = _stores(zk_hosts, zk_root, 2)
     try:
         holder.publish_current("db", CurrentEntry(node="n1", version="1", state=ONLINE))
-        lock = QueueLock(holder, "db", "n1")
+        lock = holder.restart_queue("db", "n1")
         lock.acquire(lambda: None)
         holder.take_slot("db", holder.current("db")["n1"].evolve(state=RESTARTING))
-        generation = holder.conn.generation
-        expire_session(holder.conn)
+        generation = holder.generation
+        holder.expire_session()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (observer.slots("db") or observer.current("db")):
             time.sleep(0.1)
         assert observer.slots("db") == [] and observer.current("db") == {}
-        assert observer._children(observer.layout.lock_queue("db")) == []
+        assert observer.queue("db") == []
         # the holder notices: its ownership checks fail, and a new session has a new generation
         with pytest.raises((LockLostError, CoordinationError)):
-            holder.require_owned(holder.layout.slot("db", "n1"))
-        while time.monotonic() < deadline and holder.conn.generation == generation:
+            holder.require_slot("db", "n1")
+        while time.monotonic() < deadline and holder.generation == generation:
             time.sleep(0.1)
-        assert holder.conn.generation > generation
+        assert holder.generation > generation
     finally:
         holder.close()
         observer.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from zkdeploy.agent.transport import TORRENT_BLOB, Transport, peer_order
+from zkdeploy.transfer.transport import TORRENT_BLOB, Transport, peer_order
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
 from zkdeploy.errors import IntegrityError, PayloadError

@@ -1,10 +1,7 @@
-"""Release directories of one service on this host.
+"""Release directories of one service on this host (paths from zkdeploy.hostlayout).
 
-::
-
-    <data>/payloads/<service>/<version>.payload   verified payload (kept for seeding)
-    <data>/releases/<service>/<version>/          unpacked release
-    <data>/current/<service> -> ../releases/<service>/<version>   the live release (atomic symlink)
+The live release is switched by the restart's journaled symlink swap, never
+from here, so every switch has its undo recorded first.
 """
 
 from __future__ import annotations
@@ -16,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from zkdeploy.errors import PayloadError
+from zkdeploy.hostlayout import HostLayout
 from zkdeploy.model import Release
 from zkdeploy.names import check_name
 from zkdeploy.transfer.unpack import unpack
@@ -31,15 +29,16 @@ class ReleaseDir:
     def __init__(self, data_dir: Path, service: str) -> None:
         self.service = check_name("service", service)
         self.data_dir = Path(data_dir)
-        self.root = self.data_dir / "releases" / service
-        self.payloads = self.data_dir / "payloads" / service
-        self.link = self.data_dir / "current" / service
+        self._layout = HostLayout(self.data_dir)
+        self.root = self._layout.releases(service)
+        self.payloads = self._layout.payloads(service)
+        self.link = self._layout.current(service)
 
     def path(self, version: str) -> Path:
-        return self.root / check_name("version", version)
+        return self._layout.release(self.service, version)
 
     def payload_path(self, version: str) -> Path:
-        return self.payloads / (check_name("version", version) + ".payload")
+        return self._layout.payload(self.service, version)
 
     def has(self, version: str) -> bool:
         return self.path(version).is_dir()
@@ -70,19 +69,6 @@ class ReleaseDir:
         """The relative target ``current`` gets for ``version``."""
         return os.path.relpath(self.path(version), self.link.parent)
 
-    def switch(self, version: str) -> str | None:
-        """Point ``current`` at ``version`` atomically; returns the version it pointed at before."""
-        if not self.has(version):
-            raise PayloadError(f"{self.service}@{version} is not unpacked; cannot switch to it")
-        previous = self.current_version()
-        self.link.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.link.with_name(f".{self.service}.swap")
-        tmp.unlink(missing_ok=True)
-        os.symlink(self.link_target(version), tmp)
-        os.replace(tmp, self.link)
-        _fsync_dir(self.link.parent)
-        return previous
-
     def installed(self) -> list[str]:
         """Unpacked versions, oldest first (by unpack time)."""
         if not self.root.is_dir():
@@ -108,10 +94,3 @@ class ReleaseDir:
             log.info("%s: removed old release %s", self.service, version)
         return doomed
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

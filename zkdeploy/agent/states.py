@@ -8,7 +8,10 @@ Every phase and every allowed transition is listed here, and nowhere else::
               idle       idle      idle (aborted: deploy changed, killswitch, agent stopping, lock lost)
 
 A node whose service is not running skips draining and stopping
-(``waiting ─► switching``).  The availability published for the quorum
+(``waiting ─► switching``).  Payloads are fetched beside the decision cycle:
+a node may queue for a restart into a release it holds while it still
+fetches another one (``fetching ─► waiting``); the fetch then no longer moves
+the phase.  The availability published for the quorum
 (``online``, ``restarting``, ``failed``, ``stopped``) follows from the phase:
 every phase from draining to rolling_back is ``restarting``.
 """
@@ -38,7 +41,7 @@ class Phase(str, Enum):
 P = Phase
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     P.IDLE: frozenset({P.FETCHING, P.STAGED, P.WAITING}),
-    P.FETCHING: frozenset({P.STAGED, P.IDLE}),
+    P.FETCHING: frozenset({P.STAGED, P.IDLE, P.WAITING}),
     P.STAGED: frozenset({P.WAITING, P.FETCHING, P.IDLE}),
     P.WAITING: frozenset({P.DRAINING, P.SWITCHING, P.STAGED, P.IDLE}),
     P.DRAINING: frozenset({P.STOPPING, P.ROLLING_BACK}),
@@ -87,6 +90,18 @@ class ServiceMachine:
                 raise TransitionError(f"{self.service}: {old.value} -> {new.value} is not a valid transition")
             self._phase = new
         self._on_change(old, new, detail)
+
+    def to_from(self, allowed: frozenset[Phase] | set[Phase], new: Phase, detail: str = "") -> bool:
+        """Move to ``new`` only if the phase is one of ``allowed`` (atomically); True if it moved."""
+        with self._lock:
+            old = self._phase
+            if old not in allowed or old == new:
+                return False
+            if new not in TRANSITIONS[old]:
+                raise TransitionError(f"{self.service}: {old.value} -> {new.value} is not a valid transition")
+            self._phase = new
+        self._on_change(old, new, detail)
+        return True
 
     def reset(self, detail: str = "") -> None:
         """Back to idle from any non-restart phase (deploy changed, fetch failed)."""

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
+from zkdeploy.hostlayout import HostLayout
 from zkdeploy.errors import ConfigError, ZkdeployError
 from zkdeploy.journal import Journal, backout_steps, recover, render_change, render_changes, undo_change
 from zkdeploy.journal.report import render_undo_reports
@@ -78,7 +79,7 @@ def _journal_path(ctx: click.Context) -> Path:
     if os.environ.get("ZKDEPLOY_JOURNAL"):
         return Path(os.environ["ZKDEPLOY_JOURNAL"])
     if opts.data:
-        return Path(opts.data) / "state" / "journal.db"
+        return HostLayout(Path(opts.data)).journal
     raise ConfigError("no journal given: use --journal PATH, $ZKDEPLOY_JOURNAL, or --data DIR")
 
 

@@ -116,7 +116,7 @@ def seed(config_path: str) -> None:
     first copy of each payload comes from there and not from an agent's
     fallback to the origin.
     """
-    from zkdeploy.agent.transport import Transport
+    from zkdeploy.transfer.transport import Transport
     from zkdeploy.cli.agent_cmd import setup_logging
     from zkdeploy.config.loader import load_agent_config
     from zkdeploy.errors import ZkdeployError
@@ -140,13 +140,13 @@ def run_seeder(config: Any, transport: Any) -> None:
                           connect_timeout=zk.connect_timeout, operation_timeout=zk.operation_timeout)
     transport.attach(store)
     wake = threading.Event()
-    store.watch_children(store.layout.staging, lambda *_: wake.set())
+    store.watch_staging(lambda *_: wake.set())
     seeded: set[str] = set()
-    generation = store.conn.generation
+    generation = store.generation
     try:
         while not stopping.is_set():
-            if store.conn.generation != generation:
-                generation = store.conn.generation
+            if store.generation != generation:
+                generation = store.generation
                 transport.reannounce()
             for service in store.staged_services():
                 for version, release in store.releases(service).items():

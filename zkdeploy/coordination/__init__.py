@@ -1,8 +1,13 @@
-"""Everything that talks to ZooKeeper.  The only package that imports kazoo."""
+"""Everything that talks to the coordination tree.  Only ``zookeeper.py`` imports kazoo.
 
-from zkdeploy.coordination.client import CONNECTED, LOST, SUSPENDED, Connection
+``Store`` is the interface the agent and the CLI use; ``Session`` is the seam
+under it, implemented for ZooKeeper (``ZooKeeperSession``) and, for tests,
+in memory (``zkdeploy.testing.memory.MemorySession``).
+"""
+
 from zkdeploy.coordination.layout import Layout
 from zkdeploy.coordination.lock import QueueLock
+from zkdeploy.coordination.session import CONNECTED, LOST, SUSPENDED, Session
 from zkdeploy.coordination.store import Store
 
-__all__ = ["CONNECTED", "LOST", "SUSPENDED", "Connection", "Layout", "QueueLock", "Store"]
+__all__ = ["CONNECTED", "LOST", "SUSPENDED", "Layout", "QueueLock", "Session", "Store"]

@@ -1,98 +1,175 @@
 """The FIFO restart queue of a service: waiters watch only their predecessor.
 
-Shaped after kazoo's Lock recipe, with two differences zkdeploy needs: a
-waiter can be told to give up (the deploy changed, the agent is stopping, the
-killswitch came on) without a thread of its own, and ownership is checked
-against the session rather than trusted from a flag.
+Shaped after kazoo's Lock recipe, with what zkdeploy needs besides:
+
+- every queue node's name carries a prefix unique to this waiter
+  (``q-<uuid>__<seq>``), so when a create is applied but its reply is lost
+  (a connection loss inside a live session) the waiter finds its own node
+  again instead of leaving a ghost at the head of the queue that every other
+  waiter would wait behind for ever;
+- waiting is a step (``poll``) that never blocks: the agent's decision cycle
+  asks whether it is first and otherwise sleeps until the predecessor's watch
+  (or anything else) wakes it, so a long wait never stops it answering plans
+  and undo requests; ``acquire`` is the blocking form built on it;
+- ownership is checked against the session rather than trusted from a flag,
+  and leaving the queue retries through connection losses while the session
+  lives (a node of a live session does not go by itself).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Callable
 
-from kazoo.exceptions import NoNodeError
-
 from zkdeploy.coordination.layout import QUEUE_PREFIX
-from zkdeploy.coordination.store import Store
-from zkdeploy.errors import LockLostError, RolloutAborted
+from zkdeploy.coordination.session import CONNECTED, Session
+from zkdeploy.errors import CoordinationError, LockLostError, NoNodeError, RolloutAborted, SessionLostError
 
 log = logging.getLogger(__name__)
 
+_SEQUENCE_DIGITS = 10
+
+
+def sequence_of(name: str) -> str:
+    """The sequence suffix that orders a queue node (ZooKeeper's 10 zero-padded digits)."""
+    return name[-_SEQUENCE_DIGITS:]
+
 
 class QueueLock:
-    """A mutex whose waiters form a FIFO queue under ``<root>/locks/<service>/queue``."""
+    """A mutex whose waiters form a FIFO queue under ``path``."""
 
-    def __init__(self, store: Store, service: str, identifier: str) -> None:
-        self.store = store
+    def __init__(self, session: Session, path: str, service: str, identifier: str) -> None:
+        self._session = session
+        self.path = path
         self.service = service
         self.identifier = identifier
-        self.path = store.layout.lock_queue(service)
+        self.prefix = f"{QUEUE_PREFIX}{uuid.uuid4().hex}__"
         self.node: str | None = None
+        self._generation: int | None = None
 
     def _contenders(self) -> list[str]:
-        return sorted(
-            (c for c in self.store._children(self.path) if c.startswith(QUEUE_PREFIX)),
-            key=lambda c: c[len(QUEUE_PREFIX):],
-        )
+        return sorted((c for c in self._session.children(self.path) if c.startswith(QUEUE_PREFIX)),
+                      key=sequence_of)
 
-    def position(self) -> int | None:
-        """This waiter's place in the queue (0 = holds the lock), None if not queued."""
-        if self.node is None:
-            return None
+    def _find_own(self) -> str | None:
+        return next((c for c in self._contenders() if c.startswith(self.prefix)), None)
+
+    # -- joining -------------------------------------------------------------
+    def join(self) -> None:
+        """Take a place at the end of the queue, once.  Idempotent.
+
+        A create interrupted by a connection loss is resolved by looking for
+        this waiter's prefix once the same session is back: either the node
+        is there (the reply was lost) or it was never made (it is made now).
+        """
+        if self.node is not None:
+            return
+        generation = self._session.require_connected()
+        self._session.ensure_path(self.path)
+        deadline = time.monotonic() + max(self._session.negotiated_timeout, 1.0)
+        while True:
+            try:
+                created = self._session.create(self.path + "/" + self.prefix, self.identifier.encode(),
+                                               ephemeral=True, sequence=True)
+                self.node = created.rsplit("/", 1)[1]
+                break
+            except SessionLostError:
+                if not self._await(generation, deadline):
+                    raise
+                found = self._find_own()
+                if found is not None:
+                    log.warning("%s: the reply to joining the restart queue was lost; found %s", self.service, found)
+                    self.node = found
+                    break
+        self._generation = generation
+
+    def _await(self, generation: int, deadline: float) -> bool:
+        while time.monotonic() < deadline:
+            if self._session.generation != generation:
+                return False
+            if self._session.state == CONNECTED:
+                return True
+            time.sleep(0.05)
+        return False
+
+    # -- waiting ---------------------------------------------------------------
+    def poll(self, wake: threading.Event | None = None) -> int:
+        """This waiter's place: 0 when first.  Otherwise, with ``wake``, leaves a one-shot watch
+        on the predecessor that sets it when the predecessor goes.  LockLostError when our
+        node is gone (the session that owned it ended)."""
+        self.require_queued()
         contenders = self._contenders()
-        return contenders.index(self.node) if self.node in contenders else None
+        assert self.node is not None
+        if self.node not in contenders:
+            lost, self.node = self.node, None
+            raise LockLostError(f"restart queue node {lost} of {self.service} disappeared")
+        index = contenders.index(self.node)
+        if index == 0 or wake is None:
+            return index
+        predecessor = self.path + "/" + contenders[index - 1]
+        if self._session.exists(predecessor, lambda *_: wake.set()) is None:
+            wake.set()  # it went between the two reads: look again at once
+        return index
 
     def acquire(self, should_abort: Callable[[], str | None], poll: float = 1.0) -> None:
-        """Join the queue (once) and block until first in it.
+        """Join (once) and block until first in the queue.
 
         ``should_abort`` is asked at least every ``poll`` seconds; when it
         returns a reason the waiter leaves the queue and RolloutAborted is
         raised.  LockLostError if the session loses the queue node.
         """
-        conn = self.store.conn
-        conn.require_connected()
-        if self.node is None:
-            conn.call("ensure_path", self.path)
-            created = conn.call("create", self.path + "/" + QUEUE_PREFIX, self.identifier.encode(),
-                                None, True, True)
-            self.node = created.rsplit("/", 1)[1]
+        self.join()
         while True:
             reason = should_abort()
             if reason:
                 self.release()
                 raise RolloutAborted(reason)
-            self.require_held_or_queued()
-            contenders = self._contenders()
-            if self.node not in contenders:
-                lost = self.node
-                self.node = None
-                raise LockLostError(f"restart queue node {lost} of {self.service} disappeared")
-            index = contenders.index(self.node)
-            if index == 0:
-                return
-            predecessor = self.path + "/" + contenders[index - 1]
             moved = threading.Event()
-            try:
-                if conn.call("exists", predecessor, lambda _event: moved.set()) is None:
-                    continue
-            except NoNodeError:
-                continue
+            if self.poll(moved) == 0:
+                return
             moved.wait(poll)
 
-    def require_held_or_queued(self) -> None:
+    def position(self) -> int | None:
+        """This waiter's place in the queue (0 = first), None if not queued."""
+        if self.node is None:
+            return None
+        contenders = self._contenders()
+        return contenders.index(self.node) if self.node in contenders else None
+
+    def require_queued(self) -> None:
         """Raise LockLostError unless our queue node still belongs to this session."""
         if self.node is None:
             raise LockLostError(f"not queued for {self.service}")
-        self.store.require_owned(self.path + "/" + self.node)
+        self._session.require_connected()
+        if self._session.generation != self._generation:
+            self.node = None
+            raise LockLostError(f"the session that queued for {self.service} has ended")
+        stat = self._session.exists(self.path + "/" + self.node)
+        if stat is None or stat.owner != self._session.session_id:
+            self.node = None
+            raise LockLostError(f"restart queue node of {self.service} is no longer held by this session")
 
+    # -- leaving -----------------------------------------------------------------
     def release(self) -> None:
-        """Leave the queue; safe to call when not queued or after the session was lost."""
+        """Leave the queue.  Safe when not queued; retries through connection losses while the
+        session that made the node lives (its node would otherwise stay at the head)."""
         node, self.node = self.node, None
         if node is None:
             return
-        try:
-            self.store._delete(self.path + "/" + node)
-        except Exception as exc:  # the node dies with the session anyway
-            log.warning("could not remove restart queue node %s/%s: %s", self.path, node, exc)
+        generation = self._generation
+        deadline = time.monotonic() + max(self._session.negotiated_timeout, 1.0)
+        while True:
+            try:
+                self._session.delete(self.path + "/" + node)
+                return
+            except NoNodeError:
+                return
+            except CoordinationError as exc:
+                if generation is None or not self._await(generation, deadline):
+                    log.info("%s: left the restart queue with the session (%s)", self.service, exc)
+                    return
+                log.warning("%s: leaving the restart queue was interrupted (%s); retrying", self.service, exc)
+                time.sleep(0.05)

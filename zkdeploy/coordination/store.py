@@ -1,10 +1,18 @@
-"""Reads and writes of zkdeploy's records in ZooKeeper.
+"""zkdeploy's records in the coordination tree: the one interface the agent and the CLI use.
 
-``Store`` is the one interface the agent and the CLI use to talk to
-ZooKeeper.  Reads return immutable records that carry their znode version;
-writes that may race are conditional on that version and raise ConflictError
-when they lose.  Ephemeral writes check that the node belongs to this
-session, so a record left by a dead agent is never mistaken for ours.
+``Store`` is grouped by purpose, in the spirit of Patroni's ``AbstractDCS``:
+the session; the catalog; presence and current state; staging and holders;
+the swarm tracker; the deploy queue; restart queues and slots; control
+records; reports.  It is built only on the primitives of
+``zkdeploy.coordination.session.Session``, so the same code runs against
+ZooKeeper (``Store.connect``) and against the in-memory model the tests use
+(``Store(MemorySession(...))``).
+
+Reads return immutable records that carry their znode version; writes that
+may race are conditional on that version and raise ConflictError when they
+lose.  Ephemeral writes check that the node belongs to this session, so a
+record left by a dead agent is never mistaken for ours.  No path, kazoo type
+or session object leaves this package.
 """
 
 from __future__ import annotations
@@ -16,29 +24,36 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
-from kazoo.recipe.watchers import ChildrenWatch, DataWatch
-
-from zkdeploy.coordination.client import Connection
+from zkdeploy.coordination.lock import QueueLock, sequence_of
 from zkdeploy.coordination.layout import DEPLOY_PREFIX, HISTORY_PREFIX, PLAN_PREFIX, UNDO_PREFIX, Layout
-from zkdeploy.errors import ConflictError, CoordinationError, LockLostError
+from zkdeploy.coordination.session import CONNECTED, Create, Session, SetData, Stat, Watcher
+from zkdeploy.errors import (
+    BadVersionError,
+    ConflictError,
+    CoordinationError,
+    LockLostError,
+    NodeExistsError,
+    NoNodeError,
+    SessionLostError,
+)
 from zkdeploy.model import CurrentEntry, DeployEntry, Killswitch, NodeRecord, Release
 
 log = logging.getLogger(__name__)
 
 
 class Store:
-    """zkdeploy's records under one root of one ZooKeeper ensemble."""
+    """zkdeploy's records under one root of one coordination tree."""
 
-    def __init__(self, conn: Connection, root: str = "/dc") -> None:
-        self.conn = conn
-        self.layout = Layout(root)
-        self._bootstrapped = False
+    def __init__(self, session: Session, root: str = "/dc") -> None:
+        self._session = session
+        self._layout = Layout(root)
 
     @classmethod
     def connect(cls, hosts: str, root: str = "/dc", **timeouts: float) -> "Store":
-        """Connect (bounded by ``connect_timeout``) and make sure the base paths exist."""
-        store = cls(Connection(hosts, **timeouts).start(), root)
+        """Connect to ZooKeeper (bounded by ``connect_timeout``) and make sure the base paths exist."""
+        from zkdeploy.coordination.zookeeper import ZooKeeperSession
+
+        store = cls(ZooKeeperSession(hosts, **timeouts).start(), root)
         try:
             store.bootstrap()
         except Exception:
@@ -47,36 +62,96 @@ class Store:
         return store
 
     def close(self) -> None:
-        self.conn.stop()
+        self._session.close()
 
     def bootstrap(self) -> None:
-        for path in self.layout.base_paths():
-            self.conn.call("ensure_path", path)
-        self._bootstrapped = True
+        for path in self._layout.base_paths():
+            self._session.ensure_path(path)
+
+    @property
+    def root(self) -> str:
+        return self._layout.root
+
+    # -- the session -----------------------------------------------------
+    @property
+    def state(self) -> str:
+        """The session's state: connected, suspended or lost."""
+        return self._session.state
+
+    @property
+    def connected(self) -> bool:
+        return self._session.state == CONNECTED
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a new session replaced the old one (whose ephemeral nodes are gone)."""
+        return self._session.generation
+
+    @property
+    def session_timeout(self) -> float:
+        """The session timeout the server negotiated, in seconds."""
+        return self._session.negotiated_timeout
+
+    def require_connected(self) -> int:
+        """The session's generation; SessionLostError when no new step may start."""
+        return self._session.require_connected()
+
+    def on_session_change(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(state)`` on every change of the session's state (from another thread)."""
+        self._session.add_listener(fn)
+
+    def await_session(self, generation: int, timeout: float | None = None) -> bool:
+        """Wait (bounded by the session timeout) until the session ``generation`` is connected
+        again; False when it was replaced by a new one or did not come back in time."""
+        deadline = time.monotonic() + (self.session_timeout if timeout is None else timeout)
+        while time.monotonic() < deadline:
+            if self._session.generation != generation:
+                return False
+            if self._session.state == CONNECTED:
+                return self._session.generation == generation
+            time.sleep(0.05)
+        return False
 
     # -- generic helpers -----------------------------------------------
-    def _get(self, path: str, watch: Callable[..., Any] | None = None) -> tuple[bytes, Any] | None:
-        try:
-            return self.conn.call("get", path, watch)
-        except NoNodeError:
-            return None
+    def _get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
+        return self._session.get(path, watch)
 
-    def _children(self, path: str, watch: Callable[..., Any] | None = None) -> list[str]:
-        try:
-            return sorted(self.conn.call("get_children", path, watch))
-        except NoNodeError:
-            return []
+    def _children(self, path: str, watch: Watcher | None = None) -> list[str]:
+        return sorted(self._session.children(path, watch))
 
     def _delete(self, path: str, version: int = -1) -> bool:
         try:
-            self.conn.call("delete", path, version)
+            self._session.delete(path, version)
             return True
         except NoNodeError:
             return False
         except BadVersionError:
             raise ConflictError(f"{path} changed since it was read") from None
-        except NotEmptyError:
-            raise CoordinationError(f"{path} is not empty") from None
+
+    def _delete_own(self, path: str, what: str) -> None:
+        """Delete an ephemeral node of this session, retrying through connection losses.
+
+        A delete whose reply is lost may have been applied: the retry then
+        finds nothing.  Only a new session (the old one, with the node, is
+        gone) ends the attempts early; a session that never comes back within
+        its timeout is expired by the server, which removes the node.
+        """
+        generation = self._session.generation
+        deadline = time.monotonic() + max(self.session_timeout, 1.0)
+        while True:
+            try:
+                self._session.delete(path)
+                return
+            except NoNodeError:
+                return
+            except CoordinationError as exc:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.await_session(generation, timeout=left):
+                    log.info("%s: not removed (%s); it goes with the session, which has ended or "
+                             "will be expired by the server", what, exc)
+                    return
+                log.warning("%s: delete interrupted (%s); retrying in the same session", what, exc)
+                time.sleep(0.05)
 
     def delete_tree(self, path: str) -> None:
         """Remove ``path`` and everything below it (for tests and cleanup tools)."""
@@ -84,96 +159,116 @@ class Store:
             self.delete_tree(path + "/" + child)
         self._delete(path)
 
-    def owner_of(self, path: str) -> int | None:
+    def _owner_of(self, path: str) -> int | None:
         """The session id owning an ephemeral node, 0 for a persistent one, None if absent."""
-        try:
-            stat = self.conn.call("exists", path)
-        except NoNodeError:
-            return None
-        return None if stat is None else stat.ephemeralOwner
+        stat = self._session.exists(path)
+        return None if stat is None else stat.owner
 
-    def owns(self, path: str) -> bool:
-        """True only if ``path`` exists and is an ephemeral node of this very session."""
-        sid = self.conn.session_id
-        return sid is not None and self.owner_of(path) == sid
+    def _owns(self, path: str) -> bool:
+        sid = self._session.session_id
+        return sid is not None and self._owner_of(path) == sid
 
-    def require_owned(self, path: str) -> None:
-        """Raise LockLostError unless the session is connected and owns ``path``."""
-        self.conn.require_connected()
-        if not self.owns(path):
+    def _require_owned(self, path: str) -> None:
+        self._session.require_connected()
+        if not self._owns(path):
             raise LockLostError(f"{path} is no longer held by this agent's ZooKeeper session")
 
-    def put_ephemeral(self, path: str, data: bytes) -> None:
+    def _put_ephemeral(self, path: str, data: bytes) -> None:
         """Create or overwrite an ephemeral node owned by this session.
 
         A node of the same path owned by another (dead) session is left alone
         and reported as a ConflictError: it disappears when that session expires.
         """
+        for _ in range(3):
+            try:
+                self._session.create(path, data, ephemeral=True, makepath=True)
+                return
+            except NodeExistsError:
+                pass
+            stat = self._session.exists(path)
+            if stat is None:
+                continue
+            if stat.owner != self._session.session_id:
+                raise ConflictError(f"{path} still belongs to an older session (it expires within the session timeout)")
+            try:
+                self._session.set(path, data, stat.version)
+                return
+            except (BadVersionError, NoNodeError):
+                raise ConflictError(f"{path} changed while it was being written") from None
+        raise ConflictError(f"{path} kept appearing and vanishing while it was being written")
+
+    def _json(self, path: str) -> Any:
+        got = self._get(path)
+        if got is None:
+            return None
         try:
-            self.conn.call("create", path, data, None, True, False, True)
-            return
-        except NodeExistsError:
-            pass
-        stat = self.conn.call("exists", path)
-        if stat is None:
-            return self.put_ephemeral(path, data)
-        if stat.ephemeralOwner != self.conn.session_id:
-            raise ConflictError(f"{path} still belongs to an older session (it expires within the session timeout)")
-        try:
-            self.conn.call("set", path, data, stat.version)
-        except (BadVersionError, NoNodeError):
-            raise ConflictError(f"{path} changed while it was being written") from None
+            return json.loads(got[0].decode() or "null")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CoordinationError(f"{path} holds corrupt JSON: {exc}") from None
 
-    # -- watches --------------------------------------------------------
-    def watch_children(self, path: str, callback: Callable[[list[str]], Any]) -> None:
-        """Call ``callback(children)`` now and whenever the children of ``path`` change."""
-        self.conn.call("ensure_path", path)
-        ChildrenWatch(self.conn.client, path, callback)
+    def _create_sequential(self, base: str, prefix: str, data: bytes) -> str:
+        return self._session.create(base + "/" + prefix, data, sequence=True).rsplit("/", 1)[1]
 
-    def watch_data(self, path: str, callback: Callable[[bytes | None], Any]) -> None:
-        """Call ``callback(data)`` now and whenever ``path`` changes (None when it is absent)."""
+    # -- watches (each calls ``fn`` now and after every change, for the client's life) ----------
+    def watch_deploy_queue(self, fn: Callable[..., Any]) -> None:
+        self._session.watch_children(self._layout.deploy, fn)
 
-        def relay(data: bytes | None, stat: Any, event: Any = None) -> None:
-            callback(data)
+    def watch_deploy(self, name: str, fn: Callable[[bytes | None], bool | None]) -> None:
+        """``fn(data)`` on every change of one deploy entry, until it returns False."""
+        self._session.watch_data(self._layout.deploy_entry(name), fn)
 
-        DataWatch(self.conn.client, path, relay)
+    def watch_killswitch(self, fn: Callable[..., Any]) -> None:
+        self._session.watch_data(self._layout.killswitch, fn)
+
+    def watch_catalog(self, fn: Callable[..., Any]) -> None:
+        self._session.watch_data(self._layout.catalog, fn)
+
+    def watch_plan_requests(self, fn: Callable[..., Any]) -> None:
+        self._session.watch_children(self._layout.plans, fn)
+
+    def watch_undo_requests(self, node: str, fn: Callable[..., Any]) -> None:
+        self._session.watch_children(self._layout.undo_requests(node), fn)
+
+    def watch_releases(self, service: str, fn: Callable[..., Any]) -> None:
+        self._session.watch_children(self._layout.releases(service), fn)
+
+    def watch_staging(self, fn: Callable[..., Any]) -> None:
+        self._session.watch_children(self._layout.staging, fn)
 
     # -- catalog --------------------------------------------------------
     def catalog(self) -> tuple[dict[str, Any] | None, int]:
         """The stored catalog as plain data, and its znode version (-1 if none is stored)."""
-        got = self._get(self.layout.catalog)
+        got = self._get(self._layout.catalog)
         if got is None or not got[0]:
             return None, -1
         try:
             return json.loads(got[0].decode()), got[1].version
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CoordinationError(f"{self.layout.catalog} holds a corrupt catalog: {exc}") from None
+            raise CoordinationError(f"{self._layout.catalog} holds a corrupt catalog: {exc}") from None
 
     def put_catalog(self, data: dict[str, Any], expected_version: int) -> int:
         """Store the catalog, conditional on the version read before (-1: must not exist)."""
         raw = json.dumps(data, sort_keys=True).encode()
         try:
             if expected_version < 0:
-                self.conn.call("create", self.layout.catalog, raw)
+                self._session.create(self._layout.catalog, raw)
                 return 0
-            stat = self.conn.call("set", self.layout.catalog, raw, expected_version)
-            return stat.version
+            return self._session.set(self._layout.catalog, raw, expected_version).version
         except (NodeExistsError, BadVersionError):
             raise ConflictError("the catalog was changed by someone else meanwhile; apply again") from None
 
-    # -- nodes ------------------------------------------------------------
+    # -- presence and current state ------------------------------------------
     def nodes(self) -> dict[str, NodeRecord]:
         out = {}
-        for name in self._children(self.layout.nodes):
-            got = self._get(self.layout.node(name))
+        for name in self._children(self._layout.nodes):
+            got = self._get(self._layout.node(name))
             if got:
                 out[name] = NodeRecord.from_bytes(got[0], got[1].version)
         return out
 
     def register_node(self, record: NodeRecord) -> None:
-        self.put_ephemeral(self.layout.node(record.node), record.to_bytes())
+        self._put_ephemeral(self._layout.node(record.node), record.to_bytes())
 
-    # -- /current ---------------------------------------------------------
     def current(self, service: str, changed: threading.Event | None = None) -> dict[str, CurrentEntry]:
         """Every node's entry for ``service``.
 
@@ -182,8 +277,8 @@ class Store:
         and the watches come from the same reads, so no change between
         deciding and waiting is missed.
         """
-        base = self.layout.current_service(service)
-        fire = (lambda *_: changed.set()) if changed is not None else None
+        base = self._layout.current_service(service)
+        fire: Watcher | None = (lambda *_: changed.set()) if changed is not None else None
         out = {}
         for name in self._children(base, fire):
             got = self._get(base + "/" + name, fire)
@@ -193,19 +288,22 @@ class Store:
 
     def current_nodes(self, service: str) -> list[str]:
         """The nodes present under /current/<service> (names only: one read)."""
-        return self._children(self.layout.current_service(service))
+        return self._children(self._layout.current_service(service))
 
     def current_services(self) -> list[str]:
-        return self._children(self.layout.current)
+        return self._children(self._layout.current)
 
     def publish_current(self, service: str, entry: CurrentEntry) -> None:
-        self.conn.call("ensure_path", self.layout.current_service(service))
-        self.put_ephemeral(self.layout.current_entry(service, entry.node), entry.to_bytes())
+        self._put_ephemeral(self._layout.current_entry(service, entry.node), entry.to_bytes())
 
-    # -- releases -----------------------------------------------------------
+    def owns_current(self, service: str, node: str) -> bool:
+        """True only if this session owns the /current entry of ``node`` for ``service``."""
+        return self._owns(self._layout.current_entry(service, node))
+
+    # -- staging and holders ---------------------------------------------------
     def releases(self, service: str) -> dict[str, Release]:
         out = {}
-        base = self.layout.releases(service)
+        base = self._layout.releases(service)
         for version in self._children(base):
             got = self._get(base + "/" + version)
             if got:
@@ -213,18 +311,18 @@ class Store:
         return out
 
     def staged_versions(self, service: str) -> list[str]:
-        return self._children(self.layout.releases(service))
+        return self._children(self._layout.releases(service))
 
     def staged_services(self) -> list[str]:
-        return self._children(self.layout.staging)
+        return self._children(self._layout.staging)
 
     def release(self, service: str, version: str) -> Release | None:
-        got = self._get(self.layout.release(service, version))
+        got = self._get(self._layout.release(service, version))
         return Release.from_bytes(got[0], got[1].version) if got else None
 
     def put_release(self, release: Release, extra_nodes: dict[str, bytes] | None = None) -> None:
         """Record a staged release; refuses to overwrite a different payload for the same version."""
-        path = self.layout.release(release.service, release.version)
+        path = self._layout.release(release.service, release.version)
         existing = self.release(release.service, release.version)
         if existing is not None:
             if existing.sha256 == release.sha256:
@@ -233,36 +331,32 @@ class Store:
                 f"{release.service}@{release.version} is already staged with a different payload "
                 f"(sha256 {existing.sha256[:12]}...); stage a new version instead"
             )
-        self.conn.call("ensure_path", self.layout.releases(release.service))
-        txn = self.conn.client.transaction()
-        txn.create(path, release.to_bytes())
-        txn.create(self.layout.holders(release.service, release.version), b"")
-        for name, data in (extra_nodes or {}).items():
-            txn.create(path + "/" + name, data)
-        self.conn.commit(txn, f"stage {release.service}@{release.version}")
+        self._session.ensure_path(self._layout.releases(release.service))
+        ops = [Create(path, release.to_bytes()), Create(self._layout.holders(release.service, release.version))]
+        ops += [Create(path + "/" + name, data) for name, data in (extra_nodes or {}).items()]
+        self._session.commit(ops)
 
     def release_blob(self, service: str, version: str, name: str) -> bytes | None:
-        got = self._get(self.layout.release(service, version) + "/" + name)
+        got = self._get(self._layout.release(service, version) + "/" + name)
         return got[0] if got else None
 
     def holders(self, service: str, version: str) -> list[str]:
-        return self._children(self.layout.holders(service, version))
+        return self._children(self._layout.holders(service, version))
 
     def add_holder(self, service: str, version: str, node: str) -> None:
-        self.put_ephemeral(self.layout.holder(service, version, node), b"")
+        self._put_ephemeral(self._layout.holder(service, version, node), b"")
 
     # -- the swarm tracker -----------------------------------------------------
     def register_peer(self, info_hash: str, node: str, peer: dict[str, Any]) -> None:
         """Announce (or update) this node as a peer of ``info_hash`` (ephemeral)."""
-        self.conn.call("ensure_path", self.layout.swarm(info_hash))
-        self.put_ephemeral(self.layout.swarm_peer(info_hash, node), json.dumps(peer).encode())
+        self._put_ephemeral(self._layout.swarm_peer(info_hash, node), json.dumps(peer).encode())
 
     def unregister_peer(self, info_hash: str, node: str) -> None:
-        self._delete(self.layout.swarm_peer(info_hash, node))
+        self._delete(self._layout.swarm_peer(info_hash, node))
 
     def peers(self, info_hash: str, watch: Callable[..., Any] | None = None) -> dict[str, dict[str, Any]]:
         """Every announced peer of ``info_hash``; ``watch`` fires once when the membership changes."""
-        base = self.layout.swarm(info_hash)
+        base = self._layout.swarm(info_hash)
         out = {}
         for node in self._children(base, watch):
             peer = self._json(base + "/" + node)
@@ -274,30 +368,28 @@ class Store:
     def deploys(self, skip: Collection[str] = ()) -> list[DeployEntry]:
         """Every deploy entry, oldest first, except those named in ``skip`` (not even read)."""
         out = []
-        for name in self._children(self.layout.deploy):
+        for name in self._children(self._layout.deploy):
             if not name.startswith(DEPLOY_PREFIX) or name in skip:
                 continue
-            got = self._get(self.layout.deploy_entry(name))
+            got = self._get(self._layout.deploy_entry(name))
             if got:
                 out.append(DeployEntry.from_bytes(got[0], got[1].version, name=name))
         return sorted(out, key=lambda e: e.name)
 
     def deploy(self, name: str) -> DeployEntry | None:
-        got = self._get(self.layout.deploy_entry(name))
+        got = self._get(self._layout.deploy_entry(name))
         return DeployEntry.from_bytes(got[0], got[1].version, name=name) if got else None
 
     def enqueue(self, entries: list[DeployEntry]) -> list[str]:
         """Append deploy entries in one transaction (all or none); returns their names."""
-        txn = self.conn.client.transaction()
-        for entry in entries:
-            txn.create(self.layout.deploy + "/" + DEPLOY_PREFIX, entry.to_bytes(), sequence=True)
-        results = self.conn.commit(txn, "enqueue deploys")
-        return [r.rsplit("/", 1)[1] for r in results]
+        results = self._session.commit([Create(self._layout.deploy + "/" + DEPLOY_PREFIX, e.to_bytes(),
+                                               sequence=True) for e in entries])
+        return [str(r).rsplit("/", 1)[1] for r in results]
 
     def update_deploy(self, entry: DeployEntry) -> DeployEntry:
         """Write ``entry`` if nobody changed it since it was read; returns the stored entry."""
         try:
-            stat = self.conn.call("set", self.layout.deploy_entry(entry.name), entry.to_bytes(), entry.zversion)
+            stat = self._session.set(self._layout.deploy_entry(entry.name), entry.to_bytes(), entry.zversion)
         except (BadVersionError, NoNodeError):
             raise ConflictError(f"deploy {entry.name} changed since it was read") from None
         return entry.evolve(zversion=stat.version)
@@ -308,13 +400,11 @@ class Store:
 
         Conditional on every entry's znode version, so exactly one agent wins.
         """
-        txn = self.conn.client.transaction()
-        txn.set_data(self.layout.deploy_entry(failed.name), failed.to_bytes(), failed.zversion)
-        for entry in abort:
-            txn.set_data(self.layout.deploy_entry(entry.name), entry.to_bytes(), entry.zversion)
-        txn.create(self.layout.deploy + "/" + DEPLOY_PREFIX, rollback.to_bytes(), sequence=True)
-        results = self.conn.commit(txn, f"roll back deploy {failed.name}")
-        return results[-1].rsplit("/", 1)[1]
+        ops: list[Any] = [SetData(self._layout.deploy_entry(failed.name), failed.to_bytes(), failed.zversion)]
+        ops += [SetData(self._layout.deploy_entry(e.name), e.to_bytes(), e.zversion) for e in abort]
+        ops.append(Create(self._layout.deploy + "/" + DEPLOY_PREFIX, rollback.to_bytes(), sequence=True))
+        results = self._session.commit(ops)
+        return str(results[-1]).rsplit("/", 1)[1]
 
     def prune_deploys(self, keep: int = 200) -> int:
         """Delete the oldest finished entries beyond ``keep``; returns how many went."""
@@ -322,65 +412,86 @@ class Store:
         doomed = finished[: max(0, len(finished) - keep)]
         for entry in doomed:
             try:
-                self._delete(self.layout.deploy_entry(entry.name), entry.zversion)
+                self._delete(self._layout.deploy_entry(entry.name), entry.zversion)
             except ConflictError:
                 continue
         return len(doomed)
 
-    # -- locks ---------------------------------------------------------------
+    # -- restart queues and slots ----------------------------------------------
+    def restart_queue(self, service: str, node: str) -> QueueLock:
+        """A new (not yet joined) place in the FIFO restart queue of ``service`` for ``node``."""
+        return QueueLock(self._session, self._layout.lock_queue(service), service, node)
+
     def queue(self, service: str) -> list[str]:
         """The nodes waiting in the restart queue of ``service``, first (lock holder) first."""
-        base = self.layout.lock_queue(service)
-        names = sorted(self._children(base), key=lambda c: c.rsplit("-", 1)[-1])
+        base = self._layout.lock_queue(service)
         out = []
-        for name in names:
+        for name in sorted(self._children(base), key=sequence_of):
             got = self._get(base + "/" + name)
             if got:
                 out.append(got[0].decode(errors="replace"))
         return out
 
     def slots(self, service: str) -> list[str]:
-        return self._children(self.layout.slots(service))
+        return self._children(self._layout.slots(service))
 
     def take_slot(self, service: str, entry: CurrentEntry) -> None:
         """Mark this node restarting and create its slot, atomically.
 
         Conditional on our /current entry not having changed since it was
-        read, so a decision is never made on stale data.
+        read, so a decision is never made on stale data.  When the reply is
+        lost (the connection dropped, the session lives), the slot is found
+        again by its owner: the transaction either applied whole (our session
+        owns the slot: taken) or not at all (SessionLostError).
         """
-        self.conn.call("ensure_path", self.layout.slots(service))
-        txn = self.conn.client.transaction()
-        txn.set_data(self.layout.current_entry(service, entry.node), entry.to_bytes(), entry.zversion)
-        txn.create(self.layout.slot(service, entry.node), entry.to_bytes(), ephemeral=True)
-        self.conn.commit(txn, f"take a restart slot of {service}")
+        slots = self._layout.slots(service)
+        slot = self._layout.slot(service, entry.node)
+        self._session.ensure_path(slots)
+        generation = self._session.generation
+        try:
+            self._session.commit([SetData(self._layout.current_entry(service, entry.node), entry.to_bytes(),
+                                          entry.zversion),
+                                  Create(slot, entry.to_bytes(), ephemeral=True)])
+        except SessionLostError:
+            if self.await_session(generation) and self._owns(slot):
+                log.warning("%s: the reply to taking the slot was lost; the slot is ours", service)
+                return
+            raise
+
+    def holds_slot(self, service: str, node: str) -> bool:
+        """True only if this session owns ``node``'s slot of ``service`` (one read)."""
+        return self._owns(self._layout.slot(service, node))
+
+    def require_slot(self, service: str, node: str) -> None:
+        """LockLostError unless the session is connected and owns ``node``'s slot of ``service``."""
+        self._require_owned(self._layout.slot(service, node))
 
     def release_slot(self, service: str, node: str) -> None:
-        self._delete(self.layout.slot(service, node))
+        """Remove this node's slot (retrying through connection losses while the session lives)."""
+        slot = self._layout.slot(service, node)
+        if self._owner_of_quiet(slot) not in (None, self._session.session_id):
+            return  # another session's slot of the same node (a previous life): not ours to remove
+        self._delete_own(slot, f"restart slot of {service}")
+
+    def _owner_of_quiet(self, path: str) -> int | None:
+        try:
+            return self._owner_of(path)
+        except CoordinationError:
+            return self._session.session_id  # unknown: try the delete, which is conditional on presence
 
     # -- reports: plans and history ---------------------------------------------
-    def _json(self, path: str) -> Any:
-        got = self._get(path)
-        if got is None:
-            return None
-        try:
-            return json.loads(got[0].decode() or "null")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CoordinationError(f"{path} holds corrupt JSON: {exc}") from None
-
     def request_plan(self, request: dict[str, Any]) -> str:
-        created = self.conn.call("create", self.layout.plans + "/" + PLAN_PREFIX,
-                                 json.dumps(request).encode(), None, False, True)
-        return created.rsplit("/", 1)[1]
+        return self._create_sequential(self._layout.plans, PLAN_PREFIX, json.dumps(request).encode())
 
     def plan_requests(self) -> list[str]:
-        return [c for c in self._children(self.layout.plans) if c.startswith(PLAN_PREFIX)]
+        return [c for c in self._children(self._layout.plans) if c.startswith(PLAN_PREFIX)]
 
     def plan_request(self, name: str) -> dict[str, Any] | None:
-        return self._json(self.layout.plan(name))
+        return self._json(self._layout.plan(name))
 
     def plan_answers(self, name: str) -> dict[str, Any]:
-        return {node: self._json(self.layout.plan_answer(name, node))
-                for node in self._children(self.layout.plan(name))}
+        return {node: self._json(self._layout.plan_answer(name, node))
+                for node in self._children(self._layout.plan(name))}
 
     def prune_plans(self, older_than: float) -> None:
         """Remove plan requests (with their answers) created more than ``older_than`` seconds ago."""
@@ -388,59 +499,63 @@ class Store:
         for name in self.plan_requests():
             request = self.plan_request(name)
             if isinstance(request, dict) and now - float(request.get("created", now)) > older_than:
-                self.delete_tree(self.layout.plan(name))
+                self.delete_tree(self._layout.plan(name))
 
     def answer_plan(self, name: str, node: str, answer: dict[str, Any]) -> None:
         try:
-            self.conn.call("create", self.layout.plan_answer(name, node), json.dumps(answer).encode())
+            self._session.create(self._layout.plan_answer(name, node), json.dumps(answer).encode())
         except NodeExistsError:
             pass  # answered already (by this node before a restart)
         except NoNodeError:
             pass  # the request was withdrawn
 
     def has_answered(self, name: str, node: str) -> bool:
-        return self.owner_of(self.layout.plan_answer(name, node)) is not None
+        return self._owner_of(self._layout.plan_answer(name, node)) is not None
 
     def record_history(self, record: dict[str, Any], keep: int = 2000) -> None:
         """Append one change report; the oldest beyond ``keep`` are pruned."""
-        self.conn.call("create", self.layout.history + "/" + HISTORY_PREFIX, json.dumps(record).encode(),
-                       None, False, True)
-        names = [c for c in self._children(self.layout.history) if c.startswith(HISTORY_PREFIX)]
+        self._create_sequential(self._layout.history, HISTORY_PREFIX, json.dumps(record).encode())
+        names = [c for c in self._children(self._layout.history) if c.startswith(HISTORY_PREFIX)]
         for name in names[: max(0, len(names) - keep)]:
-            self._delete(self.layout.history + "/" + name)
+            self._delete(self._layout.history + "/" + name)
 
     def history(self) -> list[dict[str, Any]]:
         out = []
-        for name in self._children(self.layout.history):
-            record = self._json(self.layout.history + "/" + name)
+        for name in self._children(self._layout.history):
+            record = self._json(self._layout.history + "/" + name)
             if isinstance(record, dict):
                 out.append({"id": name, **record})
         return out
 
-    # -- undo requests ------------------------------------------------------------
+    # -- control: undo requests and the killswitch ------------------------------------
     def request_undo(self, node: str, request: dict[str, Any]) -> str:
-        self.conn.call("ensure_path", self.layout.undo_requests(node))
-        created = self.conn.call("create", self.layout.undo_requests(node) + "/" + UNDO_PREFIX,
-                                 json.dumps(request).encode(), None, False, True)
-        return created.rsplit("/", 1)[1]
+        self._session.ensure_path(self._layout.undo_requests(node))
+        return self._create_sequential(self._layout.undo_requests(node), UNDO_PREFIX, json.dumps(request).encode())
 
     def undo_requests(self, node: str) -> dict[str, dict[str, Any]]:
-        base = self.layout.undo_requests(node)
+        base = self._layout.undo_requests(node)
         return {name: self._json(base + "/" + name) for name in self._children(base)}
 
     def update_undo_request(self, node: str, name: str, request: dict[str, Any]) -> None:
-        self.conn.call("set", self.layout.undo_request(node, name), json.dumps(request).encode())
+        self._session.set(self._layout.undo_request(node, name), json.dumps(request).encode())
 
-    # -- control --------------------------------------------------------------
     def killswitch(self) -> Killswitch | None:
-        got = self._get(self.layout.killswitch)
+        got = self._get(self._layout.killswitch)
         return Killswitch.from_bytes(got[0], got[1].version) if got else None
 
     def set_killswitch(self, switch: Killswitch | None) -> None:
         if switch is None:
-            self._delete(self.layout.killswitch)
+            self._delete(self._layout.killswitch)
             return
         try:
-            self.conn.call("create", self.layout.killswitch, switch.to_bytes())
+            self._session.create(self._layout.killswitch, switch.to_bytes())
         except NodeExistsError:
-            self.conn.call("set", self.layout.killswitch, switch.to_bytes())
+            self._session.set(self._layout.killswitch, switch.to_bytes())
+
+    # -- faults on purpose (tests and chaos runs) ---------------------------------------
+    def expire_session(self) -> None:
+        """Make the server expire this store's session now, as a long partition would."""
+        expire = getattr(self._session, "expire", None)
+        if expire is None:
+            raise CoordinationError(f"{type(self._session).__name__} cannot expire its session on demand")
+        expire()

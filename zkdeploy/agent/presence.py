@@ -1,0 +1,137 @@
+"""What this node tells the fleet: its presence record and its /current entries.
+
+The local record of each service is the truth the agent acts on; ZooKeeper
+gets a copy of it after every change (the phase machine's transitions, the
+health monitor's verdicts, the outcome of a restart).  Registration after a
+new session re-creates every ephemeral record of this node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from zkdeploy import __version__
+from zkdeploy.agent.host import Host
+from zkdeploy.agent.states import RESTART_PHASES, Phase, ServiceMachine
+from zkdeploy.config.schema import AgentConfig
+from zkdeploy.coordination import Store
+from zkdeploy.errors import ConflictError, CoordinationError
+from zkdeploy.model import RESTARTING, STOPPED, CurrentEntry, NodeRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Local:
+    """What this node publishes about one service."""
+
+    version: str | None = None
+    state: str = STOPPED
+    detail: str = ""
+    target: str | None = None
+
+
+class Presence:
+    """This node's records in the coordination store, local copy first."""
+
+    def __init__(self, config: AgentConfig, host: Host, store: Store | None = None) -> None:
+        self.config = config
+        self.node = config.node
+        self.host = host
+        self.store = store
+        self.local: dict[str, Local] = {s: Local() for s in config.services}
+        self.machines = {s: ServiceMachine(s, self._on_phase(s)) for s in config.services}
+        #: held while the local record is read and written; the health monitor re-checks under it
+        self.lock = threading.RLock()
+        self.registered_generation = -1
+        self.registrations = 0  # sessions registered so far (1: the first since the agent started)
+        self._unwritten: set[str] = set()  # services whose last write to ZooKeeper failed
+
+    def attach(self, store: Store) -> None:
+        self.store = store
+
+    # -- publishing ---------------------------------------------------------
+    def _on_phase(self, service: str):
+        def changed(old: Phase, new: Phase, detail: str) -> None:
+            log.info("%s: %s -> %s%s", service, old.value, new.value, f" ({detail})" if detail else "")
+            state = RESTARTING if new in RESTART_PHASES else None
+            self.publish(service, state=state, detail=detail)
+        return changed
+
+    def publish(self, service: str, *, state: str | None = None, version: str | None = None,
+                detail: str | None = None, target: str | None = None, write: bool = True) -> None:
+        """Update this node's record of ``service`` (local first, then ZooKeeper unless ``write`` is
+        False).  A failed write is logged; the health monitor re-asserts the record later."""
+        with self.lock:
+            rec = self.local[service]
+            if state is not None:
+                rec.state = state
+            if version is not None:
+                rec.version = version
+            if detail is not None:
+                rec.detail = detail
+            if target is not None:
+                rec.target = target or None
+            if not write or self.store is None or self.registered_generation < 0:
+                return
+            try:
+                self.store.publish_current(service, self.entry(service))
+                self._unwritten.discard(service)
+            except CoordinationError as exc:
+                self._unwritten.add(service)
+                log.warning("%s: could not publish state (written again later): %s", service, exc)
+
+    def flush(self) -> None:
+        """Write again every record whose last write failed (a connection loss, a lost reply)."""
+        for service in sorted(self._unwritten):
+            self.publish(service)
+
+    def entry(self, service: str) -> CurrentEntry:
+        rec = self.local[service]
+        return CurrentEntry(node=self.node, version=rec.version, state=rec.state,
+                            phase=self.machines[service].phase.value, target=rec.target,
+                            since=time.time(), detail=rec.detail[:500])
+
+    def observe(self, service: str, write: bool = False) -> None:
+        """Set the local record of ``service`` from what really runs on the host."""
+        version, state, detail = self.host.observe(service)
+        self.publish(service, version=version, state=state, detail=detail, write=write)
+
+    # -- registration ---------------------------------------------------------
+    @property
+    def registered(self) -> bool:
+        return self.registered_generation >= 0
+
+    def register(self) -> bool:
+        """(Re-)create this node's ephemeral records after a new session.
+
+        Returns True when this call registered a new session (the caller then
+        re-announces what the node holds); False when registered already or
+        not possible yet (an entry of the previous session still exists: it
+        goes when the server expires that session).
+        """
+        assert self.store is not None
+        generation = self.store.require_connected()
+        if generation == self.registered_generation:
+            return False
+        record = NodeRecord(node=self.node, address=self.config.address, services=self.config.services,
+                            labels=self.config.labels.model_dump(exclude_none=True),
+                            agent_version=__version__, pid=os.getpid(), started=time.time())
+        try:
+            self.store.register_node(record)
+            for service in self.host.services():
+                with self.lock:
+                    if not self.machines[service].restarting:
+                        self.observe(service)
+                    self.store.publish_current(service, self.entry(service))
+        except ConflictError as exc:
+            log.warning("not registered yet: %s", exc)
+            return False
+        self.registered_generation = generation
+        self.registrations += 1
+        log.info("registered node %s (session generation %d)", self.node, generation)
+        return True

@@ -1,0 +1,143 @@
+"""One restart of one service on this node, under a slot already held.
+
+The steps of DESIGN.md step 4: drain, stop, switch, start, check, undrain.
+Each destructive step is preceded by a fencing check and recorded in the
+host's journal with its undo before it is made, so a failure, a lost session
+or a failed health check rolls the node back to the release it ran before,
+and a crash leaves a journal that says exactly what was done.  Taking the
+slot is zkdeploy.agent.slots' job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from zkdeploy.agent.faults import crash_point
+from zkdeploy.agent.host import Host
+from zkdeploy.agent.host_actions import HOOKS, START, STOP
+from zkdeploy.agent.releases import ReleaseDir
+from zkdeploy.agent.slots import fence
+from zkdeploy.agent.states import Phase, ServiceMachine
+from zkdeploy.coordination import Store
+from zkdeploy.errors import HealthCheckError, LockLostError, SessionLostError, ZkdeployError
+from zkdeploy.journal import NOTHING_TO_UNDO, ChangeSetBuilder, undo_change
+from zkdeploy.runner.service import HostService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """How a restart ended: ``ok`` at ``version``, or rolled back with ``error``."""
+
+    ok: bool
+    version: str | None
+    error: str = ""
+    healthy: bool = True
+    change_id: int | None = None
+    fenced: bool = False  # interrupted by a lost slot or session: not the release's fault
+
+
+def restart_tasks(cs: ChangeSetBuilder, svc: HostService, releases: ReleaseDir, old: str | None, target: str,
+                  was_running: bool, enter: Callable[..., None] = lambda *a, **k: None,
+                  check: Callable[[], None] | None = None) -> None:
+    """The tasks of one restart, in order, each with its undo.
+
+    The one code path of a restart: run live under a slot, and in NoAction
+    mode (``zkdeploy plan``) to list exactly what the live run would change.
+    ``enter(phase, detail, fenced=True)`` is called before each step.
+    """
+    if was_running:
+        enter(Phase.DRAINING, "pre-stop hooks")
+        cs.task(HOOKS, svc.hook_params("pre_stop", old), undo=(HOOKS, svc.hook_params("post_start", old)))
+        enter(Phase.STOPPING, f"stopping {old}")
+        cs.task(STOP, svc.stop_params(old), undo=(START, svc.start_params(old, wait_healthy=True)))
+    enter(Phase.SWITCHING, f"switching to {target}")
+    cs.swap_symlink(releases.link, releases.link_target(target))
+    enter(Phase.STARTING, f"starting {target}")
+    cs.task(START, svc.start_params(target, wait_healthy=False), undo=(STOP, svc.stop_params(target)))
+    # From here on the new version is up: health checks and undrain only restore service.
+    enter(Phase.CHECKING, "health checks", fenced=False)
+    if check is not None:
+        check()
+    cs.task(HOOKS, svc.hook_params("post_start", target), undo=NOTHING_TO_UNDO)
+
+
+@dataclass
+class Restart:
+    """Restart ``svc`` into ``target`` on this node, whose slot of the service is held.
+
+    ``on_failure(error)`` reports a failed release (not a lost slot) before
+    the roll-back brings the node back online.
+    """
+
+    store: Store
+    host: Host
+    svc: HostService
+    machine: ServiceMachine
+    target: str
+    deploy_id: str | None = None
+    on_failure: Callable[[str], None] | None = None
+
+    @property
+    def service(self) -> str:
+        return self.svc.name
+
+    def enter(self, phase: Phase, detail: str, fenced: bool = True) -> None:
+        """Move to ``phase``: fenced first for destructive steps, then the crash hook."""
+        if fenced:
+            fence(self.store, self.service, self.host.node)
+        self.machine.to(phase, detail)
+        crash_point(self.service, phase.value)
+
+    def run(self, old: str | None, was_running: bool) -> Outcome:
+        """Every change goes through the journal, recorded with its undo before it is made.
+        Leaves the node idle; the caller gives the slot back."""
+        releases = self.host.releases[self.service]
+        change_id: int | None = None
+        with self.host.changing:
+            try:
+                releases.link.parent.mkdir(parents=True, exist_ok=True)
+                with self.host.executor.change_set(f"{self.service} {old or '-'} -> {self.target}",
+                                                   deploy_id=self.deploy_id) as cs:
+                    change_id = cs.id
+                    restart_tasks(cs, self.svc, releases, old, self.target, was_running, self.enter,
+                                  check=lambda: self.host.wait_healthy(self.svc, self.target))
+            except (ZkdeployError, OSError) as exc:
+                return self._roll_back(exc, old, change_id)
+        self.machine.to(Phase.IDLE, f"online at {self.target}")
+        return Outcome(True, self.target, change_id=change_id)
+
+    def _roll_back(self, exc: BaseException, old: str | None, change_id: int | None) -> Outcome:
+        kind = {
+            HealthCheckError: "health checks failed",
+            LockLostError: "lost the restart slot",
+            SessionLostError: "lost the ZooKeeper session",
+        }.get(type(exc), "step failed")
+        error = f"{kind}: {exc}"
+        fenced = isinstance(exc, (LockLostError, SessionLostError))
+        log.error("%s: %s; undoing change set %s", self.service, error, change_id)
+        if self.on_failure is not None and not fenced:
+            # Reported before the roll-back brings this node back online, so that no other
+            # node takes its place in the quorum and restarts into a version known to fail.
+            try:
+                self.on_failure(error)
+            except ZkdeployError as report_exc:
+                log.error("%s: could not report the failure: %s", self.service, report_exc)
+        if self.machine.phase == Phase.WAITING:  # failed before the first step: nothing to undo
+            self.machine.to(Phase.IDLE, error)
+            return Outcome(False, self.host.releases[self.service].current_version(), error, True,
+                           change_id, fenced)
+        self.machine.to(Phase.ROLLING_BACK, error)
+        healthy = old is not None
+        if change_id is not None:
+            try:
+                report = undo_change(self.host.journal, self.host.registry, change_id)
+                log.info("%s: change set %d %s", self.service, change_id, report.status)
+            except ZkdeployError as undo_exc:
+                healthy = False
+                log.error("%s: undo of change set %d failed: %s", self.service, change_id, undo_exc)
+        self.machine.to(Phase.IDLE, f"rolled back to {old}: {error}")
+        return Outcome(False, self.host.releases[self.service].current_version(), error, healthy, change_id, fenced)

@@ -1,0 +1,156 @@
+"""Restart slots: the permission to take a service down on this node.
+
+A ``SlotRequest`` is the protocol of DESIGN.md step 3: a place in the
+service's FIFO restart queue; at its head, the quorum decision on a fresh
+read of /current; and, when one more node may go down, the slot taken in one
+transaction with the node's ``restarting`` entry.  ``poll`` is one step of
+that and never blocks: the decision cycle polls on every wake-up (the
+predecessor's watch, a change of /current, the deploy entry) and goes on
+answering everything else meanwhile.  ``hold_slots`` is the blocking form,
+for undo requests and crash recovery, which run outside the cycle.
+
+``fence`` is the check before every destructive step: the session is
+connected (after waiting out a suspension up to the negotiated session
+timeout) and still owns the slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from zkdeploy.agent.presence import Presence
+from zkdeploy.agent.states import Phase
+from zkdeploy.coordination import CONNECTED, SUSPENDED, Store
+from zkdeploy.errors import ConflictError, CoordinationError, LockLostError, RolloutAborted
+from zkdeploy.model import ONLINE, RESTARTING
+from zkdeploy.policy.quorum import may_go_down
+
+log = logging.getLogger(__name__)
+
+
+class SlotRequest:
+    """One node's request to take one service down for ``why`` (a target version, an undo)."""
+
+    def __init__(self, store: Store, presence: Presence, service: str, quorum: int | str, why: str) -> None:
+        self.store = store
+        self.presence = presence
+        self.node = presence.node
+        self.service = service
+        self.quorum = quorum
+        self.why = why
+        self._queue = store.restart_queue(service, self.node)
+        self.granted = False
+        self.reason = ""
+
+    def join(self) -> None:
+        """Take a place in the restart queue (once) and say so."""
+        machine = self.presence.machines[self.service]
+        if machine.phase == Phase.IDLE:
+            machine.to(Phase.STAGED, f"{self.why} ready")
+        machine.to(Phase.WAITING, f"queued: {self.why}")
+        self._queue.join()
+
+    def poll(self, wake: threading.Event | None = None) -> bool:
+        """One step: True when the slot is now held.  Otherwise ``reason`` says what it waits for,
+        and ``wake`` is set by the watches left on what would change the answer."""
+        if self.granted:
+            return True
+        position = self._queue.poll(wake)
+        if position > 0:
+            return self._waiting(f"queued behind {position} node(s) to restart")
+        entries = self.store.current(self.service, wake)
+        me = entries.get(self.node)
+        if me is None:
+            raise LockLostError(f"this node's /current entry of {self.service} is gone")
+        online = sum(1 for e in entries.values() if e.state == ONLINE)
+        decision = may_go_down(online=online, present=len(entries), quorum=self.quorum,
+                               self_online=me.state == ONLINE)
+        if not decision.allowed:
+            return self._waiting(decision.reason)
+        detail = f"restarting: {self.why}"
+        with self.presence.lock:  # the health monitor must not publish between the read and the slot
+            try:
+                self.store.take_slot(self.service, me.evolve(state=RESTARTING, phase=Phase.WAITING.value,
+                                                             detail=detail, since=time.time()))
+            except ConflictError:
+                if wake is not None:
+                    wake.set()  # our entry changed since it was read: decide again on a fresh read
+                return self._waiting("deciding again on a fresh read of /current")
+            self.presence.publish(self.service, state=RESTARTING, detail=detail, write=False)
+        self.granted = True
+        self._queue.release()  # the next waiter decides with this node counted as restarting
+        return True
+
+    def _waiting(self, reason: str) -> bool:
+        if reason != self.reason:
+            log.info("%s: %s", self.service, reason)
+            self.presence.publish(self.service, detail=reason)
+            self.reason = reason
+        return False
+
+    @property
+    def at_head(self) -> bool:
+        return self._queue.position() == 0
+
+    def cancel(self, reason: str) -> None:
+        """Leave the queue without restarting (the deploy changed, the killswitch, stopping)."""
+        self._queue.release()
+        machine = self.presence.machines[self.service]
+        if not self.granted and not machine.restarting:
+            machine.reset(reason)
+            self.presence.publish(self.service, detail=reason)
+
+    def release(self) -> None:
+        """Give the slot back (retrying through connection losses while the session lives)."""
+        self._queue.release()
+        if self.granted:
+            self.store.release_slot(self.service, self.node)
+            self.granted = False
+
+
+def fence(store: Store, service: str, node: str) -> None:
+    """Before a destructive step: wait out a suspension (up to the negotiated session timeout),
+    then LockLostError unless the session is connected and owns this node's slot."""
+    deadline = time.monotonic() + store.session_timeout
+    while store.state == SUSPENDED and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if store.state != CONNECTED:
+        raise LockLostError(f"ZooKeeper session is {store.state}: not starting a new step")
+    store.require_slot(service, node)
+
+
+@contextlib.contextmanager
+def hold_slots(store: Store, presence: Presence, quorums: dict[str, int | str], why: str,
+               should_abort: Callable[[], str | None]) -> Iterator[None]:
+    """Take a restart slot of each service in ``quorums`` under the quorum rules, for work other
+    than a restart that may take them down (an undo, a crash recovery); afterwards give the slots
+    back and publish what each service now runs.  RolloutAborted when ``should_abort`` says so."""
+    held: list[SlotRequest] = []
+    try:
+        for service, quorum in quorums.items():
+            request = SlotRequest(store, presence, service, quorum, why)
+            held.append(request)
+            request.join()
+            while True:
+                reason = should_abort()
+                if reason:
+                    raise RolloutAborted(reason)
+                wake = threading.Event()
+                if request.poll(wake):
+                    break
+                wake.wait(1.0)
+        for request in held:
+            fence(store, request.service, presence.node)
+        yield
+    finally:
+        for request in held:
+            try:
+                request.release()
+            except CoordinationError as exc:
+                log.warning("%s: could not give the slot back: %s", request.service, exc)
+            presence.machines[request.service].reset(f"{why} finished")
+            presence.observe(request.service, write=True)

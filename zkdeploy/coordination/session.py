@@ -1,0 +1,208 @@
+"""The seam under the coordination store: one client session of a ZooKeeper-like tree.
+
+``Store`` (zkdeploy.coordination.store) builds every record and recipe of
+zkdeploy out of the few primitives below.  Two implementations exist:
+
+- ``ZooKeeperSession`` (zkdeploy.coordination.zookeeper), the only code that
+  imports kazoo; it translates every kazoo error into zkdeploy's own;
+- ``MemorySession`` (zkdeploy.testing.memory), for unit and model-based tests
+  only: it models what matters for safety (sessions, ephemeral nodes that go
+  with their session, sequential nodes, conditional writes, one-shot and
+  persistent watches, session expiry on demand, and a write that is applied
+  while its reply is lost).
+
+Keeping the seam at the level of znodes, not of zkdeploy's records, means the
+model-based tests exercise the very code that runs against ZooKeeper: the
+queue recipe, the slot transaction, the ownership checks.
+
+The contract every implementation keeps:
+
+- Reads of an absent node return ``None`` (``get``, ``exists``) or ``[]``
+  (``children``); they never raise for absence.
+- Writes raise ``NodeExistsError``, ``NoNodeError``, ``BadVersionError`` or
+  ``NotEmptyError`` (all ``ConflictError``) for the expected outcomes of a
+  race, ``SessionLostError`` when the connection or session went away during
+  the call (the write may or may not have been applied: the caller must find
+  out), and ``CoordinationError`` for everything else, including a call that
+  ran past the operation timeout.
+- Watches are called on another thread than the caller's; a callback must be
+  quick and must not call back into the session while holding a lock the
+  caller may hold.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+#: session states, as reported by ``Session.state``
+CONNECTED = "connected"
+SUSPENDED = "suspended"  # the connection dropped; the session may still live (ephemeral nodes stay)
+LOST = "lost"            # the session expired or the client closed: its ephemeral nodes are gone
+
+#: a one-shot watch: called once with the event (kind, path) when the node or its children change
+Watcher = Callable[[str, str], Any]
+
+# event kinds passed to watchers
+CHANGED = "changed"
+CHILD = "child"
+CREATED = "created"
+DELETED = "deleted"
+SESSION = "session"
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What zkdeploy reads of a znode's stat."""
+
+    version: int
+    owner: int  # the session id of an ephemeral node's owner, 0 for a persistent node
+    created: int = 0  # the zxid that created it (orders nodes across sequences)
+    children: int = 0
+
+
+@dataclass(frozen=True)
+class Create:
+    """A create inside a transaction."""
+
+    path: str
+    data: bytes = b""
+    ephemeral: bool = False
+    sequence: bool = False
+
+
+@dataclass(frozen=True)
+class SetData:
+    """A conditional write inside a transaction (``version`` -1: unconditional)."""
+
+    path: str
+    data: bytes
+    version: int = -1
+
+
+@dataclass(frozen=True)
+class Delete:
+    """A conditional delete inside a transaction."""
+
+    path: str
+    version: int = -1
+
+
+@dataclass(frozen=True)
+class Check:
+    """A version check inside a transaction (fails the whole transaction when it does not hold)."""
+
+    path: str
+    version: int
+
+
+Op = Union[Create, SetData, Delete, Check]
+
+
+class Session(ABC):
+    """One client session of the coordination tree.
+
+    ``generation`` increases whenever a new session replaces the old one (every
+    ephemeral node of the old one is then gone); ``session_id`` is the owner
+    id that ``Stat.owner`` names for ephemeral nodes of this session.
+    """
+
+    hosts: str = ""
+
+    # -- lifecycle and session state ------------------------------------------
+    @abstractmethod
+    def start(self) -> "Session":
+        """Connect within the connect timeout; CoordinationError if that is not possible."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the session (its ephemeral nodes go at once).  Safe to call twice."""
+
+    @property
+    @abstractmethod
+    def state(self) -> str:
+        """CONNECTED, SUSPENDED or LOST."""
+
+    @property
+    @abstractmethod
+    def generation(self) -> int:
+        """How many sessions this client has had; changes when a new one replaced the old."""
+
+    @property
+    @abstractmethod
+    def session_id(self) -> int | None:
+        """The id of the live session, None when there is none."""
+
+    @property
+    @abstractmethod
+    def negotiated_timeout(self) -> float:
+        """The session timeout the server granted, in seconds (may differ from the one asked for)."""
+
+    @property
+    @abstractmethod
+    def operation_timeout(self) -> float:
+        """The bound on every call, in seconds."""
+
+    @abstractmethod
+    def add_listener(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(state)`` on every session state change (from another thread: keep it short)."""
+
+    def require_connected(self) -> int:
+        """Return the generation, or raise SessionLostError when no new step may start."""
+        from zkdeploy.errors import SessionLostError
+
+        if self.state != CONNECTED:
+            raise SessionLostError(f"ZooKeeper session is {self.state}: no new step may start")
+        return self.generation
+
+    # -- reads -------------------------------------------------------------------
+    @abstractmethod
+    def get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
+        """Data and stat of ``path``, None if absent; ``watch`` fires once on change or deletion
+        (or on creation, when the node was absent)."""
+
+    @abstractmethod
+    def children(self, path: str, watch: Watcher | None = None) -> list[str]:
+        """Names of the children of ``path`` (unsorted), [] if absent; ``watch`` fires once when
+        a child is added or removed or ``path`` is deleted."""
+
+    @abstractmethod
+    def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
+        """Stat of ``path`` or None; ``watch`` fires once when it is created, changed or deleted."""
+
+    # -- writes ------------------------------------------------------------------
+    @abstractmethod
+    def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
+               makepath: bool = False) -> str:
+        """Create ``path``; returns the path created (with the sequence suffix, if any)."""
+
+    @abstractmethod
+    def set(self, path: str, data: bytes, version: int = -1) -> Stat:
+        """Write ``data`` if the node's version is ``version`` (-1: any)."""
+
+    @abstractmethod
+    def delete(self, path: str, version: int = -1) -> None:
+        """Delete ``path`` if its version is ``version`` (-1: any)."""
+
+    @abstractmethod
+    def ensure_path(self, path: str) -> None:
+        """Create ``path`` and its parents as persistent nodes where absent."""
+
+    @abstractmethod
+    def commit(self, ops: Sequence[Op]) -> list[str | Stat | None]:
+        """Apply ``ops`` atomically (all or none).  Returns one result per op: the path for a
+        Create, the Stat for a SetData, None for the others.  When any op fails, raises the
+        ConflictError of the first failing op and nothing is applied."""
+
+    # -- persistent watches --------------------------------------------------------
+    @abstractmethod
+    def watch_children(self, path: str, callback: Callable[[list[str]], Any]) -> None:
+        """Call ``callback(children)`` now and after every change of ``path``'s children, for as
+        long as the client lives (across sessions).  ``path`` is created when absent."""
+
+    @abstractmethod
+    def watch_data(self, path: str, callback: Callable[[bytes | None], bool | None]) -> None:
+        """Call ``callback(data)`` now and after every change of ``path`` (None when absent), for
+        as long as the client lives, until the callback returns False."""

@@ -1,0 +1,301 @@
+"""The ZooKeeper implementation of the coordination seam: the only code that imports kazoo.
+
+Every call is bounded by the operation timeout, and every kazoo error is
+translated into zkdeploy's hierarchy (see zkdeploy.coordination.session for
+the contract), so nothing above this module ever sees a kazoo exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError as KazooBadVersion,
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NodeExistsError as KazooNodeExists,
+    NoNodeError as KazooNoNode,
+    NotEmptyError as KazooNotEmpty,
+    RolledBackError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import WatchedEvent, ZnodeStat
+from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+from kazoo.retry import KazooRetry
+
+from zkdeploy.coordination.session import (
+    CHANGED,
+    CHILD,
+    CONNECTED,
+    CREATED,
+    DELETED,
+    LOST,
+    SESSION,
+    SUSPENDED,
+    Check,
+    Create,
+    Delete,
+    Op,
+    Session,
+    SetData,
+    Stat,
+    Watcher,
+)
+from zkdeploy.errors import (
+    BadVersionError,
+    ConflictError,
+    CoordinationError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    SessionLostError,
+)
+
+log = logging.getLogger(__name__)
+
+_EVENTS = {"CHANGED": CHANGED, "CHILD": CHILD, "CREATED": CREATED, "DELETED": DELETED, "NONE": SESSION}
+
+
+def translate(exc: BaseException, what: str) -> Exception:
+    """Map a kazoo (or timeout) exception onto zkdeploy's hierarchy."""
+    for kazoo_kind, ours in ((KazooNoNode, NoNodeError), (KazooNodeExists, NodeExistsError),
+                             (KazooBadVersion, BadVersionError), (KazooNotEmpty, NotEmptyError)):
+        if isinstance(exc, kazoo_kind):
+            return ours(f"{what}: {ours.__name__.removesuffix('Error')}")
+    if isinstance(exc, KazooTimeoutError):
+        return CoordinationError(f"ZooKeeper did not answer in time: {what}")
+    if isinstance(exc, (SessionExpiredError, ConnectionLoss, ConnectionClosedError)):
+        return SessionLostError(f"ZooKeeper connection lost during {what}: {type(exc).__name__}")
+    if isinstance(exc, KazooException):
+        return CoordinationError(f"ZooKeeper error during {what}: {type(exc).__name__} {exc}")
+    if isinstance(exc, (CoordinationError, TypeError, ValueError)):
+        return exc  # already ours, or a programming error that must surface as it is
+    return CoordinationError(f"ZooKeeper error during {what}: {type(exc).__name__} {exc}")
+
+
+def _stat(stat: ZnodeStat) -> Stat:
+    return Stat(version=stat.version, owner=stat.ephemeralOwner, created=stat.czxid,
+                children=stat.numChildren)
+
+
+def _relay(watch: Watcher | None) -> Callable[[WatchedEvent], None] | None:
+    if watch is None:
+        return None
+
+    def fire(event: WatchedEvent) -> None:
+        watch(_EVENTS.get(event.type, SESSION), event.path or "")
+    return fire
+
+
+class ZooKeeperSession(Session):
+    """A kazoo client with session bookkeeping.
+
+    ``generation`` increases every time a new session is established, so a
+    caller can tell that the session under it changed (every ephemeral node
+    and lock of the old one is gone).
+    """
+
+    def __init__(self, hosts: str, *, session_timeout: float = 10.0, connect_timeout: float = 15.0,
+                 operation_timeout: float = 10.0, read_only: bool = False) -> None:
+        self.hosts = hosts
+        self.connect_timeout = connect_timeout
+        self._operation_timeout = operation_timeout
+        self._asked_timeout = session_timeout
+        self.client = KazooClient(
+            hosts=hosts,
+            timeout=session_timeout,
+            connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=2.0),
+            read_only=read_only,
+        )
+        self._lock = threading.Lock()
+        self._state = LOST
+        self._session_id: int | None = None
+        self._generation = 0
+        self._listeners: list[Callable[[str], None]] = []
+        self._closing = False
+        self.client.add_listener(self._on_state)
+
+    # -- lifecycle -----------------------------------------------------
+    def start(self) -> "ZooKeeperSession":
+        try:
+            self.client.start(timeout=self.connect_timeout)
+        except (KazooTimeoutError, KazooException, OSError) as exc:
+            self.client.stop()
+            self.client.close()
+            raise CoordinationError(
+                f"cannot reach ZooKeeper at {self.hosts} within {self.connect_timeout:g}s ({exc or type(exc).__name__})"
+            ) from None
+        self._note_session()
+        return self
+
+    def close(self) -> None:
+        self._closing = True
+        try:
+            self.client.stop()
+            self.client.close()
+        except KazooException:  # closing a dead client must not mask the real error
+            log.debug("error while closing the ZooKeeper client", exc_info=True)
+
+    # -- session state -------------------------------------------------
+    def _on_state(self, state: str) -> None:
+        # Called on kazoo's thread: record, never block.
+        new = {KazooState.CONNECTED: CONNECTED, KazooState.SUSPENDED: SUSPENDED}.get(state, LOST)
+        with self._lock:
+            self._state = new
+        if new == CONNECTED:
+            # client_id is only updated after the listener returns; read it later.
+            threading.Thread(target=self._note_session, daemon=True).start()
+        if not self._closing:
+            log.log(logging.WARNING if new != CONNECTED else logging.INFO, "ZooKeeper session %s", new)
+        for listener in list(self._listeners):
+            try:
+                listener(new)
+            except Exception:  # a listener bug must not kill kazoo's thread
+                log.exception("ZooKeeper state listener failed")
+
+    def _note_session(self) -> None:
+        with self._lock:
+            if self.client.connected:
+                self._state = CONNECTED
+            sid = self.client.client_id[0] if self.client.client_id else None
+            if sid is not None and sid != self._session_id:
+                self._session_id = sid
+                self._generation += 1
+
+    def add_listener(self, fn: Callable[[str], None]) -> None:
+        self._listeners.append(fn)
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            return self._state
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def session_id(self) -> int | None:
+        cid = self.client.client_id
+        return cid[0] if cid else None
+
+    @property
+    def negotiated_timeout(self) -> float:
+        granted = getattr(self.client, "_session_timeout", None)  # kazoo keeps the server's answer here (ms)
+        return granted / 1000.0 if granted else self._asked_timeout
+
+    @property
+    def operation_timeout(self) -> float:
+        return self._operation_timeout
+
+    def require_connected(self) -> int:
+        self._note_session()
+        if self.state != CONNECTED or not self.client.connected:
+            raise SessionLostError(f"ZooKeeper session is {self.state}: no new step may start")
+        return self._generation
+
+    # -- calls ---------------------------------------------------------
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self.client, method + "_async")
+        try:
+            return fn(*args, **kwargs).get(timeout=self._operation_timeout)
+        except Exception as exc:  # translated below; nothing is swallowed
+            raise translate(exc, f"{method} {args[0] if args else ''}") from None
+
+    def get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
+        try:
+            data, stat = self._call("get", path, _relay(watch))
+        except NoNodeError:
+            if watch is not None:
+                self.exists(path, watch)  # fire on creation, as the contract says
+            return None
+        return data, _stat(stat)
+
+    def children(self, path: str, watch: Watcher | None = None) -> list[str]:
+        try:
+            return list(self._call("get_children", path, _relay(watch)))
+        except NoNodeError:
+            return []
+
+    def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
+        try:
+            stat = self._call("exists", path, _relay(watch))
+        except NoNodeError:
+            return None
+        return None if stat is None else _stat(stat)
+
+    def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
+               makepath: bool = False) -> str:
+        return str(self._call("create", path, data, None, ephemeral, sequence, makepath))
+
+    def set(self, path: str, data: bytes, version: int = -1) -> Stat:
+        return _stat(self._call("set", path, data, version))
+
+    def delete(self, path: str, version: int = -1) -> None:
+        self._call("delete", path, version)
+
+    def ensure_path(self, path: str) -> None:
+        self._call("ensure_path", path)
+
+    def commit(self, ops: Sequence[Op]) -> list[str | Stat | None]:
+        txn = self.client.transaction()
+        for op in ops:
+            if isinstance(op, Create):
+                txn.create(op.path, op.data, ephemeral=op.ephemeral, sequence=op.sequence)
+            elif isinstance(op, SetData):
+                txn.set_data(op.path, op.data, op.version)
+            elif isinstance(op, Delete):
+                txn.delete(op.path, op.version)
+            elif isinstance(op, Check):
+                txn.check(op.path, op.version)
+        what = "transaction on " + ", ".join(op.path for op in ops)
+        try:
+            results = txn.commit_async().get(timeout=self._operation_timeout)
+        except Exception as exc:
+            raise translate(exc, what) from None
+        failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
+        if failures:
+            error = translate(failures[0], what)
+            raise error if isinstance(error, ConflictError) else ConflictError(f"{what}: {error}")
+        out: list[str | Stat | None] = []
+        for op, result in zip(ops, results):
+            if isinstance(op, Create):
+                out.append(str(result))
+            elif isinstance(op, SetData):
+                out.append(_stat(result))
+            else:
+                out.append(None)
+        return out
+
+    # -- persistent watches ------------------------------------------------
+    def watch_children(self, path: str, callback: Callable[[list[str]], Any]) -> None:
+        self.ensure_path(path)
+        ChildrenWatch(self.client, path, callback)
+
+    def watch_data(self, path: str, callback: Callable[[bytes | None], bool | None]) -> None:
+        def relay(data: bytes | None, stat: Any, event: Any = None) -> bool | None:
+            return callback(data)
+
+        DataWatch(self.client, path, relay)
+
+    # -- faults on purpose (tests and chaos runs) ---------------------------------
+    def expire(self, timeout: float = 10.0) -> None:
+        """Make ZooKeeper expire this session now, as a partition longer than its timeout would.
+
+        Done as kazoo's test harness does: a second client joins the same
+        session and closes it.  This client then sees its session lost and
+        reconnects with a new one.
+        """
+        client_id = self.client.client_id
+        if client_id is None:
+            return
+        twin = KazooClient(hosts=self.hosts, client_id=client_id, timeout=self.negotiated_timeout)
+        twin.start(timeout=timeout)
+        twin.stop()
+        twin.close()
