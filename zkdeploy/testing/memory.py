@@ -1,0 +1,628 @@
+"""An in-memory ZooKeeper behind the ``Session`` seam, for unit and model-based tests.
+
+``MemoryEnsemble`` is the server: one tree of znodes, a zxid counter, the
+sessions and their watches, and a manual clock.  ``MemorySession`` is one
+client of it, with fault controls a test calls on purpose (``expire``,
+``disconnect``/``reconnect``, ``partition``/``heal``, ``lose_next_reply``,
+``fail_next``).
+
+What it guarantees, matching ZooKeeper (3.9, checked against the real server):
+
+- the errors of the ``Session`` contract, in ZooKeeper's order of checks
+  (create: no parent, then node exists, then ephemeral parent; delete and set:
+  no node, then bad version, then not empty); a commit is all or none and
+  raises the first failing op's error; the ops of a commit share one zxid;
+- a sequential name takes the parent's count of child creations so far
+  (10 digits: ``q-0000000007``); deletes do not advance it, plain creates do;
+- ``children`` lists names in reverse creation order, deterministically, so
+  code that forgets to sort sequence nodes fails here too;
+- a session that lost its link (SUSPENDED) keeps its ephemeral nodes until
+  the clock passes its negotiated timeout (``advance``); only then does the
+  server expire it.  The client learns of the expiry when its link comes back:
+  it goes LOST, every one-shot watch it had fires with kind SESSION, and (with
+  ``auto_reconnect``) it starts a new session at once;
+- one-shot watches fire once; events due while the link is down are held and
+  delivered on reconnection within the same session.  ``children`` on an
+  absent node leaves no watch (ZooKeeper answers NoNode there);
+- ``watch_children``/``watch_data`` are re-armed after every reconnection,
+  and called with the current value whenever it changed or a new session
+  replaced the old one (kazoo's recipes call on change only; this is at least
+  as often).  ``watch_children`` stops when its node is deleted, as kazoo's does.
+
+Watch callbacks and state listeners run after the lock is released: by default
+synchronously in the thread that caused them, queued behind any callback that
+thread is already running (never re-entrant), which keeps tests deterministic;
+``MemoryEnsemble(deliver="thread")`` runs them on one dispatcher thread, like
+kazoo.  A callback that raises is logged and kept in ``callback_errors``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from zkdeploy.coordination.session import (CHANGED, CHILD, CONNECTED, CREATED, DELETED, LOST, SESSION, SUSPENDED,
+                                           Check, Create, Delete, Op, Session, SetData, Stat, Watcher)
+from zkdeploy.errors import (BadVersionError, CoordinationError, NodeExistsError, NoNodeError, NotEmptyError,
+                             SessionLostError)
+
+log = logging.getLogger(__name__)
+
+WRITES = ("create", "set", "delete", "commit")
+MAX_DATA = 1024 * 1024  # ZooKeeper's default jute.maxbuffer
+_Call = tuple[Callable[..., Any], tuple[Any, ...]]
+
+
+@dataclass
+class _Znode:
+    data: bytes
+    owner: int = 0
+    czxid: int = 0
+    version: int = 0
+    seq: int = 0  # child creations so far: the next sequential suffix
+    children: dict[str, None] = field(default_factory=dict)  # an insertion-ordered set
+
+    def copy(self) -> "_Znode":
+        return replace(self, children=dict(self.children))
+
+    def stat(self) -> Stat:
+        return Stat(version=self.version, owner=self.owner, created=self.czxid, children=len(self.children))
+
+
+@dataclass
+class _ServerSession:
+    client: "MemorySession"
+    timeout: float
+    alive: bool = True
+    held: list[tuple[Watcher, str, str]] = field(default_factory=list)  # (fn, kind, path) due while unlinked
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def _check_path(path: str) -> None:
+    if not path.startswith("/") or "//" in path or "\x00" in path or (path != "/" and path.endswith("/")):
+        raise CoordinationError(f"invalid znode path {path!r}")
+
+
+class MemoryEnsemble:
+    """The server side: a znode tree, sessions, watches and a manual clock.  Thread-safe (one lock)."""
+
+    def __init__(self, *, tick: float = 2.0, min_session_timeout: float | None = None,
+                 max_session_timeout: float | None = None, deliver: str = "sync") -> None:
+        if deliver not in ("sync", "thread"):
+            raise ValueError(f"deliver must be 'sync' or 'thread', not {deliver!r}")
+        self.min_session_timeout = 2 * tick if min_session_timeout is None else min_session_timeout
+        self.max_session_timeout = 20 * tick if max_session_timeout is None else max_session_timeout
+        self.lock = threading.Lock()
+        self.callback_errors: list[BaseException] = []
+        self._tree: dict[str, _Znode] = {"/": _Znode(b"")}
+        self._zxid = 0
+        self._clock = 0.0
+        self._ids = itertools.count(0x1001)
+        self._sessions: dict[int, _ServerSession] = {}
+        self._clients: list[MemorySession] = []
+        self._dwatch: dict[str, list[tuple[int, Watcher]]] = {}  # data and existence watches
+        self._cwatch: dict[str, list[tuple[int, Watcher]]] = {}  # child watches
+        self._local = threading.local()
+        self._queue: queue.Queue[list[_Call] | None] | None = None
+        self._thread: threading.Thread | None = None
+        if deliver == "thread":
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._dispatch, name="memory-zk-events", daemon=True)
+            self._thread.start()
+
+    # -- for assertions and for driving time -----------------------------------------
+    def now(self) -> float:
+        return self._clock
+
+    def advance(self, dt: float) -> None:
+        """Move the clock: sessions unlinked for longer than their timeout expire; scheduled reconnects happen."""
+        out: list[_Call] = []
+        with self.lock:
+            self._clock += dt
+            for client in list(self._clients):
+                if client._linked:
+                    continue
+                rec = self._sessions.get(client._sid) if client._sid is not None else None
+                back = client._reconnect_at if client._reconnect_at is not None else math.inf
+                if rec is not None and rec.alive and client._down_since + rec.timeout <= min(self._clock, back):
+                    self._expire(client._sid, out)  # type: ignore[arg-type]
+                if back <= self._clock:
+                    client._relink(out)
+        self._deliver(out)
+
+    def dump(self) -> dict[str, tuple[bytes, int]]:
+        """Every znode but the root, sorted by path: path -> (data, owner session id or 0)."""
+        with self.lock:
+            return {p: (n.data, n.owner) for p, n in sorted(self._tree.items()) if p != "/"}
+
+    def ephemerals(self, session_id: int) -> list[str]:
+        with self.lock:
+            return sorted(p for p, n in self._tree.items() if n.owner == session_id)
+
+    def sessions_alive(self) -> list[int]:
+        with self.lock:
+            return sorted(sid for sid, rec in self._sessions.items() if rec.alive)
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait until the dispatcher thread has delivered every queued event (no-op when synchronous)."""
+        if self._queue is not None:
+            done = threading.Event()
+            self._queue.put([(done.set, ())])
+            if not done.wait(timeout):
+                raise CoordinationError(f"watch callbacks still running after {timeout}s")
+
+    def close(self) -> None:
+        """Stop the dispatcher thread, if any."""
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=5.0)
+
+    # -- delivery (always called without the lock) ----------------------------------
+    def _deliver(self, calls: list[_Call], inline: bool = False) -> None:
+        if not calls:
+            return
+        if self._queue is not None and not inline:
+            self._queue.put(list(calls))
+            return
+        pending: deque[_Call] | None = getattr(self._local, "pending", None)
+        if pending is not None:  # this thread is already delivering: queue behind, never re-enter
+            pending.extend(calls)
+            return
+        self._local.pending = pending = deque(calls)
+        try:
+            while pending:
+                self._run(*pending.popleft())
+        finally:
+            self._local.pending = None
+
+    def _dispatch(self) -> None:
+        assert self._queue is not None
+        while (batch := self._queue.get()) is not None:
+            for fn, args in batch:
+                self._run(fn, args)
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # an event loop's boundary: kazoo logs callback errors too
+            log.exception("watch or listener callback %r failed", fn)
+            self.callback_errors.append(exc)
+
+    # -- server primitives (called with the lock held) ---------------------------------
+    def _open(self, client: "MemorySession", asked: float) -> tuple[int, float]:
+        sid = next(self._ids)
+        timeout = min(max(asked, self.min_session_timeout), self.max_session_timeout)
+        self._sessions[sid] = _ServerSession(client, timeout)
+        return sid, timeout
+
+    def _node(self, path: str) -> _Znode | None:
+        _check_path(path)
+        return self._tree.get(path)
+
+    def _watch(self, table: dict[str, list[tuple[int, Watcher]]], path: str, sid: int, fn: Watcher) -> None:
+        entries = table.setdefault(path, [])
+        if (sid, fn) not in entries:  # ZooKeeper keeps one registration per watcher and path
+            entries.append((sid, fn))
+
+    def _missing(self, path: str, *, include_self: bool) -> list[str]:
+        parts = path.split("/")[1:] if include_self else path.split("/")[1:-1]
+        prefixes = ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        return [p for p in prefixes if p not in self._tree]
+
+    def _commit(self, sid: int, ops: Sequence[Op], out: list[_Call]) -> list[str | Stat | None]:
+        """Apply ``ops`` all or none under one zxid, then fire the watches they trigger."""
+        undo: dict[str, _Znode | None] = {}
+        events: list[tuple[str, str]] = []
+        zxid = self._zxid + 1
+        try:
+            results = [self._op(sid, op, zxid, undo, events) for op in ops]
+        except CoordinationError:
+            for path, old in undo.items():
+                if old is None:
+                    self._tree.pop(path, None)
+                else:
+                    self._tree[path] = old
+            raise
+        self._zxid = zxid
+        for path, kind in events:
+            self._fire(path, kind, out)
+        return results
+
+    def _op(self, sid: int, op: Op, zxid: int, undo: dict[str, _Znode | None],
+            events: list[tuple[str, str]]) -> str | Stat | None:
+        def save(p: str) -> None:
+            if p not in undo:
+                node = self._tree.get(p)
+                undo[p] = None if node is None else node.copy()
+
+        if isinstance(op, Create):
+            _check_path(op.path + "0" if op.sequence else op.path)
+            _check_data(op.data)
+            parent_path = _parent(op.path)
+            parent = self._tree.get(parent_path)
+            if parent is None:
+                raise NoNodeError(f"{op.path}: parent {parent_path} does not exist")
+            path = op.path + f"{parent.seq:010d}" if op.sequence else op.path
+            if path in self._tree:
+                raise NodeExistsError(f"{path} already exists")
+            if parent.owner:
+                raise CoordinationError(f"{parent_path} is ephemeral: it may not have children")
+            save(parent_path)
+            save(path)
+            self._tree[path] = _Znode(op.data, owner=sid if op.ephemeral else 0, czxid=zxid)
+            parent.children[path.rsplit("/", 1)[1]] = None
+            parent.seq += 1
+            events += [(path, CREATED), (parent_path, CHILD)]
+            return path
+        node = self._node(op.path)
+        if node is None:
+            raise NoNodeError(f"{op.path} does not exist")
+        if op.version not in (-1, node.version):
+            raise BadVersionError(f"{op.path} is at version {node.version}, not {op.version}")
+        if isinstance(op, Check):
+            return None
+        if isinstance(op, SetData):
+            _check_data(op.data)
+            save(op.path)
+            node.data, node.version = op.data, node.version + 1
+            events.append((op.path, CHANGED))
+            return node.stat()
+        if op.path == "/":
+            raise CoordinationError("the root znode cannot be deleted")
+        if node.children:
+            raise NotEmptyError(f"{op.path} has children")
+        parent_path = _parent(op.path)
+        save(op.path)
+        save(parent_path)
+        del self._tree[op.path]
+        del self._tree[parent_path].children[op.path.rsplit("/", 1)[1]]
+        events += [(op.path, DELETED), (parent_path, CHILD)]
+        return None
+
+    def _fire(self, path: str, kind: str, out: list[_Call]) -> None:
+        tables = {CREATED: (self._dwatch,), CHANGED: (self._dwatch,), CHILD: (self._cwatch,),
+                  DELETED: (self._dwatch, self._cwatch)}[kind]
+        targets: list[tuple[int, Watcher]] = []
+        for table in tables:
+            targets += [t for t in table.pop(path, []) if t not in targets]
+        for sid, fn in targets:
+            rec = self._sessions.get(sid)
+            if rec is None or not rec.alive:
+                continue
+            if rec.client._linked:
+                out.append((fn, (kind, path)))
+            else:
+                rec.held.append((fn, kind, path))
+
+    def _expire(self, sid: int, out: list[_Call]) -> None:
+        """End session ``sid`` on the server: its ephemeral nodes go (one transaction, firing watches)."""
+        rec = self._sessions[sid]
+        if not rec.alive:
+            return
+        rec.alive = False
+        orphans = [(fn, SESSION, path) for fn, _kind, path in rec.held]
+        for table in (self._dwatch, self._cwatch):
+            for path, entries in list(table.items()):
+                orphans += [(fn, SESSION, path) for s, fn in entries if s == sid]
+                table[path] = [e for e in entries if e[0] != sid]
+                if not table[path]:
+                    del table[path]
+        rec.held = orphans  # told to the client when it learns of the expiry
+        doomed = [Delete(p) for p, n in self._tree.items() if n.owner == sid]
+        if doomed:
+            self._commit(0, doomed, out)
+
+
+def _check_data(data: bytes) -> None:
+    if not isinstance(data, bytes):
+        raise TypeError(f"znode data must be bytes, not {type(data).__name__}")
+    if len(data) > MAX_DATA:
+        raise CoordinationError(f"znode data of {len(data)} bytes exceeds ZooKeeper's {MAX_DATA}")
+
+
+class MemorySession(Session):
+    """One client of a ``MemoryEnsemble``, with fault controls for tests."""
+
+    hosts = "memory"
+
+    def __init__(self, ensemble: MemoryEnsemble, *, session_timeout: float = 10.0, operation_timeout: float = 10.0,
+                 auto_reconnect: bool = True) -> None:
+        self.ensemble = ensemble
+        self.session_timeout = session_timeout  # the one asked for
+        self.auto_reconnect = auto_reconnect
+        self._lock = ensemble.lock
+        self._op_timeout = operation_timeout
+        self._state = LOST
+        self._sid: int | None = None
+        self._gen = 0
+        self._timeout = 0.0
+        self._linked = True
+        self._down_since = 0.0
+        self._reconnect_at: float | None = None
+        self._listeners: list[Callable[[str], None]] = []
+        self._persistent: list[_PersistentWatch] = []
+        self._fail: list[list[Any]] = []  # [remaining, op or None, exception]
+        self._lose: list[list[Any]] = []  # [remaining, op or None, seconds suspended (inf: until reconnect)]
+        with self._lock:
+            ensemble._clients.append(self)
+
+    # -- lifecycle and state -------------------------------------------------------------
+    def start(self) -> "MemorySession":
+        out: list[_Call] = []
+        with self._lock:
+            if self._state == LOST:
+                if not self._linked:
+                    raise CoordinationError("cannot reach the ensemble: the link is cut")
+                self._new_session(out)
+        self.ensemble._deliver(out)
+        return self
+
+    def close(self) -> None:
+        out: list[_Call] = []
+        with self._lock:
+            self._persistent.clear()
+            if self._sid is not None:
+                self.ensemble._expire(self._sid, out)
+                self._learn_expired(out, reconnect=False)
+        self.ensemble._deliver(out)
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def generation(self) -> int:
+        return self._gen
+
+    @property
+    def session_id(self) -> int | None:
+        return self._sid
+
+    @property
+    def negotiated_timeout(self) -> float:
+        return self._timeout
+
+    @property
+    def operation_timeout(self) -> float:
+        return self._op_timeout
+
+    def add_listener(self, fn: Callable[[str], None]) -> None:
+        with self._lock:
+            self._listeners.append(fn)
+
+    # -- fault controls ------------------------------------------------------------------
+    def expire(self) -> None:
+        """The server expires this session now; a linked client learns at once (LOST, then a new session)."""
+        def step(out: list[_Call]) -> None:
+            if self._sid is not None:
+                self.ensemble._expire(self._sid, out)
+                if self._linked:
+                    self._learn_expired(out, reconnect=self.auto_reconnect)
+        self._control(step)
+
+    def disconnect(self) -> None:
+        """Cut the link (SUSPENDED; calls raise SessionLostError).  The session expires if the clock
+        passes its timeout before ``reconnect``."""
+        self._control(lambda out: self._cut(out, math.inf))
+
+    def reconnect(self) -> None:
+        """Restore the link: the same session if it is still alive, else LOST and a new one."""
+        self._control(self._relink)
+
+    partition = disconnect
+    heal = reconnect
+
+    def lose_next_reply(self, n: int = 1, op: str | None = None, suspended_for: float | None = 0.0) -> None:
+        """The next ``n`` writes (of kind ``op``: create, set, delete, commit) are applied but answer
+        SessionLostError: the link drops after the request left.  The client reconnects to the same
+        session at once (``suspended_for`` 0), after that many seconds of ``ensemble.advance``, or on
+        ``reconnect()`` (None)."""
+        if op not in (None, *WRITES):
+            raise ValueError(f"op must be one of {WRITES}, not {op!r}")
+        with self._lock:
+            self._lose.append([n, op, math.inf if suspended_for is None else suspended_for])
+
+    def fail_next(self, n: int, exc: BaseException, op: str | None = None) -> None:
+        """The next ``n`` calls (of kind ``op``, e.g. 'get', 'children', 'create') raise ``exc`` unapplied."""
+        with self._lock:
+            self._fail.append([n, op, exc])
+
+    # -- reads -----------------------------------------------------------------------------
+    def get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
+        node = self._call("get", lambda out: self._read(path, watch))
+        return None if node is None else (node.data, node.stat())
+
+    def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
+        node = self._call("exists", lambda out: self._read(path, watch))
+        return None if node is None else node.stat()
+
+    def _read(self, path: str, watch: Watcher | None) -> _Znode | None:
+        node = self.ensemble._node(path)
+        if watch is not None:
+            self.ensemble._watch(self.ensemble._dwatch, path, self._sid, watch)  # type: ignore[arg-type]
+        return None if node is None else node.copy()
+
+    def children(self, path: str, watch: Watcher | None = None) -> list[str]:
+        return self._children_or_none(path, watch) or []
+
+    def _children_or_none(self, path: str, watch: Watcher | None) -> list[str] | None:
+        def body(out: list[_Call]) -> list[str] | None:
+            node = self.ensemble._node(path)
+            if node is None:
+                return None
+            if watch is not None:
+                self.ensemble._watch(self.ensemble._cwatch, path, self._sid, watch)  # type: ignore[arg-type]
+            return list(reversed(node.children))
+        return self._call("children", body)
+
+    # -- writes ----------------------------------------------------------------------------
+    def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
+               makepath: bool = False) -> str:
+        def body(out: list[_Call]) -> str:
+            ops: list[Op] = [Create(p) for p in self.ensemble._missing(path, include_self=False)] if makepath else []
+            return self.ensemble._commit(self._sid, ops + [Create(path, data, ephemeral, sequence)], out)[-1]  # type: ignore
+        return self._call("create", body)
+
+    def set(self, path: str, data: bytes, version: int = -1) -> Stat:
+        return self._call("set", lambda out: self.ensemble._commit(self._sid, [SetData(path, data, version)], out)[0])
+
+    def delete(self, path: str, version: int = -1) -> None:
+        self._call("delete", lambda out: self.ensemble._commit(self._sid, [Delete(path, version)], out))
+
+    def ensure_path(self, path: str) -> None:
+        def body(out: list[_Call]) -> None:
+            _check_path(path)
+            self.ensemble._commit(self._sid, [Create(p) for p in self.ensemble._missing(path, include_self=True)], out)
+        self._call("create", body)
+
+    def commit(self, ops: Sequence[Op]) -> list[str | Stat | None]:
+        return self._call("commit", lambda out: self.ensemble._commit(self._sid, list(ops), out))
+
+    # -- persistent watches ------------------------------------------------------------------
+    def watch_children(self, path: str, callback: Callable[[list[str]], Any]) -> None:
+        self.ensure_path(path)
+        self._add_persistent(_PersistentWatch(self, path, callback, children=True))
+
+    def watch_data(self, path: str, callback: Callable[[bytes | None], bool | None]) -> None:
+        self._add_persistent(_PersistentWatch(self, path, callback, children=False))
+
+    def _add_persistent(self, watch: "_PersistentWatch") -> None:
+        with self._lock:
+            self._persistent.append(watch)
+        self.ensemble._deliver([(watch.refresh, ())], inline=True)  # "now", in this thread
+
+    # -- internals (the ``out`` lists collect callbacks to run once the lock is released) ---------
+    def _call(self, op: str, body: Callable[[list[_Call]], Any]) -> Any:
+        out: list[_Call] = []
+        try:
+            with self._lock:
+                if self._state != CONNECTED:
+                    raise SessionLostError(f"ZooKeeper session is {self._state}")
+                failure = _take(self._fail, op)
+                if failure is not None:
+                    raise failure
+                suspended_for = _take(self._lose, op) if op in WRITES else None
+                if suspended_for is None:
+                    return body(out)
+                self._cut(out, suspended_for)  # the link drops after the request left
+                try:
+                    body(out)
+                except CoordinationError:
+                    pass  # its outcome was in the lost reply
+                if suspended_for == 0:
+                    self._relink(out)
+                raise SessionLostError(f"connection lost before the reply to {op} (it may have been applied)")
+        finally:
+            self.ensemble._deliver(out)
+
+    def _control(self, step: Callable[[list[_Call]], Any]) -> None:
+        out: list[_Call] = []
+        with self._lock:
+            step(out)
+        self.ensemble._deliver(out)
+
+    def _set_state(self, state: str, out: list[_Call]) -> None:
+        if state != self._state:
+            self._state = state
+            out += [(fn, (state,)) for fn in self._listeners]
+
+    def _new_session(self, out: list[_Call]) -> None:
+        self._sid, self._timeout = self.ensemble._open(self, self.session_timeout)
+        self._gen += 1
+        self._set_state(CONNECTED, out)
+        out += [(w.refresh, ()) for w in self._persistent]
+
+    def _cut(self, out: list[_Call], suspended_for: float) -> None:
+        if self._linked:
+            self._linked = False
+            self._down_since = self.ensemble.now()
+            self._reconnect_at = None if math.isinf(suspended_for) else self._down_since + suspended_for
+            if self._sid is not None:
+                self._set_state(SUSPENDED, out)
+
+    def _relink(self, out: list[_Call]) -> None:
+        if self._linked:
+            return
+        self._linked, self._reconnect_at = True, None
+        if self._sid is None:
+            return  # closed, or lost without auto_reconnect: start() makes a new session
+        rec = self.ensemble._sessions[self._sid]
+        if not rec.alive:
+            self._learn_expired(out, reconnect=self.auto_reconnect)
+            return
+        self._set_state(CONNECTED, out)
+        out += [(fn, (kind, path)) for fn, kind, path in rec.held]
+        rec.held = []
+        out += [(w.refresh, ()) for w in self._persistent]
+
+    def _learn_expired(self, out: list[_Call], *, reconnect: bool) -> None:
+        rec = self.ensemble._sessions[self._sid]  # type: ignore[index]
+        out += [(fn, (SESSION, path)) for fn, _kind, path in rec.held]
+        rec.held = []
+        self._sid = None
+        self._set_state(LOST, out)
+        if reconnect:
+            self._new_session(out)
+
+
+def _take(faults: list[list[Any]], op: str) -> Any:
+    """Consume one matching fault and return its payload, or None."""
+    for fault in faults:
+        if fault[1] in (None, op):
+            fault[0] -= 1
+            if fault[0] <= 0:
+                faults.remove(fault)
+            return fault[2]
+    return None
+
+
+_UNSET = object()
+
+
+class _PersistentWatch:
+    """A ``watch_children``/``watch_data`` registration: one-shot watches re-armed after each event and
+    each reconnection; the callback runs on a changed value or a new session, one call at a time."""
+
+    def __init__(self, session: MemorySession, path: str, callback: Callable[[Any], Any], *, children: bool) -> None:
+        self.session, self.path, self.callback, self.children = session, path, callback, children
+        self.stopped = False
+        self.last: Any = _UNSET
+        self.lock = threading.Lock()
+
+    def event(self, kind: str, path: str) -> None:
+        if kind != SESSION:  # after an expiry, the new session re-arms it
+            self.refresh()
+
+    def refresh(self) -> None:
+        with self.lock:
+            if self.stopped:
+                return
+            try:
+                if self.children:
+                    value = self.session._children_or_none(self.path, self.event)
+                    if value is None:
+                        self.stopped = True  # as kazoo's ChildrenWatch: its node was deleted
+                        return
+                    key: Any = tuple(value)
+                else:
+                    got = self.session.get(self.path, self.event)
+                    value = None if got is None else got[0]
+                    key = None if got is None else (got[1].created, got[1].version)
+            except SessionLostError:
+                return  # re-armed on reconnection
+            key = (self.session.generation, key)
+            if key == self.last:
+                return
+            self.last = key
+            if self.callback(value) is False and not self.children:
+                self.stopped = True
