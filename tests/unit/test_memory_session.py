@@ -368,3 +368,30 @@ def test_thread_delivery_calls_watches_from_one_dispatcher_thread():
         assert threads[1:] == [("memory-zk-events", ["x"])]
     finally:
         ens.close()
+
+
+def test_a_lost_commit_reply_was_applied_whole(ens):
+    a = client(ens)
+    a.create("/slots", b"0")
+    a.lose_next_reply(op="commit")
+    with pytest.raises(SessionLostError):
+        a.commit([Create("/slot", ephemeral=True), SetData("/slots", b"1", version=0)])
+    assert ens.dump() == {"/slot": (b"", a.session_id), "/slots": (b"1", 0)}
+    with pytest.raises(NodeExistsError):  # a blind retry finds its own write
+        a.commit([Create("/slot", ephemeral=True), SetData("/slots", b"1", version=0)])
+
+
+def test_concurrent_clients_get_distinct_sequence_numbers(ens):
+    clients = [client(ens) for _ in range(4)]
+    clients[0].ensure_path("/q")
+    made: list[str] = []
+
+    def work(c: MemorySession) -> None:
+        made.extend(c.create("/q/n-", ephemeral=True, sequence=True) for _ in range(200))
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(made) == [f"/q/n-{i:010d}" for i in range(800)]

@@ -470,7 +470,8 @@ class MemorySession(Session):
                makepath: bool = False) -> str:
         def body(out: list[_Call]) -> str:
             ops: list[Op] = [Create(p) for p in self.ensemble._missing(path, include_self=False)] if makepath else []
-            return self.ensemble._commit(self._sid, ops + [Create(path, data, ephemeral, sequence)], out)[-1]  # type: ignore
+            ops.append(Create(path, data, ephemeral, sequence))
+            return self.ensemble._commit(self._sid, ops, out)[-1]  # type: ignore[arg-type,return-value]
         return self._call("create", body)
 
     def set(self, path: str, data: bytes, version: int = -1) -> Stat:
