@@ -24,6 +24,7 @@ from typing import Protocol
 
 from zkdeploy.coordination import Store
 from zkdeploy.demo.fleet import Host, LocalFleet
+from zkdeploy.errors import ZkdeployError
 from zkdeploy.testing.chaos.plan import (HOST_SETTLE, KILL, MAX_HOSTS_FAULTED, STOP_LONG, STOP_SHORT,
                                          ZK_LEADER, Plan, PlannedFault)
 from zkdeploy.testing.chaos.result import FaultRecord
@@ -115,7 +116,7 @@ class Injector:
     def _restarting_hosts(self) -> list[str]:
         try:
             return sorted({n for s in self.fleet.services for n in self.store.slots(s.name)})
-        except Exception:  # the ensemble may be electing a leader: no preference this time
+        except ZkdeployError:  # the ensemble may be electing a leader: no preference this time
             return []
 
     def _choose_host(self, fault: PlannedFault) -> Host | None:
@@ -176,7 +177,7 @@ class Injector:
                 if entry is not None:
                     parts.append(f"{svc.name} {entry.version or '-'} {entry.state}/{entry.phase}")
             return ", ".join(parts)
-        except Exception:  # the report says so; the fault goes ahead
+        except ZkdeployError:  # the report says so; the fault goes ahead
             return "state unknown"
 
 

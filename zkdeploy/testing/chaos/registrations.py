@@ -6,6 +6,7 @@ import threading
 import time
 
 from zkdeploy.coordination import Store
+from zkdeploy.errors import ZkdeployError
 from zkdeploy.testing.chaos.plan import FAULT_KINDS
 from zkdeploy.testing.chaos.result import FaultRecord
 
@@ -29,8 +30,8 @@ class Registrations:
                 nodes = self.store.nodes()
                 self.polls.append((time.time(), {n: (r.pid, r.started) for n, r in nodes.items()}))
             # a poll missed while the ensemble elects a leader or the connection is re-established
-            # only thins the record; the client's errors are kazoo's, which this package does not import
-            except Exception:
+            # only thins the record (the Store reports every ZooKeeper failure as a ZkdeployError)
+            except ZkdeployError:
                 pass
             self._stop.wait(self.interval)
 
