@@ -38,11 +38,12 @@ class Verification:
     states: int
     transitions: int
     depth: int
+    memory_mb: float
     output: str
 
     def figures(self) -> str:
         return (f"{self.states} states stored, {self.transitions} transitions, "
-                f"depth {self.depth}, errors: {self.errors}")
+                f"depth {self.depth}, errors: {self.errors}, {self.memory_mb:.0f} MB")
 
 
 def _require_tools() -> None:
@@ -63,10 +64,10 @@ def _run(cmd: list[str], cwd: Path, timeout: int) -> str:
     return out
 
 
-def _number(pattern: str, text: str) -> int:
+def _number(pattern: str, text: str) -> float:
     match = re.search(pattern, text)
     assert match is not None, f"no /{pattern}/ in pan's output:\n{text}"
-    return int(float(match.group(1)))
+    return float(match.group(1))
 
 
 def verify(workdir: Path, defines: list[str], mode: str, label: str) -> Verification:
@@ -87,10 +88,11 @@ def verify(workdir: Path, defines: list[str], mode: str, label: str) -> Verifica
     out = _run(["./pan", "-m1000000", *pan_args], workdir, PAN_TIMEOUT)
     assert "error: max search depth too small" not in out, out
     result = Verification(
-        errors=_number(r"errors: (\d+)", out),
-        states=_number(r"([\d.e+]+) states, stored", out),
-        transitions=_number(r"([\d.e+]+) transitions", out),
-        depth=_number(r"depth reached (\d+)", out),
+        errors=int(_number(r"errors: (\d+)", out)),
+        states=int(_number(r"([\d.e+]+) states, stored", out)),
+        transitions=int(_number(r"([\d.e+]+) transitions", out)),
+        depth=int(_number(r"depth reached (\d+)", out)),
+        memory_mb=_number(r"([\d.]+)\s+total actual memory usage", out),
         output=out,
     )
     print(f"\n[spin] {label} {mode} ({' '.join(defines)}): {result.figures()}")
