@@ -11,10 +11,8 @@ their own thread) and notices a paused deploy or the killswitch at once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from zkdeploy.agent import deploys, recovery
@@ -23,7 +21,7 @@ from zkdeploy.agent.payloads import Payloads
 from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.reports import Reports
 from zkdeploy.agent.restart import Restart
-from zkdeploy.agent.slots import SlotRequest, hold_slots
+from zkdeploy.agent.slots import SlotRequest, fence
 from zkdeploy.agent.states import Phase
 from zkdeploy.config.loader import parse_catalog
 from zkdeploy.coordination import Store
@@ -36,13 +34,26 @@ from zkdeploy.runner.service import HostService
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Want:
+    """What one service should do now: restart into ``target`` (for ``deploy``, or to converge), or
+    undo a change set a crash interrupted (``recovery``).  Either way under a restart slot."""
+
+    target: str
+    deploy: DeployEntry | None = None
+    recovery: bool = False
+
+    def same(self, other: "Want") -> bool:
+        return (self.target, self.recovery, self.deploy and self.deploy.name) == \
+            (other.target, other.recovery, other.deploy and other.deploy.name)
+
+
 @dataclass
 class Pending:
-    """A restart this node has asked for and not yet made."""
+    """A restart (or recovery) this node has asked a slot for and not yet made."""
 
     request: SlotRequest
-    target: str
-    deploy: DeployEntry | None
+    want: Want
 
 
 class Cycle:
@@ -60,7 +71,8 @@ class Cycle:
         self.node = host.node
         self.deferred_recovery = deferred_recovery
         self.pending: dict[str, Pending] = {}
-        self.converge: dict[str, str] = {}
+        self.returning: set[str] = set()  # services to bring to the most popular version after a (re)join
+        self.recovering: set[str] = set()  # services whose interrupted change waits for a slot to be undone
         self._failed: set[tuple[str, str]] = set()  # (deploy, service) whose release failed here
         self._closed: set[str] = set()              # deploy entries seen closed (never read again)
         self._catalog_version = -2
@@ -78,7 +90,7 @@ class Cycle:
             return
         if self.presence.register():
             self.payloads.announce_held(first=self.presence.registrations == 1)
-            self._converge_on_return()
+            self.returning.update(self.host.services())
         if not self.presence.registered:
             return
         switch = self.store.killswitch()
@@ -87,7 +99,7 @@ class Cycle:
             self._summary(f"killswitch on: {switch.message}")
             return
         if self.deferred_recovery:
-            recovery.settle_registered(self.host, self.hold)
+            self.recovering.update(recovery.settle_registered(self.host))
             self.deferred_recovery = False
         entries = self._open_deploys()
         head = active_deploy(entries)
@@ -96,7 +108,7 @@ class Cycle:
         self._want_payloads(entries, head, services)
         restarted = False
         for service, svc in services.items():
-            restarted |= self._step(svc, self._desired(service, head))
+            restarted |= self._step(svc, self._desired(service, head, entries))
         if head is not None and head.state == PENDING and (restarted or self._is_steward(head.service)):
             # Completion and stalls are judged by the node that just restarted, and each cycle by one
             # steward per service (the first present node by name), not by every node: a fleet-wide
@@ -109,59 +121,67 @@ class Cycle:
         self._summary(self._describe(head))
 
     # -- what each service should do ------------------------------------------------------
-    def _desired(self, service: str, head: DeployEntry | None) -> tuple[str, DeployEntry | None] | None:
-        """The version ``service`` should restart into now, for which deploy; None to stay."""
+    def _desired(self, service: str, head: DeployEntry | None, entries: list[DeployEntry]) -> Want | None:
+        """What ``service`` should do now; None to stay as it is."""
+        if service in self.recovering:
+            return Want("the release it ran before a crash", recovery=True)
         rec = self.presence.local[service]
         machine = self.presence.machines[service]
+        if any(e.service == service for e in entries):
+            self.returning.discard(service)  # a rollout of this service brings this node to its target
         if head is not None and head.service == service:
-            self.converge.pop(service, None)  # the rollout brings this node to its target
             if head.state != PENDING or (head.name, service) in self._failed:
                 return None
             if rec.version == head.version and rec.state == ONLINE:
                 if machine.phase == Phase.STAGED:
                     machine.reset()
                 return None
-            return (head.version, head) if self.payloads.ready(service, head.version) else None
-        target = self.converge.get(service)
-        if target is None:
+            return Want(head.version, head) if self.payloads.ready(service, head.version) else None
+        if service not in self.returning:
             return None
-        if target == rec.version and rec.state != STOPPED:
-            self.converge.pop(service)
+        target = self._most_popular(service)
+        if target is None or (target == rec.version and rec.state != STOPPED):
+            self.returning.discard(service)
             return None
-        return (target, None) if self.payloads.ready(service, target) else None
+        if service not in self.pending:
+            log.info("%s: %s at %s; the most popular version is %s: converging", service, rec.state,
+                     rec.version or "-", target)
+        return Want(target) if self.payloads.ready(service, target) else None
 
-    def _step(self, svc: HostService, want: tuple[str, DeployEntry | None] | None) -> bool:
-        """One step towards ``want`` for ``svc``; True when a restart ran."""
+    def _step(self, svc: HostService, want: Want | None) -> bool:
+        """One step towards ``want`` for ``svc``; True when a restart (or recovery) ran."""
         service = svc.name
         pending = self.pending.get(service)
-        if pending is not None and (want is None or want[0] != pending.target
-                                    or (want[1] and want[1].name) != (pending.deploy and pending.deploy.name)):
-            self._cancel(service, "the rollout changed" if want is None else f"the target is now {want[0]}")
+        if pending is not None and (want is None or not want.same(pending.want)):
+            self._cancel(service, "the rollout changed" if want is None else f"the target is now {want.target}")
             pending = None
         if want is None:
             return False
         busy = self.host.busy(service)
         if not busy.acquire(blocking=False):
             if pending is not None:
-                self._cancel(service, "an undo or recovery of this service is under way here")
+                self._cancel(service, "an undo of this service is under way here")
             return False
         try:
-            target, deploy = want
             try:
                 if pending is None:
-                    request = SlotRequest(self.store, self.presence, service, svc.spec.quorum, f"into {target}")
-                    pending = self.pending[service] = Pending(request, target, deploy)
+                    why = "to recover" if want.recovery else f"into {want.target}"
+                    request = SlotRequest(self.store, self.presence, service, svc.spec.quorum, why)
+                    pending = self.pending[service] = Pending(request, want)
                     request.join()
                 if not pending.request.poll(self.wake):
-                    if deploy is not None and pending.request.reason.startswith("waiting for quorum"):
-                        self._watch_progress(deploy)
+                    if want.deploy is not None and pending.request.reason.startswith("waiting for quorum"):
+                        self._watch_progress(want.deploy)
                     return False
             except CoordinationError as exc:
                 log.warning("%s: gave up waiting for a slot: %s", service, exc)
                 self._cancel(service, str(exc))
                 return False
             del self.pending[service]
-            self._restart(svc, pending)
+            if want.recovery:
+                self._recover(svc, pending)
+            else:
+                self._restart(svc, pending)
             return True
         finally:
             busy.release()
@@ -182,7 +202,7 @@ class Cycle:
 
     def _restart(self, svc: HostService, pending: Pending) -> None:
         """Restart ``svc`` into the pending target; its slot is held and is given back here."""
-        service, target, deploy = svc.name, pending.target, pending.deploy
+        service, target, deploy = svc.name, pending.want.target, pending.want.deploy
         releases = self.host.releases[service]
         old = releases.current_version()
         restart = Restart(self.store, self.host, svc, self.presence.machines[service], target,
@@ -191,11 +211,10 @@ class Cycle:
                           if deploy else None)
         try:
             outcome = restart.run(old, self.host.running(svc))
-        finally:
-            try:
-                pending.request.release()
-            except CoordinationError as exc:
-                log.warning("%s: could not give the restart slot back: %s", service, exc)
+        except Exception:
+            self._give_back(pending)
+            raise
+        self._give_back(pending)  # not on a BaseException (a simulated kill): a dead process cleans nothing
         if outcome.change_id is not None:
             self.reports.push_history(outcome.change_id)
         if outcome.ok:
@@ -209,52 +228,49 @@ class Cycle:
         if deploy is not None and not outcome.fenced:
             self._failed.add((deploy.name, service))  # a lost slot is retried; a bad release is not
 
-    @contextlib.contextmanager
-    def hold(self, services: list[str], why: str) -> Iterator[None]:
-        """Hold a restart slot of each service for work outside a restart (crash recovery)."""
-        quorums = {s: self.host.service(s).spec.quorum for s in services}
-        for service in services:
-            self.host.busy(service).acquire()
+    def _give_back(self, pending: Pending) -> None:
         try:
-            with hold_slots(self.store, self.presence, quorums, why, self._stop_reason), self.host.changing:
-                yield
-        finally:
-            for service in services:
-                self.host.busy(service).release()
+            pending.request.release()
+        except CoordinationError as exc:
+            log.warning("%s: could not give the restart slot back: %s", pending.request.service, exc)
 
-    def _stop_reason(self) -> str | None:
-        if self.stopping.is_set():
-            return "agent is stopping"
-        if not self.store.connected:
-            return f"ZooKeeper session {self.store.state}"
-        if self.store.killswitch() is not None:
-            return "killswitch is on"
-        return None
+    def _recover(self, svc: HostService, pending: Pending) -> None:
+        """Undo what a crash interrupted, now that the slot is held (the service may go down)."""
+        service = svc.name
+        machine = self.presence.machines[service]
+        try:
+            with self.host.changing:
+                fence(self.store, service, self.node)
+                recovery.undo_interrupted(self.host)
+        except Exception:
+            self._give_back(pending)
+            raise
+        self.recovering.discard(service)
+        self._give_back(pending)
+        machine.reset("recovered after a crash")
+        self.presence.observe(service, write=True)
 
     # -- convergence after a return ---------------------------------------------------------
-    def _converge_on_return(self) -> None:
-        """After (re)joining, note which services should move to the most popular version.
+    def _most_popular(self, service: str) -> str | None:
+        """The version a returning node should run: the most popular among the service's online
+        nodes, this one included, so every node applies the same rule to the same count.  Ties go
+        to the most recently staged version (see policy.versions).  None when there is none to
+        run, or it is neither staged nor installed here.
 
-        A service that is down, or runs another version than the most popular
-        one among the other online nodes, is restarted into it through the
-        restart queue like any restart (a service that is down costs no
-        quorum), unless a rollout of that service is under way.  Ties go to
-        the most recently staged version (see policy.versions).
-        """
-        for service in self.host.services():
-            rec = self.presence.local[service]
-            others = [e for n, e in self.store.current(service).items() if n != self.node and e.state == ONLINE]
-            releases = {v: r for v in self.store.staged_versions(service) if (r := self.payloads.release(service, v))}
-            target = most_popular([e.version for e in others], {v: r.staged_at for v, r in releases.items()})
-            target = target or rec.version
-            if not target or (target == rec.version and rec.state != STOPPED):
-                continue
-            if target not in releases and not self.host.releases[service].has(target):
-                log.warning("%s: most popular version %s is neither staged nor installed here", service, target)
-                continue
-            log.info("%s: %s at %s; the most popular version is %s: converging", service, rec.state,
-                     rec.version or "-", target)
-            self.converge[service] = target
+        Asked afresh on every cycle until the node runs it, and not at all while a rollout of the
+        service is open (the rollout brings the node to its target)."""
+        versions = [e.version for n, e in self.store.current(service).items()
+                    if e.state == ONLINE and n != self.node]
+        rec = self.presence.local[service]
+        if rec.state == ONLINE:
+            versions.append(rec.version)
+        staged = {v: r.staged_at for v in self.store.staged_versions(service)
+                  if (r := self.payloads.release(service, v))}
+        target = most_popular(versions, staged) or rec.version
+        if target and target not in staged and not self.host.releases[service].has(target):
+            log.warning("%s: most popular version %s is neither staged nor installed here", service, target)
+            return None
+        return target or None
 
     # -- reading the snapshot ----------------------------------------------------------------
     def _load_catalog(self) -> bool:
@@ -291,8 +307,10 @@ class Cycle:
         for service in services:
             versions = [head.version] if head is not None and head.service == service else []
             versions += [d.version for d in entries if d.service == service]
-            if service in self.converge:
-                versions.append(self.converge[service])
+            if service in self.returning:
+                popular = self._most_popular(service)
+                if popular is not None:
+                    versions.append(popular)
             newest = self.payloads.newest(service)
             if newest is not None:
                 versions.append(newest)

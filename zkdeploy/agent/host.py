@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import IO
 
 from zkdeploy.agent.host_actions import agent_registry
@@ -20,8 +21,9 @@ from zkdeploy.agent.releases import ReleaseDir
 from zkdeploy.config.schema import AgentConfig, Catalog
 from zkdeploy.errors import ConfigError, JournalError, ServiceError
 from zkdeploy.hostlayout import HostLayout
-from zkdeploy.journal import Executor, Journal, Registry
+from zkdeploy.journal import ChangeSet, Executor, Journal, Registry
 from zkdeploy.model import FAILED, ONLINE, STOPPED
+from zkdeploy.runner.process import ManagedProcess
 from zkdeploy.runner.service import HostService
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,20 @@ class Host:
     def wait_healthy(self, svc: HostService, version: str | None) -> None:
         """HealthCheckError (or ServiceError) unless ``svc`` passes its checks within their retries."""
         svc.wait_healthy(version)
+
+    def change_left_running(self, change: ChangeSet) -> bool:
+        """Whether a service that an interrupted change set started or stopped runs now.
+
+        Read from the tasks' own parameters (the pid file), since at start the
+        catalog is not known yet.  A one-shot service cannot be seen from
+        here: it is assumed to run."""
+        for task in change.tasks:
+            params = task.execute.params
+            if params.get("managed") is False:
+                return True
+            if params.get("pidfile") and ManagedProcess(Path(params["pidfile"]), Path(params["logfile"])).running():
+                return True
+        return False
 
     def observe(self, service: str) -> tuple[str, str, str]:
         """What runs here now: (version, availability, detail)."""

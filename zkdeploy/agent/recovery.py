@@ -13,31 +13,13 @@ change under a slot like any restart.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import ContextManager
 
 from zkdeploy.agent.host import Host
 from zkdeploy.agent.host_actions import HOOKS
-from zkdeploy.journal import NOTHING_TO_UNDO, ChangeSet, recover, undo_change
-from zkdeploy.runner.process import ManagedProcess
+from zkdeploy.journal import NOTHING_TO_UNDO, recover, undo_change
 
 log = logging.getLogger(__name__)
-
-#: ``hold(services, why)``: a context that holds a restart slot of each service under the quorum rules
-SlotHolder = Callable[[list[str], str], ContextManager[None]]
-
-
-def process_running(change: ChangeSet) -> bool:
-    """Whether a service process named by a change set's start/stop tasks is running now."""
-    for task in change.tasks:
-        if task.execute.params.get("managed") is False:
-            return True  # a one-shot service cannot be seen from here: assume it runs
-        pidfile = task.execute.params.get("pidfile")
-        if pidfile and ManagedProcess(Path(pidfile), Path(task.execute.params["logfile"])).running():
-            return True
-    return False
-
 
 def undo_interrupted(host: Host) -> None:
     """Finish or undo the in-flight task of every interrupted change set, then undo the sets."""
@@ -58,7 +40,7 @@ def settle_at_start(host: Host) -> bool:
     interrupted = host.journal.interrupted_changes()
     if not interrupted:
         return False
-    if not any(process_running(change) for change in interrupted):
+    if not any(host.change_left_running(change) for change in interrupted):
         undo_interrupted(host)
         return False
     log.warning("journal: change set(s) %s were interrupted while their service runs; settling them "
@@ -66,9 +48,12 @@ def settle_at_start(host: Host) -> bool:
     return True
 
 
-def settle_registered(host: Host, hold: SlotHolder) -> None:
-    """Keep a healthy new release, or undo the interrupted change under a restart slot."""
+def settle_registered(host: Host) -> list[str]:
+    """Keep a healthy new release where the interrupted restart got that far; return the services
+    whose interrupted change must still be undone, which the decision cycle does under a restart
+    slot like any restart (``undo_interrupted``)."""
     services = host.services()
+    waiting: list[str] = []
     for change in host.journal.interrupted_changes():
         service = next((t.execute.params.get("service") for t in change.tasks if t.execute.params.get("service")),
                        None)
@@ -76,7 +61,8 @@ def settle_registered(host: Host, hold: SlotHolder) -> None:
                        if t.execute.kind == "symlink_swap" and t.status == "done"), None)
         svc = services.get(service) if service else None
         if svc is None or service is None:
-            undo_interrupted(host)
+            log.error("journal: change set %d was interrupted on %s, which this node no longer runs; "
+                      "settle it by hand (zkdeploy journal backout-steps %d)", change.id, service or "?", change.id)
             continue
         current = host.releases[service].current_version()
         if target is not None and current == target and host.probe(svc, current) is None:
@@ -88,5 +74,5 @@ def settle_registered(host: Host, hold: SlotHolder) -> None:
                                           deploy_id=change.deploy_id) as cs:
                 cs.task(HOOKS, svc.hook_params("post_start", target), undo=NOTHING_TO_UNDO)
             continue
-        with hold([service], f"recovery of change set {change.id}"):
-            undo_interrupted(host)
+        waiting.append(service)
+    return sorted(set(waiting))

@@ -146,11 +146,17 @@ def hold_slots(store: Store, presence: Presence, quorums: dict[str, int | str], 
         for request in held:
             fence(store, request.service, presence.node)
         yield
-    finally:
-        for request in held:
-            try:
-                request.release()
-            except CoordinationError as exc:
-                log.warning("%s: could not give the slot back: %s", request.service, exc)
-            presence.machines[request.service].reset(f"{why} finished")
-            presence.observe(request.service, write=True)
+    except Exception:
+        _give_back(held, presence, why)
+        raise
+    _give_back(held, presence, why)  # not on a BaseException (a simulated kill): a dead process cleans nothing
+
+
+def _give_back(held: list[SlotRequest], presence: Presence, why: str) -> None:
+    for request in held:
+        try:
+            request.release()
+        except CoordinationError as exc:
+            log.warning("%s: could not give the slot back: %s", request.service, exc)
+        presence.machines[request.service].reset(f"{why} finished")
+        presence.observe(request.service, write=True)
