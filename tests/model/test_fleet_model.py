@@ -203,7 +203,8 @@ class FleetModel(RuleBasedStateMachine):
             for node in self.nodes:
                 fleet.monitor(node)
             states = [fleet.operator.deploy(n).state for n in self.deploys]
-            if all(s == DONE for s in states):
+            converged = all(set(fleet.versions(s).values()) == {"2"} for s in ("db", "web"))
+            if all(s == DONE for s in states) and converged:
                 break
         assert not self.violations, self.violations
         states = {n: (e.state, e.message) for n in self.deploys if (e := fleet.operator.deploy(n))}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from zkdeploy.errors import IntegrityError, PayloadError
-from zkdeploy.transfer.fetch import copy_verified, fetch, sha256_file
+from zkdeploy.transfer.fetch import copy_verified, fetch, payload_digest
 from zkdeploy.transfer.unpack import check_archive, unpack
 
 PAYLOAD = b"release payload\n" * 4096
@@ -46,24 +46,24 @@ def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         thread.join(5)
 
 
-# --------------------------------------------------------------------------- sha256_file
+# --------------------------------------------------------------------------- payload_digest
 
 
-def test_sha256_file_gives_digest_and_size(tmp_path: Path) -> None:
+def test_payload_digest_gives_digest_and_size(tmp_path: Path) -> None:
     path = tmp_path / "p"
     path.write_bytes(PAYLOAD)
-    assert sha256_file(path) == (_sha(PAYLOAD), len(PAYLOAD))
+    assert payload_digest(path) == (_sha(PAYLOAD), len(PAYLOAD))
 
 
-def test_sha256_file_of_an_empty_file(tmp_path: Path) -> None:
+def test_payload_digest_of_an_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty"
     path.write_bytes(b"")
-    assert sha256_file(path) == (_sha(b""), 0)
+    assert payload_digest(path) == (_sha(b""), 0)
 
 
-def test_sha256_file_missing(tmp_path: Path) -> None:
+def test_payload_digest_missing(tmp_path: Path) -> None:
     with pytest.raises(PayloadError) as info:
-        sha256_file(tmp_path / "missing")
+        payload_digest(tmp_path / "missing")
     assert "cannot read payload" in str(info.value) and "No such file or directory" in str(info.value)
     assert info.value.exit_code == 5
 

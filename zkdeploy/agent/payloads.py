@@ -18,7 +18,7 @@ from collections.abc import Callable
 from zkdeploy.agent.host import Host
 from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.states import Phase
-from zkdeploy.agent.transport import Transport
+from zkdeploy.transfer.transport import Transport
 from zkdeploy.coordination import Store
 from zkdeploy.errors import CoordinationError, PayloadError, ZkdeployError
 from zkdeploy.model import Release

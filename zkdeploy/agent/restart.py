@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from zkdeploy.agent.faults import crash_point
+from zkdeploy.crash import crash_point
 from zkdeploy.agent.host import Host
 from zkdeploy.agent.host_actions import HOOKS, START, STOP
 from zkdeploy.agent.releases import ReleaseDir

@@ -22,7 +22,7 @@ from zkdeploy.cli.views import deploy_dict, fleet_status
 from zkdeploy.config.loader import load_catalog, parse_catalog
 from zkdeploy.config.schema import Catalog
 from zkdeploy.coordination import Store
-from zkdeploy.agent.transport import TORRENT_BLOB
+from zkdeploy.transfer.transport import TORRENT_BLOB
 from zkdeploy.cli.seeding import seed_in_foreground
 from zkdeploy.errors import ConfigError, DeployRefusedError, PayloadError, RolloutError
 from zkdeploy.model import (
@@ -42,7 +42,7 @@ from zkdeploy.policy.lifecycle import TERMINAL, Actor, can, transition
 from zkdeploy.policy.order import dependency_order
 from zkdeploy.policy.quorum import failure_budget, required_online
 from zkdeploy.policy.versions import most_popular
-from zkdeploy.transfer.fetch import is_url, open_origin, sha256_file
+from zkdeploy.transfer.fetch import is_url, open_origin, payload_digest
 from zkdeploy.transfer.torrent import make_torrent
 from zkdeploy.transfer.unpack import check_archive
 
@@ -161,7 +161,7 @@ def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, 
     with _local_copy(payload) as path:
         check_archive(path)
         if no_torrent:
-            sha, size = sha256_file(path)
+            sha, size = payload_digest(path)
             meta = None
         else:
             meta = make_torrent(path)

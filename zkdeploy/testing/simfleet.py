@@ -74,13 +74,17 @@ class SimFleet:
         self.operator.put_release(release)
         return release
 
-    def install(self, node: str, service: str, version: str) -> None:
-        """Put ``version`` of ``service`` on ``node`` as if it had been rolled out before the test."""
-        sim = self.agents[node]
-        data = Path(sim.config.data_dir)
+    def install_release(self, node: str, service: str, version: str) -> Path:
+        """Unpack ``version`` of ``service`` on ``node`` (its payload fetched before the test)."""
+        data = Path(self.agents[node].config.data_dir)
         release = data / "releases" / service / version
         release.mkdir(parents=True, exist_ok=True)
         (release / "VERSION").write_text(f"{service} {version}\n")
+        return data
+
+    def install(self, node: str, service: str, version: str) -> None:
+        """Put ``version`` of ``service`` on ``node`` as if it had been rolled out before the test."""
+        data = self.install_release(node, service, version)
         link = data / "current" / service
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
@@ -88,13 +92,15 @@ class SimFleet:
         self.world.running[(node, service)] = version
 
     # -- agents ---------------------------------------------------------------------
-    def start(self, node: str) -> Agent:
-        """Start (or restart after a crash) the agent of ``node``: recovery, a new session, registration."""
+    def start(self, node: str, *, transport: SimTransport | None = None, threaded: bool = False) -> Agent:
+        """Start (or restart after a crash) the agent of ``node``: recovery, a new session, registration.
+        ``threaded`` payloads are fetched by background workers, as in the daemon."""
         sim = self.agents[node]
-        agent = Agent(sim.config, host=SimHost(sim.config, self.world), transport=SimTransport())  # type: ignore[arg-type]
+        agent = Agent(sim.config, host=SimHost(sim.config, self.world),
+                      transport=transport or SimTransport())  # type: ignore[arg-type]
         agent.open_host()
         sim.session = MemorySession(self.ensemble, session_timeout=self.session_timeout).start()
-        agent.attach(Store(sim.session, self.root), threaded=False)
+        agent.attach(Store(sim.session, self.root), threaded=threaded)
         sim.agent = agent
         return agent
 
@@ -161,6 +167,8 @@ class SimFleet:
     def close(self) -> None:
         for sim in self.agents.values():
             if sim.agent is not None:
+                if sim.agent.payloads is not None:
+                    sim.agent.payloads.close()
                 sim.agent.host.close()
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -81,6 +81,8 @@ class _SimAction(ActionHandler):
 class SimHost(Host):
     """A ``Host`` whose services are simulated in ``world``; journal and releases are real files."""
 
+    durable_journal = False
+
     def __init__(self, config: AgentConfig, world: SimWorld) -> None:
         super().__init__(config)
         self.world = world

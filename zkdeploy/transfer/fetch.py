@@ -31,10 +31,6 @@ def payload_digest(path: str | Path) -> FileDigest:
         raise PayloadError(f"cannot read payload {path}: {exc.strerror or exc}") from None
 
 
-#: The name ``zkdeploy stage`` imports (zkdeploy.cli.commands); same function.
-sha256_file = payload_digest
-
-
 def is_url(origin: str) -> bool:
     return urlparse(origin).scheme in ("http", "https", "file")
 
