@@ -60,7 +60,7 @@ def parse(spec: str) -> tuple[Pattern, ...]:
 def matches(spec: str, point: str) -> bool:
     """Whether ``point`` is one of ``spec``'s points, ``*`` matching any one part."""
     parts = point.split(":")
-    return any(len(pattern) == len(parts) and all(p in ("*", part) for p, part in zip(pattern, parts))
+    return any(len(pattern) == len(parts) and all(p in ("*", part) for p, part in zip(pattern, parts, strict=True))
                for pattern in parse(spec))
 
 

@@ -39,7 +39,7 @@ class DeployState(StrEnum):
     HALTED = "halted"            # past its failure budget with on_failure: pause
     DONE = "done"                # every present node runs the version (terminal)
     ABORTED = "aborted"          # an operator (or a failed deploy it depended on) stopped it (terminal)
-    ROLLED_BACK = "rolled_back"  # past its failure budget with on_failure: rollback; a rollback deploy follows (terminal)
+    ROLLED_BACK = "rolled_back"  # past its budget with on_failure: rollback; a rollback deploy follows (terminal)
 
 
 PENDING = DeployState.PENDING

@@ -49,7 +49,7 @@ def _record_failure(store: Store, node: str, name: str, error: str) -> None:
     entry = store.deploy(name)
     if entry is None or not can(entry, entry.state, by=Actor.AGENT):
         return  # gone, or closed: a failure no longer changes it
-    failures = entry.failures + ({"node": node, "error": error, "at": time.time()},)
+    failures = (*entry.failures, {"node": node, "error": error, "at": time.time()})
     over_budget = len(failures) > failure_budget(entry.max_failures, len(store.current(entry.service)))
     summary = f"{len(failures)} node(s) failed (max_failures {entry.max_failures})"
     if over_budget and entry.on_failure == "rollback" and entry.previous and entry.previous != entry.version:

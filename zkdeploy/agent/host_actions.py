@@ -75,7 +75,8 @@ class StopHandler(ActionHandler):
     def manual_steps(self, params: dict[str, Any]) -> list[str]:
         steps = [params["command"]] if params.get("command") else []
         if params["managed"]:
-            steps.append(f"kill -TERM -$(python3 -c 'import json;print(json.load(open(\"{params['pidfile']}\"))[\"pid\"])')")
+            steps.append("kill -TERM -$(python3 -c 'import json;print(json.load(open("
+                         f"\"{params['pidfile']}\"))[\"pid\"])')")
         return steps
 
 

@@ -48,7 +48,9 @@ class Reports:
 
     def run(self, interval: float) -> None:
         """The thread's loop: answer what is pending whenever a request arrives (or every ``interval``)."""
-        fire = (lambda *_: self.wake.set())
+        def fire(*_: object) -> None:
+            self.wake.set()
+
         self.store.watch_plan_requests(fire)
         self.store.watch_undo_requests(self.host.node, fire)
         while not self.stopping.is_set():
@@ -181,9 +183,8 @@ class Reports:
         for lock in locks:
             lock.acquire()
         try:
-            with hold_slots(self.store, self.presence, services, "undo", self._abort_reason):
-                with self.host.changing:
-                    reports = self._select(request, dry_run=False)
+            with hold_slots(self.store, self.presence, services, "undo", self._abort_reason), self.host.changing:
+                reports = self._select(request, dry_run=False)
         except RolloutAborted as exc:
             raise CoordinationError(f"undo abandoned: {exc}") from None
         finally:

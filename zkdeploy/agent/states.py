@@ -14,7 +14,7 @@ fetches another one (``fetching ─► waiting``); the fetch then no longer move
 the phase.  The availability published for the quorum
 (``online``, ``restarting``, ``failed``, ``stopped``) follows from the phase:
 every phase from draining to rolling_back is ``restarting``.
-"""
+"""  # noqa: E501 (the diagram's lines are as long as it is wide)
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from enum import Enum
 from zkdeploy.errors import ZkdeployError
 
 
-class Phase(str, Enum):
+class Phase(str, Enum):  # noqa: UP042 (StrEnum would change str(Phase.IDLE) from 'Phase.IDLE' to 'idle')
     IDLE = "idle"
     FETCHING = "fetching"
     STAGED = "staged"

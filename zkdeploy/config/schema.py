@@ -37,7 +37,7 @@ class HealthCheck(_Strict):
     retries: int = Field(30, ge=1, le=100000)
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "HealthCheck":
+    def _exactly_one(self) -> HealthCheck:
         given = [k for k in ("http", "tcp", "command") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("a health check needs exactly one of 'http', 'tcp' or 'command'")
@@ -97,7 +97,7 @@ class ServiceSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _managed_needs(self) -> "ServiceSpec":
+    def _managed_needs(self) -> ServiceSpec:
         if not self.managed and not self.stop:
             raise ValueError("a service with 'managed: false' needs a 'stop' command")
         return self
@@ -122,7 +122,7 @@ class ZooKeeperSettings(_Strict):
     @field_validator("root")
     @classmethod
     def _root(cls, value: str) -> str:
-        if not value.startswith("/") or value.endswith("/") and value != "/" or "//" in value:
+        if not value.startswith("/") or (value.endswith("/") and value != "/") or "//" in value:
             raise ValueError("root must be an absolute znode path like '/dc'")
         for part in value.strip("/").split("/"):
             if part:

@@ -159,13 +159,12 @@ class LocalFleet:
 
     # -- processes ------------------------------------------------------------
     def start_agent(self, host: Host, extra_env: dict[str, str] | None = None) -> None:
-        log = open(host.log, "ab")
-        host.process = subprocess.Popen(
-            [sys.executable, "-m", "zkdeploy", "agent", "--config", str(host.config)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env, **(extra_env or {})},
-            start_new_session=True,
-        )
-        log.close()
+        with open(host.log, "ab") as log:
+            host.process = subprocess.Popen(
+                [sys.executable, "-m", "zkdeploy", "agent", "--config", str(host.config)],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env, **(extra_env or {})},
+                start_new_session=True,
+            )
 
     def start(self) -> None:
         self.write_configs()

@@ -41,7 +41,7 @@ class Observer:
     def sample(self, pool: ThreadPoolExecutor) -> Sample:
         keys = list(self.targets)
         versions = pool.map(lambda k: self.probe(self.targets[k]), keys)
-        return Sample(time.time(), dict(zip(keys, versions)))
+        return Sample(time.time(), dict(zip(keys, versions, strict=True)))
 
     def _run(self) -> None:
         with ThreadPoolExecutor(max_workers=min(32, len(self.targets) or 1)) as pool:
@@ -49,7 +49,7 @@ class Observer:
                 self.samples.append(self.sample(pool))
                 self._stop.wait(self.interval)
 
-    def start(self) -> "Observer":
+    def start(self) -> Observer:
         self._thread = threading.Thread(target=self._run, name="observer", daemon=True)
         self._thread.start()
         return self

@@ -30,7 +30,7 @@ def main() -> None:
     body = json.dumps({"service": args.service, "version": args.version, "node": args.node}).encode()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path == "/health":
                 code, data = (500, b"unhealthy\n") if args.fail_health else (200, b"ok\n")
             else:

@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from zkdeploy.crash import SimulatedCrash, crash_point
 from zkdeploy.errors import JournalError
@@ -43,7 +43,7 @@ from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.store import Journal
 
 #: An undo given to ``task``: an Action, or ``(kind, params)`` / ``(kind, params, description)``.
-UndoSpec = Union[Action, tuple[str, dict[str, Any]], tuple[str, dict[str, Any], str]]
+UndoSpec = Action | tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], str]
 
 #: Pass as ``undo=`` for a step that changes nothing (a check, a reload that undoes itself).
 NOTHING_TO_UNDO = Action(NOOP, {}, "nothing to undo")
@@ -219,11 +219,8 @@ class ChangeSetBuilder:
     ) -> TaskOutcome:
         """Call ``"module:function"`` with JSON ``args``; ``undo`` is ``("module:function", args)``."""
         params = {"func": func, "args": [] if args is None else args}
-        undo_spec: UndoSpec | None
-        if undo is None or isinstance(undo, Action):
-            undo_spec = undo
-        else:
-            undo_spec = ("python", {"func": undo[0], "args": undo[1]})
+        undo_spec: UndoSpec | None = (
+            undo if undo is None or isinstance(undo, Action) else ("python", {"func": undo[0], "args": undo[1]}))
         return self.task("python", params, undo=undo_spec, no_undo=no_undo, description=description,
                          undo_description=undo_description, reverse=reverse)
 

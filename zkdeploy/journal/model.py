@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 # Change-set statuses.
@@ -38,14 +38,14 @@ CANNOT_UNDO_TEXT = "cannot be undone automatically"
 
 def utcnow() -> str:
     """Return the current UTC time as ISO-8601 with microseconds and ``+00:00``."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def to_utc(moment: datetime) -> datetime:
     """Return ``moment`` as an aware UTC datetime; a naive datetime is taken as UTC."""
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def dumps(value: Any) -> str:

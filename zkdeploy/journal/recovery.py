@@ -14,8 +14,8 @@ from typing import Any
 
 from zkdeploy.crash import SimulatedCrash
 from zkdeploy.errors import JournalError
-from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.model import DONE, FAILED, NO_UNDO, PENDING, UNDOING, ChangeSet, Task
+from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.store import Journal
 from zkdeploy.journal.undo import run_undo
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.model import (
     CANNOT_UNDO_TEXT,
     FAILED,
@@ -18,6 +17,7 @@ from zkdeploy.journal.model import (
     PlannedAction,
     Task,
 )
+from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.store import Journal
 from zkdeploy.journal.undo import UndoReport, undo_order
 

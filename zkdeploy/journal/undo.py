@@ -17,12 +17,11 @@ config is restored first, then the HUP is sent.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from zkdeploy.crash import SimulatedCrash, crash_point
 from zkdeploy.errors import JournalError
-from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.model import (
     CANNOT_UNDO_TEXT,
     DONE,
@@ -37,6 +36,7 @@ from zkdeploy.journal.model import (
     Task,
     to_utc,
 )
+from zkdeploy.journal.registry import Registry, default_registry
 from zkdeploy.journal.store import Journal
 
 # What happens to a task in an undo.
@@ -223,7 +223,7 @@ def undo_last(
 def check_not_future(since: datetime) -> datetime:
     """Return ``since`` as UTC; JournalError if it lies in the future."""
     moment = to_utc(since)
-    if moment > datetime.now(timezone.utc):
+    if moment > datetime.now(UTC):
         raise JournalError(f"date {moment.isoformat()} is in the future")
     return moment
 

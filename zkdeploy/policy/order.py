@@ -30,7 +30,7 @@ def find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:
                 continue
             dep = todo.pop(0)
             if colour[dep] == grey:
-                return path[path.index(dep):] + [dep]
+                return [*path[path.index(dep):], dep]
             if colour[dep] == white:
                 colour[dep] = grey
                 path.append(dep)

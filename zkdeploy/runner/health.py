@@ -56,7 +56,7 @@ def probe(check: Check) -> str | None:
 
 
 def _probe_http(check: Check) -> str | None:
-    with urllib.request.urlopen(check.target, timeout=check.timeout) as resp:  # noqa: S310
+    with urllib.request.urlopen(check.target, timeout=check.timeout) as resp:
         if 200 <= resp.status < 300:
             return None
         return f"HTTP {resp.status}"

@@ -46,14 +46,38 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from zkdeploy.coordination.session import (CHANGED, CHILD, CONNECTED, CREATED, DELETED, LOST, SESSION, SUSPENDED,
-                                           Check, Create, Delete, Op, Session, SetData, Stat, Watcher)
-from zkdeploy.errors import (BadVersionError, CoordinationError, NodeExistsError, NoNodeError, NotEmptyError,
-                             SessionLostError)
+from zkdeploy.coordination.session import (
+    CHANGED,
+    CHILD,
+    CONNECTED,
+    CREATED,
+    DELETED,
+    LOST,
+    SESSION,
+    SUSPENDED,
+    Check,
+    Create,
+    Delete,
+    Op,
+    Session,
+    SetData,
+    Stat,
+    Watcher,
+)
+from zkdeploy.errors import (
+    BadVersionError,
+    CoordinationError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    SessionLostError,
+)
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 WRITES = ("create", "set", "delete", "commit")
 MAX_DATA = 1024 * 1024  # ZooKeeper's default jute.maxbuffer
@@ -69,7 +93,7 @@ class _Znode:
     seq: int = 0  # child creations so far: the next sequential suffix
     children: dict[str, None] = field(default_factory=dict)  # an insertion-ordered set
 
-    def copy(self) -> "_Znode":
+    def copy(self) -> _Znode:
         return replace(self, children=dict(self.children))
 
     def stat(self) -> Stat:
@@ -78,7 +102,7 @@ class _Znode:
 
 @dataclass
 class _ServerSession:
-    client: "MemorySession"
+    client: MemorySession
     timeout: float
     alive: bool = True
     held: list[tuple[Watcher, str, str]] = field(default_factory=list)  # (fn, kind, path) due while unlinked
@@ -132,10 +156,12 @@ class MemoryEnsemble:
             for client in list(self._clients):
                 if client._linked:
                     continue
-                rec = self._sessions.get(client._sid) if client._sid is not None else None
+                sid = client._sid
+                rec = self._sessions.get(sid) if sid is not None else None
                 back = client._reconnect_at if client._reconnect_at is not None else math.inf
-                if rec is not None and rec.alive and client._down_since + rec.timeout <= min(self._clock, back):
-                    self._expire(client._sid, out)  # type: ignore[arg-type]
+                expired = rec is not None and rec.alive and client._down_since + rec.timeout <= min(self._clock, back)
+                if sid is not None and expired:
+                    self._expire(sid, out)
                 if back <= self._clock:
                     client._relink(out)
         self._deliver(out)
@@ -199,7 +225,7 @@ class MemoryEnsemble:
             self.callback_errors.append(exc)
 
     # -- server primitives (called with the lock held) ---------------------------------
-    def _open(self, client: "MemorySession", asked: float) -> tuple[int, float]:
+    def _open(self, client: MemorySession, asked: float) -> tuple[int, float]:
         sid = next(self._ids)
         timeout = min(max(asked, self.min_session_timeout), self.max_session_timeout)
         self._sessions[sid] = _ServerSession(client, timeout)
@@ -357,7 +383,7 @@ class MemorySession(Session):
             ensemble._clients.append(self)
 
     # -- lifecycle and state -------------------------------------------------------------
-    def start(self) -> "MemorySession":
+    def start(self) -> MemorySession:
         out: list[_Call] = []
         with self._lock:
             if self._state == LOST:
@@ -449,7 +475,7 @@ class MemorySession(Session):
     def _read(self, path: str, watch: Watcher | None) -> _Znode | None:
         node = self.ensemble._node(path)
         if watch is not None:
-            self.ensemble._watch(self.ensemble._dwatch, path, self._sid, watch)  # type: ignore[arg-type]
+            self.ensemble._watch(self.ensemble._dwatch, path, self._current_sid(), watch)
         return None if node is None else node.copy()
 
     def children(self, path: str, watch: Watcher | None = None) -> list[str]:
@@ -461,7 +487,7 @@ class MemorySession(Session):
             if node is None:
                 return None
             if watch is not None:
-                self.ensemble._watch(self.ensemble._cwatch, path, self._sid, watch)  # type: ignore[arg-type]
+                self.ensemble._watch(self.ensemble._cwatch, path, self._current_sid(), watch)
             return list(reversed(node.children))
         return self._call("children", body)
 
@@ -471,23 +497,26 @@ class MemorySession(Session):
         def body(out: list[_Call]) -> str:
             ops: list[Op] = [Create(p) for p in self.ensemble._missing(path, include_self=False)] if makepath else []
             ops.append(Create(path, data, ephemeral, sequence))
-            return self.ensemble._commit(self._sid, ops, out)[-1]  # type: ignore[arg-type,return-value]
+            return cast(str, self.ensemble._commit(self._current_sid(), ops, out)[-1])  # a Create's result: its path
         return self._call("create", body)
 
     def set(self, path: str, data: bytes, version: int = -1) -> Stat:
-        return self._call("set", lambda out: self.ensemble._commit(self._sid, [SetData(path, data, version)], out)[0])
+        def body(out: list[_Call]) -> Stat:
+            return cast(Stat, self.ensemble._commit(self._current_sid(), [SetData(path, data, version)], out)[0])
+        return self._call("set", body)
 
     def delete(self, path: str, version: int = -1) -> None:
-        self._call("delete", lambda out: self.ensemble._commit(self._sid, [Delete(path, version)], out))
+        self._call("delete", lambda out: self.ensemble._commit(self._current_sid(), [Delete(path, version)], out))
 
     def ensure_path(self, path: str) -> None:
         def body(out: list[_Call]) -> None:
             _check_path(path)
-            self.ensemble._commit(self._sid, [Create(p) for p in self.ensemble._missing(path, include_self=True)], out)
+            ops: list[Op] = [Create(p) for p in self.ensemble._missing(path, include_self=True)]
+            self.ensemble._commit(self._current_sid(), ops, out)
         self._call("create", body)
 
     def commit(self, ops: Sequence[Op]) -> list[str | Stat | None]:
-        return self._call("commit", lambda out: self.ensemble._commit(self._sid, list(ops), out))
+        return self._call("commit", lambda out: self.ensemble._commit(self._current_sid(), list(ops), out))
 
     # -- persistent watches ------------------------------------------------------------------
     def watch_children(self, path: str, callback: Callable[[list[str]], Any]) -> None:
@@ -497,13 +526,20 @@ class MemorySession(Session):
     def watch_data(self, path: str, callback: Callable[[bytes | None], bool | None]) -> None:
         self._add_persistent(_PersistentWatch(self, path, callback, children=False))
 
-    def _add_persistent(self, watch: "_PersistentWatch") -> None:
+    def _add_persistent(self, watch: _PersistentWatch) -> None:
         with self._lock:
             self._persistent.append(watch)
         self.ensemble._deliver([(watch.refresh, ())], inline=True)  # "now", in this thread
 
     # -- internals (the ``out`` lists collect callbacks to run once the lock is released) ---------
-    def _call(self, op: str, body: Callable[[list[_Call]], Any]) -> Any:
+    def _current_sid(self) -> int:
+        """This client's session id.  A ``_call`` body runs only while CONNECTED, which always has one;
+        SessionLostError if a closed or lost session is used anyway."""
+        if self._sid is None:
+            raise SessionLostError("ZooKeeper session is closed")
+        return self._sid
+
+    def _call(self, op: str, body: Callable[[list[_Call]], _T]) -> _T:
         out: list[_Call] = []
         try:
             with self._lock:
@@ -567,7 +603,7 @@ class MemorySession(Session):
         out += [(w.refresh, ()) for w in self._persistent]
 
     def _learn_expired(self, out: list[_Call], *, reconnect: bool) -> None:
-        rec = self.ensemble._sessions[self._sid]  # type: ignore[index]
+        rec = self.ensemble._sessions[self._current_sid()]
         out += [(fn, (SESSION, path)) for fn, _kind, path in rec.held]
         rec.held = []
         self._sid = None
@@ -608,6 +644,7 @@ class _PersistentWatch:
         with self.lock:
             if self.stopped:
                 return
+            value: list[str] | bytes | None
             try:
                 if self.children:
                     value = self.session._children_or_none(self.path, self.event)

@@ -95,13 +95,12 @@ class ZkServer:
         self.log_path = self.workdir / "server.log"
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            ["java", "-Xmx256m", "-Dzookeeper.admin.enableServer=false",
-             "-Dzookeeper.4lw.commands.whitelist=*", "-cp", CLASSPATH, MAIN, str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                ["java", "-Xmx256m", "-Dzookeeper.admin.enableServer=false",
+                 "-Dzookeeper.4lw.commands.whitelist=*", "-cp", CLASSPATH, MAIN, str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process and self.process.poll() is None:
@@ -157,7 +156,7 @@ class ZkCluster:
     def hosts(self) -> str:
         return ",".join(f"127.0.0.1:{s.client_port}" for s in self.servers)
 
-    def start(self, timeout: float = 60.0) -> "ZkCluster":
+    def start(self, timeout: float = 60.0) -> ZkCluster:
         for server in self.servers:
             server.start()
         deadline = time.monotonic() + timeout
@@ -188,7 +187,7 @@ class ZkCluster:
         if self._owned_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "ZkCluster":
+    def __enter__(self) -> ZkCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -21,8 +21,9 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import libtorrent as lt
 
@@ -234,7 +235,7 @@ class SwarmSession:
             self._torrents.clear()
         del ses
 
-    def __enter__(self) -> "SwarmSession":
+    def __enter__(self) -> SwarmSession:
         if self._ses is None:
             self.start()
         return self

@@ -59,7 +59,7 @@ class TorrentMeta:
     num_pieces: int
     sha256: str | None = None
 
-    def with_sha256(self, sha256: str) -> "TorrentMeta":
+    def with_sha256(self, sha256: str) -> TorrentMeta:
         """Return a copy that carries the expected SHA-256 from release metadata."""
         return replace(self, sha256=normalize_sha256(sha256))
 
@@ -196,6 +196,6 @@ def load_metainfo(data: bytes, sha256: str | None = None) -> TorrentMeta:
     )
 
 
-def torrent_info(meta: TorrentMeta) -> "lt.torrent_info":
+def torrent_info(meta: TorrentMeta) -> lt.torrent_info:
     """libtorrent's parsed form of ``meta`` (for the swarm module)."""
     return lt.torrent_info(meta.metainfo)

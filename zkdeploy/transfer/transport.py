@@ -155,7 +155,8 @@ class Transport:
         try:
             meta = load_metainfo(blob, release.sha256)
         except PayloadError as exc:
-            raise PayloadError(f"{release.service}@{release.version}: corrupt torrent metainfo in ZooKeeper: {exc}") from None
+            raise PayloadError(
+                f"{release.service}@{release.version}: corrupt torrent metainfo in ZooKeeper: {exc}") from None
         if meta.info_hash != release.info_hash or meta.size != release.size:
             raise PayloadError(f"{release.service}@{release.version}: the torrent in ZooKeeper does not describe "
                                f"the staged payload (info-hash or size differs)")

@@ -12,8 +12,8 @@ import lzma
 import os
 import shutil
 import tarfile
-import zlib
 import tempfile
+import zlib
 from pathlib import Path
 
 from zkdeploy.errors import PayloadError

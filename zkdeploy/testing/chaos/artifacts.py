@@ -24,9 +24,8 @@ class RunLog:
 
     def say(self, text: str) -> None:
         line = f"[{time.time() - self.t0:7.2f}] {text}"
-        with self._lock:
-            with open(self.path, "a") as fh:
-                fh.write(line + "\n")
+        with self._lock, open(self.path, "a") as fh:
+            fh.write(line + "\n")
         if self.verbose:
             print(line, file=sys.stderr, flush=True)
 

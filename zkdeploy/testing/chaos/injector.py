@@ -25,8 +25,16 @@ from typing import Protocol
 from zkdeploy.coordination import Store
 from zkdeploy.demo.fleet import Host, LocalFleet
 from zkdeploy.errors import ZkdeployError
-from zkdeploy.testing.chaos.plan import (HOST_SETTLE, KILL, MAX_HOSTS_FAULTED, STOP_LONG, STOP_SHORT,
-                                         ZK_LEADER, Plan, PlannedFault)
+from zkdeploy.testing.chaos.plan import (
+    HOST_SETTLE,
+    KILL,
+    MAX_HOSTS_FAULTED,
+    STOP_LONG,
+    STOP_SHORT,
+    ZK_LEADER,
+    Plan,
+    PlannedFault,
+)
 from zkdeploy.testing.chaos.result import FaultRecord
 from zkdeploy.testing.zkserver import ZkCluster, ZkServer
 
@@ -139,7 +147,7 @@ class Injector:
             self._cancel.wait(0.2)
         return None
 
-    def host_fault(self, fault: PlannedFault, action: "HostAction") -> None:
+    def host_fault(self, fault: PlannedFault, action: HostAction) -> None:
         """Hit a host chosen for ``fault`` with ``action``, hold, and resume it; the host is
         released (after :data:`HOST_SETTLE`) whatever happens."""
         host = self._choose_host(fault)

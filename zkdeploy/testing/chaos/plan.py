@@ -114,7 +114,7 @@ def plan_run(seed: int, nodes: int = 6, session_timeout: float = SESSION_TIMEOUT
     offsets = sorted(round(rng.uniform(*FAULT_WINDOW), 2) for _ in range(count))
     faults = []
     last_spaced: dict[str, float] = {}  # target -> offset of its last spaced fault
-    for name, offset in zip(kinds, offsets):
+    for name, offset in zip(kinds, offsets, strict=True):
         kind = FAULT_KINDS[name]
         hold = kind.hold(rng, session_timeout)
         if kind.spacing:

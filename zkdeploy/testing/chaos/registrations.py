@@ -35,7 +35,7 @@ class Registrations:
                 pass
             self._stop.wait(self.interval)
 
-    def start(self) -> "Registrations":
+    def start(self) -> Registrations:
         self._thread.start()
         return self
 

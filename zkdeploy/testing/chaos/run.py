@@ -34,8 +34,14 @@ from zkdeploy.errors import ZkdeployError
 from zkdeploy.model import DONE, HALTED, ONLINE, OPEN_DEPLOY_STATES
 from zkdeploy.testing.chaos.artifacts import RunLog, snapshot_code, write_timeline
 from zkdeploy.testing.chaos.injector import Injector
-from zkdeploy.testing.chaos.invariants import (check_agents_alive, check_final, check_journals, check_order,
-                                               check_safety, registered_now)
+from zkdeploy.testing.chaos.invariants import (
+    check_agents_alive,
+    check_final,
+    check_journals,
+    check_order,
+    check_safety,
+    registered_now,
+)
 from zkdeploy.testing.chaos.plan import FAULT_WINDOW, plan_run
 from zkdeploy.testing.chaos.registrations import Registrations
 from zkdeploy.testing.chaos.result import RunResult, Violation, summary
@@ -136,7 +142,7 @@ def run_once(seed: int, nodes: int = 6, keep: bool = False, verbose: bool = Fals
         deploy_names = _deploy(fleet, f"db@{NEW}", f"web@{NEW}")
         injector.start(t0)
         log.say(f"deployed db@{NEW} web@{NEW}: {deploy_names}")
-        by_service = dict(zip(("db", "web"), deploy_names))
+        by_service = dict(zip(("db", "web"), deploy_names, strict=False))
 
         def rollout_over() -> bool:
             # over when every entry is closed, or when one is halted: a halted deploy waits for an
