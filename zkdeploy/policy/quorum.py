@@ -11,8 +11,8 @@ from zkdeploy.errors import ConfigError
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
-def parse_quorum(value: int | str, what: str = "quorum") -> int | float:
-    """Return an int count, or a float fraction in (0, 1] for a percentage string."""
+def parse_quorum(value: object, what: str = "quorum") -> int | float:
+    """Return an int count, or a float fraction in (0, 1] for a percentage string; ConfigError for anything else."""
     if isinstance(value, bool):
         raise ConfigError(f"{what} {value!r}: expected a count or a percentage like '66%'")
     if isinstance(value, int):
