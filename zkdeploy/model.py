@@ -104,6 +104,22 @@ class NodeRecord(Record):
 
 
 @dataclass(frozen=True)
+class Member(Record):
+    """``/dc/members/<service>/<node>``: a node that has registered the service (persistent).
+
+    A member stays one, present or not, until an operator forgets it
+    (``zkdeploy nodes forget``): a percentage quorum is a share of the
+    members, and an absent member counts as down.  ``first_seen`` is when the
+    node first registered the service; ``last_seen`` when its latest
+    ZooKeeper session registered it (it is not refreshed every cycle).
+    """
+
+    node: str = ""
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+
+
+@dataclass(frozen=True)
 class CurrentEntry(Record):
     """``/dc/current/<service>/<node>``: what this node runs and in which state.
 

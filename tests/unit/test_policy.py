@@ -137,29 +137,65 @@ def test_required_online_rounds_percentages_up(quorum: int | str, fleet: int, re
 
 
 def test_may_go_down_when_one_more_can_leave() -> None:
-    decision = may_go_down(online=3, present=3, quorum=2, self_online=True)
+    decision = may_go_down(online=3, present=3, members=3, quorum=2, self_online=True)
     assert decision.allowed
     assert (decision.online, decision.required, decision.present) == (3, 2, 3)
     assert decision.reason == "3 online, quorum 2"
 
 
 def test_may_not_go_down_below_quorum() -> None:
-    decision = may_go_down(online=5, present=6, quorum="67%", self_online=True)
+    decision = may_go_down(online=5, present=6, members=6, quorum="67%", self_online=True)
     assert not decision.allowed
     assert decision.required == 5
     assert decision.reason == "waiting for quorum: 5 online, quorum 5"
 
 
 def test_a_node_that_is_not_online_costs_no_quorum() -> None:
-    decision = may_go_down(online=0, present=3, quorum="100%", self_online=False)
+    decision = may_go_down(online=0, present=3, members=3, quorum="100%", self_online=False)
     assert decision.allowed
     assert decision.required == 3
     assert "costs no quorum" in decision.reason
 
 
 def test_may_go_down_with_percentage_quorum_exactly_at_the_edge() -> None:
-    assert may_go_down(online=6, present=6, quorum="67%", self_online=True).allowed
-    assert not may_go_down(online=4, present=4, quorum="100%", self_online=True).allowed
+    assert may_go_down(online=6, present=6, members=6, quorum="67%", self_online=True).allowed
+    assert not may_go_down(online=4, present=4, members=4, quorum="100%", self_online=True).allowed
+
+
+def test_a_percentage_is_of_the_members_and_an_absent_member_counts_as_down() -> None:
+    # 67% of 6 members: a restarting when its session expired left 5 present, all online
+    decision = may_go_down(online=5, present=5, members=6, quorum="67%", self_online=True)
+    assert not decision.allowed
+    assert (decision.required, decision.members, decision.absent) == (5, 6, 1)
+    assert decision.reason == "waiting for quorum: 5 online of 6 members (1 absent), quorum 5"
+    # of the nodes present it would have been 4, and one more could have gone down
+    assert may_go_down(online=5, present=5, members=5, quorum="67%", self_online=True).allowed
+
+
+def test_a_count_quorum_is_not_changed_by_absent_members() -> None:
+    decision = may_go_down(online=3, present=3, members=5, quorum=2, self_online=True)
+    assert decision.allowed and decision.required == 2
+    assert decision.reason == "3 online of 5 members (2 absent), quorum 2"
+    assert not may_go_down(online=2, present=4, members=6, quorum=2, self_online=True).allowed
+
+
+def test_a_present_node_is_always_a_member() -> None:
+    # a node that registered before its member record was read counts all the same
+    decision = may_go_down(online=4, present=4, members=3, quorum="50%", self_online=True)
+    assert (decision.members, decision.absent, decision.required) == (4, 0, 2) and decision.allowed
+
+
+def test_a_node_that_is_not_online_may_restart_whatever_is_absent() -> None:
+    decision = may_go_down(online=0, present=1, members=6, quorum="67%", self_online=False)
+    assert decision.allowed and decision.required == 5
+
+
+@pytest.mark.parametrize("online, present, members, allowed", [
+    (6, 6, 6, True), (5, 5, 6, False), (5, 6, 6, False), (5, 5, 7, False), (6, 6, 7, True), (5, 5, 5, True),
+])
+def test_percentage_quorum_with_members(online: int, present: int, members: int, allowed: bool) -> None:
+    assert may_go_down(online=online, present=present, members=members, quorum="67%",
+                       self_online=True).allowed is allowed
 
 
 @pytest.mark.parametrize("quorum, fleet, down", [
@@ -285,6 +321,16 @@ def test_explain_waiting_for_quorum_quotes_the_node() -> None:
         "n3": _entry("n3", "1.0", FAILED),
     }
     assert explain(_deploy(1), entries, 2, [], []) == detail
+
+
+def test_explain_counts_absent_members_in_the_quorum() -> None:
+    entries = {"n1": _entry("n1", "2.0"), "n2": _entry("n2", "1.0", RESTARTING, "stopping"),
+               "n3": _entry("n3", "1.0")}
+    assert explain(_deploy(1), entries, "67%", ["n2"], [], members={"n1", "n2", "n3", "n4"}) == \
+        "restarting n2; 2 online of 4 members (1 absent), quorum 3"
+    assert explain(_deploy(1), entries, None, ["n2"], [], members={"n4"}) == \
+        "restarting n2; 2 online of 4 members (1 absent)"
+    assert explain(_deploy(1), {}, 1, [], [], members={"n4", "n5"}) == "no member is present (absent: n4, n5)"
 
 
 def test_explain_fetching() -> None:

@@ -3,7 +3,8 @@
 The local record of each service is the truth the agent acts on; ZooKeeper
 gets a copy of it after every change (the phase machine's transitions, the
 health monitor's verdicts, the outcome of a restart).  Registration after a
-new session re-creates every ephemeral record of this node.
+new session re-creates every ephemeral record of this node and refreshes its
+persistent membership of each service it runs.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ class Presence:
         return self.registered_generation >= 0
 
     def register(self) -> bool:
-        """(Re-)create this node's ephemeral records after a new session.
+        """(Re-)create this node's ephemeral records after a new session, and record (or refresh)
+        it as a member of each service it runs: a member stays one, present or not, until an
+        operator forgets it, so a percentage quorum counts it while it is away.
 
         Returns True when this call registered a new session (the caller then
         re-announces what the node holds); False when registered already or
@@ -124,6 +127,7 @@ class Presence:
         try:
             self.store.register_node(record)
             for service in self.host.services():
+                self.store.add_member(service, self.node)  # after the presence node: see Store.forget_member
                 with self.lock:
                     if not self.machines[service].restarting:
                         self.observe(service)

@@ -66,8 +66,9 @@ class SlotRequest:
         me = entries.get(self.node)
         if me is None:
             raise LockLostError(f"this node's /current entry of {self.service} is gone")
+        members = set(self.store.member_nodes(self.service, wake)) | set(entries)  # absent members count as down
         online = sum(1 for e in entries.values() if e.state == ONLINE)
-        decision = may_go_down(online=online, present=len(entries), quorum=self.quorum,
+        decision = may_go_down(online=online, present=len(entries), members=len(members), quorum=self.quorum,
                                self_online=me.state == ONLINE)
         if not decision.allowed:
             return self._waiting(decision.reason)

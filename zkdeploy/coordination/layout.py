@@ -5,6 +5,8 @@
     <root>/catalog                          persistent  the fleet catalog (JSON of conf/services.yaml)
     <root>/nodes/<node>                     ephemeral   agent presence (NodeRecord)
     <root>/current/<service>/<node>         ephemeral   version and state of a service on a node (CurrentEntry)
+    <root>/members/<service>/<node>         persistent  a member of the service: a node that registered it (Member);
+                                                        stays, present or not, until ``zkdeploy nodes forget``
     <root>/staging/<service>/<version>      persistent  release metadata (Release)
     <root>/staging/<service>/<version>/holders/<node>  ephemeral  nodes holding the verified payload
     <root>/deploy/d-<seq>                   persistent-sequential  the deploy queue (DeployEntry)
@@ -64,6 +66,17 @@ class Layout:
 
     def current_entry(self, service: str, node: str) -> str:
         return self.current_service(service) + "/" + check_name("node", node)
+
+    # /members
+    @property
+    def members(self) -> str:
+        return self._join("members")
+
+    def service_members(self, service: str) -> str:
+        return self._join("members", check_name("service", service))
+
+    def member(self, service: str, node: str) -> str:
+        return self.service_members(service) + "/" + check_name("node", node)
 
     # /staging
     @property
@@ -142,6 +155,6 @@ class Layout:
 
     def base_paths(self) -> list[str]:
         """The persistent parents that must exist before anything else is written."""
-        return [self.nodes, self.current, self.staging, self.deploy, self._join("locks"),
+        return [self.nodes, self.current, self.members, self.staging, self.deploy, self._join("locks"),
                 self._join("swarm"), self.control, self.reports, self.plans, self.history,
                 self._join("control", "undo")]

@@ -1,7 +1,7 @@
 """zkdeploy's records in the coordination tree: the one interface the agent and the CLI use.
 
 ``Store`` is grouped by purpose, in the spirit of Patroni's ``AbstractDCS``:
-the session; the catalog; presence and current state; staging and holders;
+the session; the catalog; presence and current state; membership; staging and holders;
 the swarm tracker; the deploy queue; restart queues and slots; control
 records; reports.  It is built only on the primitives of
 ``zkdeploy.coordination.session.Session``, so the same code runs against
@@ -36,7 +36,7 @@ from zkdeploy.errors import (
     NoNodeError,
     SessionLostError,
 )
-from zkdeploy.model import CurrentEntry, DeployEntry, Killswitch, NodeRecord, Release
+from zkdeploy.model import CurrentEntry, DeployEntry, Killswitch, Member, NodeRecord, Release
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +299,78 @@ class Store:
     def owns_current(self, service: str, node: str) -> bool:
         """True only if this session owns the /current entry of ``node`` for ``service``."""
         return self._owns(self._layout.current_entry(service, node))
+
+    # -- membership ----------------------------------------------------------
+    def members(self, service: str) -> dict[str, Member]:
+        """Every member of ``service`` (a node that registered it and was not forgotten), present or not."""
+        base = self._layout.service_members(service)
+        out = {}
+        for name in self._children(base):
+            got = self._get(base + "/" + name)
+            if got:
+                out[name] = Member.from_bytes(got[0], got[1].version)
+        return out
+
+    def member_nodes(self, service: str, changed: threading.Event | None = None) -> list[str]:
+        """The names of the members of ``service`` (one read).  With ``changed``, a one-shot watch
+        sets the event when a member is added or forgotten."""
+        fire: Watcher | None = (lambda *_: changed.set()) if changed is not None else None
+        return self._children(self._layout.service_members(service), fire)
+
+    def member_services(self) -> list[str]:
+        """The services that have members."""
+        return self._children(self._layout.members)
+
+    def add_member(self, service: str, node: str, now: float | None = None) -> Member:
+        """Record ``node`` as a member of ``service``, or refresh its ``last_seen``; the stored record.
+
+        Every call rewrites the record (its znode version changes), which is
+        what makes a concurrent ``forget_member`` fail rather than forget a
+        node that has just registered.  ConflictError if the record kept
+        changing under it.
+        """
+        path = self._layout.member(service, node)
+        seen = time.time() if now is None else now
+        for _ in range(5):
+            got = self._get(path)
+            if got is None:
+                member = Member(node=node, first_seen=seen, last_seen=seen)
+                try:
+                    self._session.create(path, member.to_bytes(), makepath=True)
+                    return member.evolve(zversion=0)
+                except NodeExistsError:
+                    continue
+            old = Member.from_bytes(got[0], got[1].version)
+            member = old.evolve(node=node, last_seen=max(seen, old.last_seen))
+            try:
+                stat = self._session.set(path, member.to_bytes(), old.zversion)
+                return member.evolve(zversion=stat.version)
+            except (BadVersionError, NoNodeError):
+                continue
+        raise ConflictError(f"{path} kept changing while it was being written")
+
+    def forget_member(self, service: str, node: str) -> bool:
+        """Remove ``node`` from the members of ``service``; False if it was not one.
+
+        ConflictError while the node is present (registered in /nodes), and
+        when it registers while this runs: the delete is conditional on the
+        member record read before the presence check, and registration
+        rewrites that record after creating the presence node, so a node that
+        is (or becomes) present stays a member.
+        """
+        path = self._layout.member(service, node)
+        got = self._get(path)
+        if got is None:
+            return False
+        if self._session.exists(self._layout.node(node)) is not None:
+            raise ConflictError(f"{node} is present (its agent is registered): only an absent member can be forgotten")
+        try:
+            self._session.delete(path, got[1].version)
+        except NoNodeError:
+            return False
+        except BadVersionError:
+            raise ConflictError(f"{node} registered {service} again meanwhile: it stays a member") from None
+        return True
 
     # -- staging and holders ---------------------------------------------------
     def releases(self, service: str) -> dict[str, Release]:

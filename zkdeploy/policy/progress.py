@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 from zkdeploy.model import HALTED, ONLINE, PAUSED, PENDING, CurrentEntry, DeployEntry
-from zkdeploy.policy.quorum import required_online
+from zkdeploy.policy.quorum import figures, required_online
 
 
 def active_deploy(deploys: Sequence[DeployEntry]) -> DeployEntry | None:
@@ -30,8 +30,13 @@ def is_complete(entries: Mapping[str, CurrentEntry], version: str, slots: Sequen
 
 
 def explain(deploy: DeployEntry | None, entries: Mapping[str, CurrentEntry], quorum: int | str | None,
-            slots: Sequence[str], queue: Sequence[str], killswitch: str | None = None) -> str:
-    """One sentence, in plain words, about what the rollout of ``deploy`` is waiting for."""
+            slots: Sequence[str], queue: Sequence[str], killswitch: str | None = None,
+            members: Collection[str] = ()) -> str:
+    """One sentence, in plain words, about what the rollout of ``deploy`` is waiting for.
+
+    ``members`` are the service's known members, present or not: a
+    percentage quorum is figured on them, and absent ones are named as such.
+    """
     if deploy is None:
         return "no rollout under way"
     if killswitch is not None:
@@ -44,16 +49,20 @@ def explain(deploy: DeployEntry | None, entries: Mapping[str, CurrentEntry], quo
         return deploy.state
     if deploy.stalled_since is not None and deploy.message:
         return deploy.message
+    absent = sorted(set(members) - set(entries))
     if not entries:
-        return "no node runs this service"
+        return f"no member is present (absent: {', '.join(absent[:5])})" if absent else "no node runs this service"
     at_target = [n for n, e in entries.items() if e.version == deploy.version and e.state == ONLINE]
     if len(at_target) == len(entries):
         return "complete"
     online = sum(1 for e in entries.values() if e.state == ONLINE)
-    required = required_online(quorum, len(entries)) if quorum is not None else None
+    size = len(entries) + len(absent)
+    if quorum is not None:
+        said = figures(online, size, len(absent), required_online(quorum, size))
+    else:
+        said = f"{online} online" + (f" of {size} members ({len(absent)} absent)" if absent else "")
     if slots:
-        return f"restarting {', '.join(sorted(slots))}; {online} online" + (
-            f", quorum {required}" if required is not None else "")
+        return f"restarting {', '.join(sorted(slots))}; {said}"
     waiting = [e for e in entries.values() if e.phase == "waiting" and e.detail.startswith("waiting for quorum")]
     if waiting:
         return waiting[0].detail
@@ -64,6 +73,5 @@ def explain(deploy: DeployEntry | None, entries: Mapping[str, CurrentEntry], quo
     if failed and not queue:
         return f"waiting for {', '.join(sorted(failed)[:5])} ({len(failed)} node(s) not online)"
     if queue:
-        return f"{len(queue)} node(s) queued to restart; {online} online" + (
-            f", quorum {required}" if required is not None else "")
+        return f"{len(queue)} node(s) queued to restart; {said}"
     return f"{len(at_target)}/{len(entries)} nodes at {deploy.version}"

@@ -31,15 +31,17 @@ def parse_quorum(value: object, what: str = "quorum") -> int | float:
     raise ConfigError(f"{what} {value!r}: expected a count or a percentage like '66%'")
 
 
-def required_online(quorum: int | str, fleet_size: int) -> int:
-    """The number of nodes that must stay online for a fleet of ``fleet_size``.
+def required_online(quorum: int | str, members: int) -> int:
+    """The number of nodes that must stay online for a service of ``members`` members.
 
-    A percentage is of the nodes present in ``/dc/current`` for the service and
-    rounds up, so ``67%`` of 6 nodes is 5.
+    A percentage is of the service's members (every node that has registered
+    it and was not forgotten, present or not), not of the nodes present at
+    the moment, and rounds up: ``67%`` of 6 members is 5, whether or not all
+    6 are present.  A count is used as it is.
     """
     parsed = parse_quorum(quorum)
     if isinstance(parsed, float):
-        return math.ceil(round(parsed * fleet_size, 9))
+        return math.ceil(round(parsed * members, 9))
     return parsed
 
 
@@ -52,28 +54,52 @@ class QuorumDecision:
     required: int
     present: int
     reason: str
+    members: int = 0
+
+    @property
+    def absent(self) -> int:
+        """Members with no entry in /current: they count as down."""
+        return max(0, self.members - self.present)
 
 
-def may_go_down(*, online: int, present: int, quorum: int | str, self_online: bool) -> QuorumDecision:
+def figures(online: int, members: int, absent: int, required: int) -> str:
+    """The figures of a quorum decision in words: ``5 online of 6 members (1 absent), quorum 5``
+    (``members`` and ``absent`` are named only when a member is absent)."""
+    if absent > 0:
+        return f"{online} online of {members} members ({absent} absent), quorum {required}"
+    return f"{online} online, quorum {required}"
+
+
+def may_go_down(*, online: int, present: int, members: int, quorum: int | str,
+                self_online: bool) -> QuorumDecision:
     """Decide whether one more node may leave service.
 
-    ``online`` counts nodes whose state is online (self included when
-    ``self_online``).  A node that is not online costs no quorum to restart,
-    so a fleet that is down can always be started.
+    ``online`` counts the present nodes whose entry says online (self
+    included when ``self_online``); ``present`` the nodes with an entry in
+    /current; ``members`` the service's known members, present or not (a
+    present node always counts as one, so ``members`` is at least
+    ``present``).  The requirement is figured on ``members``, and an absent
+    member counts as down: a node whose session expired while it was
+    restarting does not lower the quorum while it is still down.
+
+    Allowed exactly when self is not online (a node that is not online
+    costs no quorum to restart, so a fleet that is down can always be
+    started), or when ``online - 1`` is at least the required count.
     """
-    required = required_online(quorum, present)
+    members = max(members, present)
+    required = required_online(quorum, members)
+    absent = members - present
     if not self_online:
-        return QuorumDecision(True, online, required, present, "not online: restarting costs no quorum")
+        return QuorumDecision(True, online, required, present, "not online: restarting costs no quorum", members)
+    said = figures(online, members, absent, required)
     if online - 1 >= required:
-        return QuorumDecision(True, online, required, present, f"{online} online, quorum {required}")
-    return QuorumDecision(
-        False, online, required, present, f"waiting for quorum: {online} online, quorum {required}"
-    )
+        return QuorumDecision(True, online, required, present, said, members)
+    return QuorumDecision(False, online, required, present, f"waiting for quorum: {said}", members)
 
 
-def max_unavailable(quorum: int | str, fleet_size: int) -> int:
-    """How many nodes may be down at once for a fleet of ``fleet_size``."""
-    return max(0, fleet_size - required_online(quorum, fleet_size))
+def max_unavailable(quorum: int | str, members: int) -> int:
+    """How many of a service's ``members`` may be down at once (absent members included)."""
+    return max(0, members - required_online(quorum, members))
 
 
 def failure_budget(max_failures: int | str, fleet_size: int) -> int:
