@@ -38,7 +38,7 @@ class Host:
 
     def __init__(self, config: AgentConfig, registry: Registry | None = None) -> None:
         self.node = config.node
-        self.layout = HostLayout(config.data_dir)
+        self.layout = HostLayout(Path(config.data_dir))
         self.data = self.layout.data_dir
         self.names = tuple(config.services)
         self.vars = dict(config.vars)
@@ -60,7 +60,7 @@ class Host:
             self.layout.state.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"data_dir {self.data}: cannot create {self.layout.state}: {exc.strerror}") from None
-        self._lockfile = open(self.layout.lockfile, "w")
+        self._lockfile = open(self.layout.lockfile, "w")  # noqa: SIM115 (open while the agent runs: it holds the flock)
         try:
             fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -98,7 +98,7 @@ class Host:
     root: Path
     ports: dict[str, int]
     swarm_port: int = 0
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     swarm_settings: dict[str, Any] = field(default_factory=dict)  # overrides for this host's agent file
 
     @property
@@ -204,7 +204,7 @@ class LocalFleet:
                     pass
 
     # -- the operator's side (through the real CLI) ------------------------------
-    def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "zkdeploy", "--zk", self.zk_hosts, "--root", self.zk_root, *args]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **self.env})
         if check and proc.returncode != 0:

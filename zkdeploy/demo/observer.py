@@ -34,9 +34,10 @@ class Observer:
     def probe(self, port: int) -> str | None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=self.timeout) as resp:
-                return json.loads(resp.read().decode()).get("version")
+                version = json.loads(resp.read().decode()).get("version")
         except (OSError, ValueError):
             return None
+        return None if version is None else str(version)
 
     def sample(self, pool: ThreadPoolExecutor) -> Sample:
         keys = list(self.targets)

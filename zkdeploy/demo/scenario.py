@@ -29,8 +29,8 @@ def wait_deploys(store: Store, names: list[str], timeout: float,
     """Block until every named deploy left the open states; returns when it happened."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        entries = [store.deploy(n) for n in names]
-        if all(e is not None and e.state not in OPEN_DEPLOY_STATES for e in entries):
+        entries = [e for e in (store.deploy(n) for n in names) if e is not None]
+        if len(entries) == len(names) and all(e.state not in OPEN_DEPLOY_STATES for e in entries):
             bad = [e for e in entries if e.state != DONE]
             if bad:
                 raise RolloutError("; ".join(f"{e.service}@{e.version} {e.state}: {e.message}" for e in bad))

@@ -131,7 +131,7 @@ class ChangeSetBuilder:
             action = undo
         else:
             kind, params = undo[0], undo[1]
-            text = undo[2] if len(undo) > 2 else None  # type: ignore[misc]
+            text = undo[2] if len(undo) > 2 else None
             action = Action(kind, dict(params), text or self.executor.registry.describe(kind, params))
         if undo_description:
             action = Action(action.kind, action.params, undo_description)

@@ -22,7 +22,7 @@ from zkdeploy.errors import ServiceError, StepTimeoutError
 log = logging.getLogger(__name__)
 
 
-class _Strict(dict):
+class _Strict(dict[str, str]):
     def __missing__(self, key: str) -> Any:
         raise ServiceError(f"template field {{{key}}} is not defined (add it to the agent file's 'vars')")
 

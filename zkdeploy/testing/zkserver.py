@@ -88,7 +88,7 @@ class ZkServer:
     workdir: Path
     config: Path
     myid: int = 0
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:

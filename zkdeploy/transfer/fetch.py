@@ -14,6 +14,7 @@ import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlparse
 
 from zkdeploy import fsutil
@@ -73,9 +74,11 @@ def fetch(origin: str, dest: Path, expected_sha256: str, expected_size: int | No
     return dest
 
 
-def open_origin(origin: str, timeout: float):
+def open_origin(origin: str, timeout: float) -> IO[bytes]:
+    """Open ``origin`` (an http, https or file URL, or a local path) for reading its bytes."""
     if is_url(origin):
-        return urllib.request.urlopen(origin, timeout=timeout)  # noqa: S310 - scheme checked above
+        response: IO[bytes] = urllib.request.urlopen(origin, timeout=timeout)  # typeshed: urlopen returns Any
+        return response
     return open(origin, "rb")
 
 

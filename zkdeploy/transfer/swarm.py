@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import libtorrent as lt
 
@@ -187,7 +187,9 @@ class SwarmSession:
         """
         if self._ses is not None:
             raise PayloadError("swarm session already started")
-        self._ses = lt.session(lt.session_params(closed_swarm_settings(self.config)))
+        # The binding takes any dict of setting names; its stubs call that the settings_pack TypedDict,
+        # which a dict merged with the agent file's extra_settings cannot be declared as.
+        self._ses = lt.session(lt.session_params(cast("lt.settings_pack", closed_swarm_settings(self.config))))
         flt = lt.ip_filter()
         # Without this, RFC1918 and loopback peers fall into libtorrent's
         # "local" peer class, which ignores the rate limits.

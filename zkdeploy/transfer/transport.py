@@ -16,6 +16,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,35 +110,47 @@ class Transport:
         for meta in list(self._seeding.values()):
             self._announce(meta, complete=True)
 
-    def _peers_provider(self, meta: TorrentMeta):
+    def _swarm(self) -> tuple[Store, SwarmSession]:
+        """The store and session a swarm fetch uses (both set whenever a release has metainfo here);
+        PayloadError once the transport is closed."""
+        if self.store is None or self.session is None:
+            raise PayloadError("the swarm is closed or not attached to ZooKeeper")
+        return self.store, self.session
+
+    def _peers_provider(self, meta: TorrentMeta) -> Callable[[], list[tuple[str, int]]]:
         """Peers for libtorrent, re-read from ZooKeeper only after the membership watch fired."""
         labels, limit = self.config.labels, self.config.swarm.max_peers
-        cache: dict[str, Any] = {"stale": True, "peers": []}
+        store, _ = self._swarm()
+        stale = True
+        known: list[tuple[str, int]] = []
 
         def changed(*_: Any) -> None:
-            cache["stale"] = True
+            nonlocal stale
+            stale = True
             if self.session is not None:
                 threading.Thread(target=self.session.notify_peers_changed, daemon=True).start()
 
         def provide() -> list[tuple[str, int]]:
-            if cache["stale"]:
-                cache["stale"] = False
+            nonlocal stale, known
+            if stale:
+                stale = False
                 try:
-                    peers = self.store.peers(meta.info_hash, changed)
+                    peers = store.peers(meta.info_hash, changed)
                 except CoordinationError:
-                    cache["stale"] = True
-                    return cache["peers"]
-                cache["peers"] = peer_order(peers, self.node, labels.rack, labels.dc, limit)
-            return cache["peers"]
+                    stale = True
+                    return known
+                known = peer_order(peers, self.node, labels.rack, labels.dc, limit)
+            return known
         return provide
 
     def _goes_to_source(self, meta: TorrentMeta) -> bool:
         """True when no peer holds the whole payload and this node is the one elected to fetch
         it from the origin (the first announced peer by name); the others wait for it in the swarm,
         so the origin serves one copy instead of one per host."""
+        store, _ = self._swarm()
         time.sleep(0.5)  # let the nodes that saw the release at the same moment announce themselves
         try:
-            peers = self.store.peers(meta.info_hash)
+            peers = store.peers(meta.info_hash)
         except CoordinationError:
             return False
         if any(p.get("complete") for p in peers.values()):
@@ -195,8 +208,9 @@ class Transport:
                 last["at"] = time.monotonic()
                 self._announce(meta, complete=False, status=status)
 
-        path = Path(self.session.download(meta, str(staging), release.sha256, self._peers_provider(meta),
-                                          stall_timeout=self.config.swarm.stall_timeout, on_progress=progress))
+        _, session = self._swarm()
+        path = Path(session.download(meta, str(staging), release.sha256, self._peers_provider(meta),
+                                     stall_timeout=self.config.swarm.stall_timeout, on_progress=progress))
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".partial")
         tmp.unlink(missing_ok=True)

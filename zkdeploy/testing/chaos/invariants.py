@@ -216,9 +216,9 @@ def check_journals(fleet: LocalFleet, result: RunResult) -> None:
                         "journal", f"{host.name}: change set {c.id} ({c.description}) left {c.status}"))
                 elif c.status in ("failed", "partially-undone"):
                     result.notes.append(f"{host.name}: change set {c.id} ({c.description}) is {c.status}")
-            for task in journal.in_flight():
+            for t in journal.in_flight():
                 result.violations.append(Violation(
-                    "journal", f"{host.name}: task {task.change_id}.{task.position} ({task.execute.kind}) in flight"))
+                    "journal", f"{host.name}: task {t.change_id}.{t.position} ({t.execute.kind}) in flight"))
             for svc in fleet.services:
                 link = host.root / "data" / "current" / svc.name
                 try:

@@ -68,6 +68,12 @@ def _deploy(fleet: LocalFleet, *targets: str) -> list[str]:
     return [q["name"] for q in json.loads(out)["queued"]]
 
 
+def _deploy_state(store: Store, name: str) -> str:
+    """The state of deploy ``name``, or "gone" when its entry no longer exists."""
+    entry = store.deploy(name)
+    return entry.state if entry is not None else "gone"
+
+
 def _stop_fleet(fleet: LocalFleet) -> None:
     """Continue every stopped agent (a stopped agent cannot handle SIGTERM), then stop the fleet."""
     for host in fleet.hosts:
@@ -83,15 +89,16 @@ def _install_old_version(fleet: LocalFleet, store: Store, nodes: int, log: RunLo
     """Wait for every agent to register, then stage and deploy version OLD of every service."""
     names = {h.name for h in fleet.hosts}
     if not _wait(lambda: all(names <= set(store.current(s.name)) for s in fleet.services), 60):
-        dead = [f"{h.name} (code {h.process.poll()})" for h in fleet.hosts if h.process.poll() is not None]
+        dead = [f"{h.name} (code {code})" for h in fleet.hosts
+                if h.process is not None and (code := h.process.poll()) is not None]
         raise RuntimeError("the agents did not register within 60s"
                            + (f"; exited: {', '.join(dead)}" if dead else ""))
     for svc in fleet.services:
         fleet.cli("stage", svc.name, OLD, str(fleet.payload(svc.name, OLD)))
     install = _deploy(fleet, *(f"{s.name}@{OLD}" for s in fleet.services))
-    if not _wait(lambda: all(store.deploy(n).state == DONE for n in install), 120):
+    if not _wait(lambda: all(_deploy_state(store, n) == DONE for n in install), 120):
         raise RuntimeError(f"installing version {OLD} did not finish: "
-                           + ", ".join(f"{n}={store.deploy(n).state}" for n in install))
+                           + ", ".join(f"{n}={_deploy_state(store, n)}" for n in install))
     log.say(f"version {OLD} installed on {nodes} nodes")
 
 
@@ -180,7 +187,7 @@ def run_once(seed: int, nodes: int = 6, keep: bool = False, verbose: bool = Fals
             (e := store.deploy(n)) is not None and e.state == HALTED for n in by_service.values())
         if halted_unexpectedly:
             log.say("a deploy of a healthy release halted: "
-                    + "; ".join(f"{n}: {store.deploy(n).message}" for n in by_service.values()))
+                    + "; ".join(f"{n}: {e.message if (e := store.deploy(n)) else 'gone'}" for n in by_service.values()))
             converge_timeout = min(converge_timeout, 10.0)  # the rollout will not finish by itself
         if over and _wait(converged, converge_timeout, 0.25):
             result.converge_seconds = time.time() - t0
@@ -201,7 +208,8 @@ def run_once(seed: int, nodes: int = 6, keep: bool = False, verbose: bool = Fals
         samples = list(observer.samples)
         write_timeline(samples, fleet, t0, workdir / "timeline.txt")
         check_safety(samples, result.faults, fleet, result)
-        db_finished = deploys["db"].finished if deploys.get("db") is not None else None
+        db_entry = deploys.get("db")
+        db_finished = db_entry.finished if db_entry is not None else None
         check_order(samples, result.faults, regs, fleet, db_finished, result)
         check_final(observer, store, fleet, result.faults, expected, deploys, plan.fail_health, result)
         check_journals(fleet, result)
