@@ -35,7 +35,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 #: session states, as reported by ``Session.state``
 CONNECTED = "connected"
@@ -98,7 +98,7 @@ class Check:
     version: int
 
 
-Op = Union[Create, SetData, Delete, Check]
+Op = Create | SetData | Delete | Check
 
 
 class Session(ABC):
@@ -113,7 +113,7 @@ class Session(ABC):
 
     # -- lifecycle and session state ------------------------------------------
     @abstractmethod
-    def start(self) -> "Session":
+    def start(self) -> Session:
         """Connect within the connect timeout; CoordinationError if that is not possible."""
 
     @abstractmethod

@@ -22,10 +22,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
-from zkdeploy.coordination.lock import QueueLock, sequence_of
 from zkdeploy.coordination.layout import DEPLOY_PREFIX, HISTORY_PREFIX, PLAN_PREFIX, UNDO_PREFIX, Layout
+from zkdeploy.coordination.lock import QueueLock, sequence_of
 from zkdeploy.coordination.session import CONNECTED, Create, Session, SetData, Stat, Watcher
 from zkdeploy.errors import (
     BadVersionError,
@@ -41,6 +41,14 @@ from zkdeploy.model import CurrentEntry, DeployEntry, Killswitch, Member, NodeRe
 log = logging.getLogger(__name__)
 
 
+class Timeouts(TypedDict, total=False):
+    """The ZooKeeper session's timeouts in seconds (``Store.connect``); a missing one has its default."""
+
+    session_timeout: float
+    connect_timeout: float
+    operation_timeout: float
+
+
 class Store:
     """zkdeploy's records under one root of one coordination tree."""
 
@@ -49,7 +57,7 @@ class Store:
         self._layout = Layout(root)
 
     @classmethod
-    def connect(cls, hosts: str, root: str = "/dc", **timeouts: float) -> "Store":
+    def connect(cls, hosts: str, root: str = "/dc", **timeouts: Unpack[Timeouts]) -> Store:
         """Connect to ZooKeeper (bounded by ``connect_timeout``) and make sure the base paths exist."""
         from zkdeploy.coordination.zookeeper import ZooKeeperSession
 
@@ -559,7 +567,8 @@ class Store:
         return [c for c in self._children(self._layout.plans) if c.startswith(PLAN_PREFIX)]
 
     def plan_request(self, name: str) -> dict[str, Any] | None:
-        return self._json(self._layout.plan(name))
+        request: dict[str, Any] | None = self._json(self._layout.plan(name))
+        return request
 
     def plan_answers(self, name: str) -> dict[str, Any]:
         return {node: self._json(self._layout.plan_answer(name, node))

@@ -122,7 +122,7 @@ class ZooKeeperSession(Session):
         self.client.add_listener(self._on_state)
 
     # -- lifecycle -----------------------------------------------------
-    def start(self) -> "ZooKeeperSession":
+    def start(self) -> ZooKeeperSession:
         try:
             self.client.start(timeout=self.connect_timeout)
         except (KazooTimeoutError, KazooException, OSError) as exc:
@@ -264,7 +264,7 @@ class ZooKeeperSession(Session):
             error = translate(failures[0], what)
             raise error if isinstance(error, ConflictError) else ConflictError(f"{what}: {error}")
         out: list[str | Stat | None] = []
-        for op, result in zip(ops, results):
+        for op, result in zip(ops, results, strict=True):  # one result per op
             if isinstance(op, Create):
                 out.append(str(result))
             elif isinstance(op, SetData):
