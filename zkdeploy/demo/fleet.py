@@ -78,6 +78,8 @@ def catalog_for(services: list[DemoService]) -> dict[str, Any]:
             "depends_on": list(svc.depends_on),
             "start": ("{python} {release}/server.py --service {service} --version {version} --node {node} "
                       f"--port {port} --start-delay {svc.timing.start_delay} --stop-delay {svc.timing.stop_delay}"
+                      # absent unless a test breaks /health on purpose (health_fault_file)
+                      " --fault-file {data}/faults/{service}.health"
                       " $(cat {release}/FLAGS 2>/dev/null)"),
             # stand-ins for taking the node out of a load balancer and back
             "pre_stop": ["echo drain {service} {version} >> {data}/logs/lb.log"],
@@ -90,6 +92,12 @@ def catalog_for(services: list[DemoService]) -> dict[str, Any]:
             "stop_timeout": 10 + svc.timing.stop_delay,
         }
     return out
+
+
+def health_fault_file(host_root: Path, service: str) -> Path:
+    """The switch file the demo service of ``service`` on the host under ``host_root`` reads on
+    every /health request (see payload_server.py); it does not exist unless a test writes it."""
+    return host_root / "data" / "faults" / f"{service}.health"
 
 
 @dataclass
