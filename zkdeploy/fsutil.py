@@ -50,3 +50,39 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush a file's content to disk; once this returns its bytes survive a power loss.
+
+    Its name is only durable after ``fsync_dir`` of the directory holding it.
+    """
+    fd = os.open(Path(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike[str]) -> None:
+    """Flush every regular file and directory under ``root`` (``root`` included) to disk.
+
+    Symlinks are not followed.  Meant for a tree about to be renamed into
+    place: after this and a rename plus ``fsync_dir`` of the new parent, a
+    power loss cannot leave the tree present with files missing or empty.
+    """
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                fsync_file(path)
+        fsync_dir(dirpath)
+
+
+def replace_durably(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Rename the file ``src`` over ``dest`` so that after a power loss ``dest`` is either
+    what it was before or ``src``'s complete content: ``src`` is fsynced, renamed, then the
+    directory entry is fsynced."""
+    fsync_file(src)
+    os.replace(src, dest)
+    fsync_dir(Path(dest).parent)

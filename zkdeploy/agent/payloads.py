@@ -160,18 +160,46 @@ class Payloads:
         return True
 
     def _prune(self, service: str) -> None:
+        """Remove the releases beyond the catalog's ``keep_releases``: one change set in the journal,
+        one task per release, each recorded before it is removed.
+
+        Never the running release or one the cycle wants.  A prune that cannot
+        run now (another change holds the host for more than a few seconds) or
+        fails is logged and tried again after the next install; it never fails
+        the install that triggered it.
+        """
         catalog = self.host.catalog
         if catalog is None or service not in catalog.services:
             return
         rel_dir = self.host.releases[service]
-        protect = set(self._wanted.get(service, ())) | {v for v in [self.presence.local[service].version] if v}
+        keep = catalog.services[service].keep_releases
+        rel_dir.sweep()
 
-        def forget(version: str) -> None:
-            release = self.release(service, version)
-            if release is not None:
-                self.transport.forget(release, rel_dir.payload_path(version))
+        def protected() -> set[str]:
+            return set(self._wanted.get(service, ())) | {v for v in [self.presence.local[service].version] if v}
 
-        rel_dir.prune(catalog.services[service].keep_releases, protect=protect, before_remove=forget)
+        if not rel_dir.doomed(keep, protected()):
+            return
+        wait = 5.0  # a restart holds the host for its whole length; the next install prunes instead
+        if not self.host.changing.acquire(timeout=wait):
+            log.info("%s: old releases not pruned now: another change holds the host", service)
+            return
+        try:
+            doomed = rel_dir.doomed(keep, protected())  # again, now that no restart can switch releases
+            if not doomed:
+                return
+            with self.host.executor.change_set(
+                    f"{service}: remove old release{'s' if len(doomed) > 1 else ''} {', '.join(doomed)} "
+                    f"(keep_releases {keep})") as cs:
+                for version in doomed:
+                    release = self.release(service, version)
+                    if release is not None:
+                        self.transport.forget(release, rel_dir.payload_path(version))
+                    rel_dir.remove_journaled(cs, version)
+        except ZkdeployError as exc:  # recorded as a failed change set; the releases left are whole
+            log.error("%s: pruning old releases failed: %s (tried again after the next install)", service, exc)
+        finally:
+            self.host.changing.release()
 
     def announce_held(self, first: bool) -> None:
         """After a new session: announce every payload this node holds, and seed it (at start)."""

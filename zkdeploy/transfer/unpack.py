@@ -3,7 +3,9 @@
 Members that would escape the release directory (absolute paths, ``..``,
 links pointing outside, device files) make the whole payload refused before
 anything lands in the release directory; the archive is unpacked into a
-temporary sibling directory and renamed into place only when complete.
+temporary sibling directory (named ``UNPACK_PREFIX...``, a dot-name that
+release listings skip), flushed to disk, and renamed into place only when
+complete.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import zlib
 from pathlib import Path
 
 from zkdeploy.errors import PayloadError
+from zkdeploy.fsutil import fsync_dir, fsync_tree
+
+#: prefix of the temporary directory an archive is unpacked into (a crash may leave one behind)
+UNPACK_PREFIX = ".unpack-"
 
 
 def check_archive(path: str | Path) -> int:
@@ -43,21 +49,27 @@ def check_archive(path: str | Path) -> int:
 def unpack(archive: str | Path, target: str | Path) -> Path:
     """Unpack ``archive`` so that ``target`` appears complete or not at all.
 
-    An existing ``target`` is left untouched and returned (unpacking is
-    idempotent per version).
+    Whatever instant a crash or a power loss strikes, ``target`` afterwards is
+    either absent or the whole tree with every file's content on disk: the
+    tree is fsynced before the rename, the parent directory after it.  A
+    crash can leave a ``UNPACK_PREFIX`` directory beside ``target``; the
+    caller sweeps those.  An existing ``target`` is left untouched and
+    returned (unpacking is idempotent per version).
     """
     target = Path(target)
     if target.is_dir():
         return target
     check_archive(archive)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".unpack-{target.name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{UNPACK_PREFIX}{target.name}-", dir=target.parent))
     try:
         with tarfile.open(archive, "r:*") as tar:
             tar.extractall(tmp, filter="data")
         os.chmod(tmp, 0o755)
         os.utime(tmp)  # the directory's mtime is the install time (the archive may carry its own)
+        fsync_tree(tmp)
         os.rename(tmp, target)
+        fsync_dir(target.parent)
     except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise PayloadError(f"cannot unpack {archive} into {target}: {exc}") from None
