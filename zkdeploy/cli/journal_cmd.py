@@ -12,20 +12,21 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from zkdeploy.hostlayout import HostLayout
 from zkdeploy.errors import ConfigError, ZkdeployError
+from zkdeploy.hostlayout import HostLayout
 from zkdeploy.journal import Journal, backout_steps, recover, render_change, render_changes, undo_change
 from zkdeploy.journal.report import render_undo_reports
 from zkdeploy.journal.undo import check_not_future, undo_last, undo_since
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -35,17 +36,18 @@ def parse_since(text: str) -> datetime:
     """Parse ``--since``: an ISO-8601 date or datetime (no zone = UTC) or an age like ``2h``, ``3d``."""
     match = _RELATIVE.match(text.strip())
     if match:
-        return datetime.now(timezone.utc) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        return datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise click.BadParameter(
             f"{text!r} is not a date: use ISO-8601 (2024-05-01, 2024-05-01T10:00:00+02:00) or an age (30m, 2h, 7d)"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class SinceType(click.ParamType):
+# click 8.4 made ParamType generic; ParamType[datetime] would fail at run time with the click 8.1-8.3 we allow.
+class SinceType(click.ParamType):  # type: ignore[type-arg]
     name = "DATE"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
@@ -87,18 +89,18 @@ def _open(ctx: click.Context) -> Journal:
     return Journal.open(_journal_path(ctx), create=False)
 
 
-def reports_errors(func: F) -> F:
+def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn a ZkdeployError into its message on stderr and its exit code."""
 
     @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except ZkdeployError as exc:
             click.echo(f"error: {exc}", err=True)
             raise click.exceptions.Exit(exc.exit_code) from exc
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 @click.group("journal")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -14,15 +14,15 @@ from zkdeploy.cli.commands import resolve_targets, who
 from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
 from zkdeploy.cli.journal_cmd import SINCE
 from zkdeploy.cli.output import emit_json, say, table
+from zkdeploy.coordination import Store
 from zkdeploy.errors import ConfigError, RolloutError
 from zkdeploy.names import check_name
-
 
 #: plan requests (and their answers) older than this are removed when a new plan is requested
 PLANS_KEPT_SECONDS = 86400.0
 
 
-def _wanted_nodes(store, services: list[str]) -> set[str]:
+def _wanted_nodes(store: Store, services: list[str]) -> set[str]:
     return {node for service in services for node in store.current(service)}
 
 
@@ -100,7 +100,7 @@ def plan(ctx: Ctx, targets: tuple[str, ...], timeout: float, as_json: bool) -> N
 def history(ctx: Ctx, node: str | None, service: str | None, since: datetime | None, limit: int,
             as_json: bool) -> None:
     """The central record of what changed where (reports agents push after each live change set)."""
-    if since is not None and since > datetime.now(timezone.utc):
+    if since is not None and since > datetime.now(UTC):
         raise ConfigError(f"--since {since.isoformat()} is in the future")
     records = ctx.store().history()
     out = [r for r in records
@@ -136,12 +136,12 @@ def undo(ctx: Ctx, node: str, last: int | None, since: datetime | None, timeout:
     check_name("node", node)
     if (last is None) == (since is None):
         raise ConfigError("give exactly one of --last N or --since DATE")
-    if since is not None and since > datetime.now(timezone.utc):
+    if since is not None and since > datetime.now(UTC):
         raise ConfigError(f"--since {since.isoformat()} is in the future")
     store = ctx.store()
     if node not in store.nodes():
         raise ConfigError(f"no agent is registered as {node!r}")
-    what = f"the last {last} change set(s)" if last else f"every change set since {since.isoformat()}"
+    what = f"every change set since {since.isoformat()}" if since is not None else f"the last {last} change set(s)"
     if not force and not click.confirm(f"undo {what} on {node}?"):
         raise click.Abort()
     name = store.request_undo(node, {"last": last, "since": since.isoformat() if since else None,

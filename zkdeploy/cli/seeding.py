@@ -101,7 +101,8 @@ def swarm(ctx: Ctx, target: str, as_json: bool) -> None:
         return
     table(f"swarm {info_hash}", ["NODE", "ENDPOINT", "RACK", "DC", "COMPLETE", "PROGRESS", "DOWN MB/s", "UP MB/s"],
           [[n, f"{p.get('address')}:{p.get('port')}", p.get("rack") or "-", p.get("dc") or "-",
-            "yes" if p.get("complete") else "no", f"{100 * float(p.get('progress', 1.0 if p.get('complete') else 0)):.0f}%",
+            "yes" if p.get("complete") else "no",
+            f"{100 * float(p.get('progress', 1.0 if p.get('complete') else 0)):.0f}%",
             f"{int(p.get('download_rate') or 0) / 1e6:.1f}", f"{int(p.get('upload_rate') or 0) / 1e6:.1f}"]
            for n, p in sorted(peers.items())])
 
@@ -116,10 +117,10 @@ def seed(config_path: str) -> None:
     first copy of each payload comes from there and not from an agent's
     fallback to the origin.
     """
-    from zkdeploy.transfer.transport import Transport
     from zkdeploy.cli.agent_cmd import setup_logging
     from zkdeploy.config.loader import load_agent_config
     from zkdeploy.errors import ZkdeployError
+    from zkdeploy.transfer.transport import Transport
 
     try:
         config = load_agent_config(config_path)
