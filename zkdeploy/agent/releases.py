@@ -28,10 +28,12 @@ from zkdeploy.hostlayout import HostLayout
 from zkdeploy.journal import NOOP, Action
 from zkdeploy.model import Release
 from zkdeploy.names import check_name
+from zkdeploy.transfer.fetch import payload_digest
 from zkdeploy.transfer.unpack import UNPACK_PREFIX, unpack
 
 log = logging.getLogger(__name__)
 
+#: puts a release's payload at the given path, verified against the release (zkdeploy.transfer.transport)
 Fetcher = Callable[[Release, Path], Path]
 
 if TYPE_CHECKING:
@@ -84,12 +86,19 @@ class ReleaseDir:
         return Path(target).name
 
     def install(self, release: Release, fetcher: Fetcher) -> Path:
-        """Make ``release`` ready to switch to: fetched, verified, unpacked.  Idempotent."""
+        """Make ``release`` ready to switch to: fetched, verified, unpacked.  Idempotent.
+
+        A payload already on disk (kept for seeding, or left by a crash) is
+        unpacked only if its size and SHA-256 match the release; otherwise it
+        is deleted and fetched again.  So no unverified byte is ever unpacked.
+        """
         target = self.path(release.version)
         if target.is_dir():
             return target
         self.sweep()
         payload = self.payload_path(release.version)
+        if payload.exists():
+            self._drop_unless_verified(release, payload)
         if not payload.exists():
             fetcher(release, payload)
         try:
@@ -97,6 +106,27 @@ class ReleaseDir:
         except PayloadError:
             payload.unlink(missing_ok=True)
             raise
+
+    def _drop_unless_verified(self, release: Release, payload: Path) -> None:
+        """Delete ``payload`` unless its size and SHA-256 are the release's; PayloadError if it cannot be read."""
+        try:
+            size = payload.stat().st_size
+        except OSError as exc:
+            raise PayloadError(f"cannot read payload {payload}: {exc.strerror or exc}") from None
+        if release.size and size != release.size:
+            why = f"{size} bytes, the release has {release.size}"
+        else:
+            digest = payload_digest(payload)
+            if digest.sha256 == release.sha256:
+                return
+            why = f"sha256 {digest.sha256[:16]}..., the release has {release.sha256[:16]}..."
+        log.warning("%s@%s: the payload on disk does not match its release (%s); fetching it again",
+                    self.service, release.version, why)
+        try:
+            payload.unlink()
+        except OSError as exc:
+            raise PayloadError(f"{self.service}@{release.version}: cannot remove the mismatching payload "
+                               f"{payload}: {exc.strerror or exc}") from None
 
     def link_target(self, version: str) -> str:
         """The relative target ``current`` gets for ``version``."""
