@@ -27,7 +27,7 @@ def fleet() -> Iterator[SimFleet]:
     fleet.close()
 
 
-def _agent(fleet: SimFleet):  # noqa: ANN202
+def _agent(fleet: SimFleet):
     agent = fleet.agents["n1"].agent
     assert agent is not None and agent.payloads is not None
     return agent
@@ -63,7 +63,7 @@ def test_a_crash_mid_prune_restarts_cleanly_without_the_half_removed_release(
     fleet.stage("web", "3", at=3.0)
     real_rmtree = shutil.rmtree
 
-    def dies_half_way(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def dies_half_way(path, *args, **kwargs):
         if ".trash-" in str(path):
             for victim in list(Path(path).rglob("*"))[:1]:
                 victim.unlink()

@@ -88,9 +88,9 @@ def _complete(rel: ReleaseDir, version: str) -> bool:
     return all((rel.path(version) / name).read_text() == f"{name} of {version}\n" for name in FILES)
 
 
-def _half_rmtree(real_rmtree):  # noqa: ANN001, ANN202
+def _half_rmtree(real_rmtree):
     """An rmtree that deletes a couple of files, then 'dies' (SIGKILL stand-in)."""
-    def rmtree(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def rmtree(path, *args, **kwargs):
         files = sorted(p for p in Path(path).rglob("*") if p.is_file())
         for victim in files[:2]:
             victim.unlink()
@@ -161,7 +161,7 @@ def test_a_crash_in_the_middle_of_unpacking_leaves_no_release(rel: ReleaseDir, o
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     real_extractall = tarfile.TarFile.extractall
 
-    def half_extract(self: tarfile.TarFile, path: str, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def half_extract(self: tarfile.TarFile, path: str, *args, **kwargs) -> None:
         self.extract(self.getmembers()[0], path, filter="data")
         raise SimulatedCrash("extract")
 
@@ -189,7 +189,7 @@ def test_an_unpacked_release_is_on_disk_before_it_appears(rel: ReleaseDir, origi
         events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
 
-    def rename(src, dst, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+    def rename(src, dst, *args, **kwargs) -> None:
         events.append(("rename", os.fspath(dst)))
         real_rename(src, dst, *args, **kwargs)
 

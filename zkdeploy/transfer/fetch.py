@@ -41,7 +41,9 @@ def fetch(origin: str, dest: Path, expected_sha256: str, expected_size: int | No
     """Copy ``origin`` to ``dest`` and verify it; returns ``dest``.
 
     The data is written to ``dest.partial`` first and renamed only after the
-    SHA-256 matched, so ``dest`` either is the verified payload or is absent.
+    SHA-256 matched, so ``dest`` either is the verified payload or is absent,
+    even after a power loss: the bytes are fsynced before the rename, the
+    directory after it.
     Raises PayloadError when the origin cannot be read, IntegrityError on a
     hash or size mismatch.
     """
@@ -70,6 +72,7 @@ def fetch(origin: str, dest: Path, expected_sha256: str, expected_size: int | No
             f"({size} bytes), expected {expected_sha256[:16]}... ({expected_size} bytes); nothing was unpacked"
         )
     os.replace(partial, dest)
+    fsutil.fsync_dir(dest.parent)
     log.info("fetched %s (%d bytes) from origin, sha256 verified", dest.name, size)
     return dest
 
@@ -83,10 +86,19 @@ def open_origin(origin: str, timeout: float) -> IO[bytes]:
 
 
 def copy_verified(src: Path, dest: Path, expected_sha256: str) -> Path:
-    """Copy a local file that was already verified elsewhere (e.g. a swarm download)."""
+    """Copy a local file that was already verified elsewhere (e.g. a swarm download).
+
+    ``dest`` appears only with the whole content, on disk (see ``fetch``).
+    """
     actual = payload_digest(src).sha256
     if actual != expected_sha256:
         raise IntegrityError(f"{src} does not match its release sha256; nothing was unpacked")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dest)
+    partial = dest.with_name(dest.name + ".partial")
+    try:
+        shutil.copyfile(src, partial)
+        fsutil.replace_durably(partial, dest)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise PayloadError(f"cannot copy payload {src} to {dest}: {exc.strerror or exc}") from None
     return dest

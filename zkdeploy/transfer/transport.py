@@ -6,7 +6,8 @@ same rack, then the same datacenter, are preferred.  When no peer served a
 byte for ``stall_timeout`` seconds (or the release has no torrent) the
 payload comes from its origin, the path or URL recorded at staging, and the
 agent says so.  Either way the caller receives a file whose SHA-256 matched
-the release, and the agent keeps seeding what it holds.
+the release and whose bytes are on disk (fsynced before it got its name, its
+directory after), and the agent keeps seeding what it holds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
 from zkdeploy.errors import CoordinationError, PayloadError
+from zkdeploy.fsutil import fsync_dir, fsync_file
 from zkdeploy.model import Release
 from zkdeploy.transfer.fetch import fetch
 from zkdeploy.transfer.swarm import SwarmConfig, SwarmSession, SwarmStalled, TransferStatus
@@ -213,12 +215,20 @@ class Transport:
                                      stall_timeout=self.config.swarm.stall_timeout, on_progress=progress))
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".partial")
-        tmp.unlink(missing_ok=True)
         try:
-            os.link(path, tmp)  # the swarm keeps seeding from its own path; same inode, no copy
-        except OSError:
-            shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(path, tmp)  # the swarm keeps seeding from its own path; same inode, no copy
+            except OSError:
+                shutil.copyfile(path, tmp)
+            # libtorrent wrote the pieces without fsync: flush them before the name says "verified"
+            fsync_file(tmp)
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise PayloadError(f"{release.service}@{release.version}: cannot put the downloaded payload at "
+                               f"{dest}: {exc.strerror or exc}") from None
         with self._lock:
             self._seeding[meta.info_hash] = meta
         self._announce(meta, complete=True)
