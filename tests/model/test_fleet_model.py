@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from zkdeploy import crash
-from zkdeploy.model import DONE, PAUSED, PENDING, Killswitch
+from zkdeploy.model import ABORTED, DONE, HALTED, PAUSED, PENDING, ROLLED_BACK, Killswitch
 from zkdeploy.testing.simfleet import SimFleet
 
 EXAMPLES = int(os.environ.get("ZKDEPLOY_MODEL_EXAMPLES", "60"))
@@ -47,8 +47,11 @@ class FleetModel(RuleBasedStateMachine):
 
     fleet: SimFleet
 
-    @initialize(size=st.integers(3, 5), db_down=st.integers(1, 2), web_down=st.integers(1, 2))
-    def build(self, size: int, db_down: int, web_down: int) -> None:
+    @initialize(size=st.integers(3, 5), db_down=st.integers(1, 2), web_down=st.integers(1, 2),
+                bad=st.sampled_from([None, None, "db", "web"]), max_failures=st.integers(0, 2),
+                on_failure=st.sampled_from(["pause", "rollback"]))
+    def build(self, size: int, db_down: int, web_down: int, bad: str | None = None, max_failures: int = 0,
+              on_failure: str = "pause") -> None:
         self.nodes = [f"n{i}" for i in range(1, size + 1)]
         self.quorum = {"db": max(1, size - db_down), "web": max(1, size - web_down)}
         catalog = {"services": {
@@ -66,7 +69,10 @@ class FleetModel(RuleBasedStateMachine):
         self.fleet.rounds(1)
         for service in ("db", "web"):
             self.fleet.stage(service, "2", at=2.0)
-        self.deploys = self.fleet.deploy(("db", "2"), ("web", "2"), previous={"db": "1", "web": "1"})
+        if bad is not None:
+            self.fleet.world.bad.add((bad, "2"))  # a release that fails its checks everywhere
+        self.deploys = self.fleet.deploy(("db", "2"), ("web", "2"), previous={"db": "1", "web": "1"},
+                                         max_failures=max_failures, on_failure=on_failure)
 
     def teardown(self) -> None:
         fleet = getattr(self, "fleet", None)
@@ -80,6 +86,10 @@ class FleetModel(RuleBasedStateMachine):
     # -- the instant of a step ---------------------------------------------------------
     def _check_step(self, node: str, service: str, step: str) -> None:
         world = self.fleet.world
+        if step == "start" and service == "web" and world.pending_start == "2":
+            db = self.fleet.operator.deploy(self.deploys[0])
+            if db is None or db.state != DONE:
+                self.violations.append(f"{node} started web@2 while the db deploy is {db.state if db else 'gone'}")
         if step != "stop" or (node, service) not in world.running:
             return
         sim = self.fleet.agents[node]
@@ -91,10 +101,6 @@ class FleetModel(RuleBasedStateMachine):
         others = [n for n in world.up(service) if n != node]
         if len(others) < self.quorum[service]:
             self.violations.append(f"{node} stopped {service} leaving {len(others)} up, quorum {self.quorum[service]}")
-        if service == "web":
-            db = self.fleet.operator.deploy(self.deploys[0])
-            if db is None or db.state != DONE:
-                self.violations.append(f"{node} restarted web while the db deploy is {db.state if db else 'gone'}")
 
     # -- agents --------------------------------------------------------------------------
     @rule(i=st.integers(0, 4))
@@ -144,6 +150,20 @@ class FleetModel(RuleBasedStateMachine):
     def resume(self, name: int) -> None:
         self._set_state(self.deploys[name], PAUSED, PENDING)
 
+    @rule(name=st.integers(0, 1))
+    def abort(self, name: int) -> None:
+        entry = self.fleet.operator.deploy(self.deploys[name])
+        if entry is not None and entry.is_open:
+            self.fleet.operator.update_deploy(entry.evolve(state=ABORTED))
+
+    @rule()
+    def rollback_db(self) -> None:
+        """What ``zkdeploy rollback db`` does: abort the open deploys of db, queue db@1 as a rollback."""
+        for entry in self.fleet.operator.deploys():
+            if entry.service == "db" and entry.is_open:
+                self.fleet.operator.update_deploy(entry.evolve(state=ABORTED))
+        self.deploys.append(self.fleet.deploy(("db", "1"))[0])
+
     @rule(on=st.booleans())
     def killswitch(self, on: bool) -> None:
         self.fleet.operator.set_killswitch(Killswitch(message="model", by="test") if on else None)
@@ -189,8 +209,8 @@ class FleetModel(RuleBasedStateMachine):
         fleet = self.fleet
         fleet.world.on_step = self._check_step
         fleet.operator.set_killswitch(None)
-        for name in self.deploys:
-            self._set_state(name, PAUSED, PENDING)
+        for entry in fleet.operator.deploys():
+            self._set_state(entry.name, PAUSED, PENDING)
         for node, sim in fleet.agents.items():
             if sim.session is not None and sim.session.state != "connected":
                 sim.session.reconnect()
@@ -202,15 +222,34 @@ class FleetModel(RuleBasedStateMachine):
             fleet.rounds(1)
             for node in self.nodes:
                 fleet.monitor(node)
-            states = [fleet.operator.deploy(n).state for n in self.deploys]
-            converged = all(set(fleet.versions(s).values()) == {"2"} for s in ("db", "web"))
-            if all(s == DONE for s in states) and converged:
+            if self._settled() and self._converged():
                 break
         assert not self.violations, self.violations
-        states = {n: (e.state, e.message) for n in self.deploys if (e := fleet.operator.deploy(n))}
-        assert all(s == DONE for s, _ in states.values()), f"the rollout did not finish once faults stopped: {states}"
-        for service in ("db", "web"):
-            assert set(fleet.versions(service).values()) == {"2"}, fleet.versions(service)
+        states = {e.name: (e.service, e.version, e.state, e.message) for e in fleet.operator.deploys()}
+        assert self._settled(), f"a deploy neither finished nor was stopped once faults stopped: {states}"
+        assert self._converged(), f"not every node runs a healthy release: {fleet.world.running}; {states}"
+        if all(s == DONE for _, _, s, _ in states.values()):
+            for service in ("db", "web"):
+                assert set(fleet.versions(service).values()) == {"2"}, fleet.versions(service)
+        for entry in fleet.operator.deploys():
+            for failure in entry.failures:  # a node never keeps a release that failed on it
+                assert fleet.world.running.get((failure["node"], entry.service)) != entry.version or \
+                    (entry.service, entry.version) not in fleet.world.bad, (failure, entry)
+
+    def _settled(self) -> bool:
+        """Every deploy finished or was stopped; one halted (past its failure budget) holds the
+        ones queued after it until an operator resumes or aborts it."""
+        for entry in self.fleet.operator.deploys():
+            if entry.state == HALTED:
+                return True
+            if entry.state not in (DONE, ABORTED, ROLLED_BACK):
+                return False
+        return True
+
+    def _converged(self) -> bool:
+        """Every service on every node runs and passes its checks."""
+        world = self.fleet.world
+        return all(world.healthy(node, service) for node in self.nodes for service in ("db", "web"))
 
 
 FleetModel.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,

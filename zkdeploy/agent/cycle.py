@@ -25,9 +25,10 @@ from zkdeploy.agent.slots import SlotRequest, fence
 from zkdeploy.agent.states import Phase
 from zkdeploy.config.loader import parse_catalog
 from zkdeploy.coordination import Store
-from zkdeploy.errors import ConfigError, CoordinationError
-from zkdeploy.model import FAILED, ONLINE, PENDING, STOPPED, DeployEntry
-from zkdeploy.policy.progress import active_deploy
+from zkdeploy.errors import ConfigError, ConflictError, CoordinationError
+from zkdeploy.model import ABORTED, FAILED, ONLINE, PENDING, STOPPED, DeployEntry
+from zkdeploy.policy.lifecycle import Actor, can, transition
+from zkdeploy.policy.progress import active_deploy, blocked_by
 from zkdeploy.policy.versions import most_popular
 from zkdeploy.runner.service import HostService
 
@@ -74,7 +75,7 @@ class Cycle:
         self.returning: set[str] = set()  # services to bring to the most popular version after a (re)join
         self.recovering: set[str] = set()  # services whose interrupted change waits for a slot to be undone
         self._failed: set[tuple[str, str]] = set()  # (deploy, service) whose release failed here
-        self._closed: set[str] = set()              # deploy entries seen closed (never read again)
+        self._closed: dict[str, DeployEntry] = {}   # deploy entries seen closed (never read again)
         self._catalog_version = -2
         self._watching = False
         self._watched_head: str | None = None
@@ -102,7 +103,7 @@ class Cycle:
             self.recovering.update(recovery.settle_registered(self.host))
             self.deferred_recovery = False
         entries = self._open_deploys()
-        head = active_deploy(entries)
+        head = self._head(entries)
         self._watch_head(head)
         services = self.host.services()
         self._want_payloads(entries, head, services)
@@ -127,18 +128,17 @@ class Cycle:
             return Want("the release it ran before a crash", recovery=True)
         rec = self.presence.local[service]
         machine = self.presence.machines[service]
-        if any(e.service == service for e in entries):
-            self.returning.discard(service)  # a rollout of this service brings this node to its target
         if head is not None and head.service == service:
-            if head.state != PENDING or (head.name, service) in self._failed:
-                return None
+            if head.state != PENDING or (head.name, service) in self._failed \
+                    or any(f.get("node") == self.node for f in head.failures):
+                return None  # paused or halted; or its release failed here (recorded for every agent to read)
             if rec.version == head.version and rec.state == ONLINE:
                 if machine.phase == Phase.STAGED:
                     machine.reset()
                 return None
             return Want(head.version, head) if self.payloads.ready(service, head.version) else None
-        if service not in self.returning:
-            return None
+        if service not in self.returning or any(e.service == service for e in entries):
+            return None  # an open rollout of this service decides first; the node converges after it
         target = self._most_popular(service)
         if target is None or (target == rec.version and rec.state != STOPPED):
             self.returning.discard(service)
@@ -298,8 +298,28 @@ class Cycle:
         """The open deploy entries.  A closed entry never opens again, so once seen closed it is
         not read again: a cycle costs one read per open entry, not one per entry kept."""
         entries = self.store.deploys(skip=self._closed)
-        self._closed.update(e.name for e in entries if not e.is_open)
+        self._closed.update((e.name, e) for e in entries if not e.is_open)
         return [e for e in entries if e.is_open]
+
+    def _head(self, entries: list[DeployEntry]) -> DeployEntry | None:
+        """The active deploy: the oldest open one.  An open entry whose request's deploy of a service
+        it depends on ended short of done (aborted, rolled back) is aborted here, saying why, so it
+        neither starts on a mixed fleet nor waits for ever; the entries after it (a rollback) go on."""
+        catalog = self.host.catalog
+        graph = catalog.graph() if catalog else None
+        known = [*self._closed.values(), *entries]
+        for entry in entries:
+            blocker = blocked_by(entry, known, graph)
+            if blocker is None or not can(entry, ABORTED, by=Actor.AGENT):
+                continue
+            why = (f"aborted: it depends on {blocker.service}, whose deploy {blocker.name} "
+                   f"({blocker.service}@{blocker.version}) was {blocker.state}")
+            try:
+                self.store.update_deploy(transition(entry, ABORTED, by=Actor.AGENT, message=why))
+                log.warning("deploy %s of %s@%s %s", entry.name, entry.service, entry.version, why)
+            except ConflictError:
+                pass  # changed meanwhile (another agent aborted it first): the next cycle sees
+        return active_deploy(known, graph)
 
     def _want_payloads(self, entries: list[DeployEntry], head: DeployEntry | None,
                        services: dict[str, HostService]) -> None:

@@ -49,13 +49,15 @@ def _record_failure(store: Store, node: str, name: str, error: str) -> None:
     entry = store.deploy(name)
     if entry is None or not can(entry, entry.state, by=Actor.AGENT):
         return  # gone, or closed: a failure no longer changes it
+    if any(f.get("node") == node for f in entry.failures):
+        return  # recorded already (by this node before a restart): the budget counts nodes, not events
     failures = (*entry.failures, {"node": node, "error": error, "at": time.time()})
     over_budget = len(failures) > failure_budget(entry.max_failures, len(store.current(entry.service)))
     summary = f"{len(failures)} node(s) failed (max_failures {entry.max_failures})"
     if over_budget and entry.on_failure == "rollback" and entry.previous and entry.previous != entry.version:
         _roll_back(store, node, transition(
             entry, ROLLED_BACK, by=Actor.AGENT, failures=failures,
-            message=f"{summary}; rolling back to {entry.previous}; last: {node}: {error}"))
+            message=f"{summary}; rolling back to {entry.previous}; last: {node}: {error}"), entry.previous)
         return
     if over_budget:
         updated = transition(entry, HALTED, by=Actor.AGENT, failures=failures,
@@ -65,8 +67,8 @@ def _record_failure(store: Store, node: str, name: str, error: str) -> None:
     store.update_deploy(updated)
 
 
-def _roll_back(store: Store, node: str, failed: DeployEntry) -> None:
-    rollback = DeployEntry(service=failed.service, version=failed.previous, group=failed.group,
+def _roll_back(store: Store, node: str, failed: DeployEntry, previous: str) -> None:
+    rollback = DeployEntry(service=failed.service, version=previous, group=failed.group,
                            requested_by=f"zkdeploy on {node}", created=time.time(),
                            max_failures=failed.max_failures, previous=failed.version, on_failure="pause",
                            progress_deadline=failed.progress_deadline, kind="rollback",
@@ -75,7 +77,7 @@ def _roll_back(store: Store, node: str, failed: DeployEntry) -> None:
                   for d in store.deploys()
                   if d.group == failed.group and d.name > failed.name and can(d, ABORTED, by=Actor.AGENT)]
     name = store.replace_with_rollback(failed, rollback, dependants)
-    log.error("deploy %s failed; queued rollback %s to %s", failed.name, name, failed.previous)
+    log.error("deploy %s failed; queued rollback %s to %s", failed.name, name, previous)
 
 
 def maybe_complete(store: Store, head: DeployEntry) -> None:

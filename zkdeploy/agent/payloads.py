@@ -18,10 +18,10 @@ from collections.abc import Callable
 from zkdeploy.agent.host import Host
 from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.states import Phase
-from zkdeploy.transfer.transport import Transport
 from zkdeploy.coordination import Store
 from zkdeploy.errors import CoordinationError, PayloadError, ZkdeployError
 from zkdeploy.model import Release
+from zkdeploy.transfer.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,15 @@ class Payloads:
                 worker.start()
             self._cond.notify_all()
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
+        """Stop the workers after the install in progress; wait up to ``wait`` seconds for them."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+            workers = list(self._workers.values())
+        deadline = time.monotonic() + wait
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
 
     def _next(self, service: str) -> str | None:
         now = time.monotonic()
@@ -118,7 +123,7 @@ class Payloads:
                 while version is None and not self._stopping:
                     self._cond.wait(FETCH_RETRY_SECONDS / 3)
                     version = self._next(service)
-                if self._stopping:
+                if self._stopping or version is None:  # the wait above ends with a version or when stopping
                     return
             try:
                 if self.install(service, version):

@@ -14,13 +14,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from zkdeploy.crash import crash_point
 from zkdeploy.agent.host import Host
 from zkdeploy.agent.host_actions import HOOKS, START, STOP
 from zkdeploy.agent.releases import ReleaseDir
 from zkdeploy.agent.slots import fence
 from zkdeploy.agent.states import Phase, ServiceMachine
 from zkdeploy.coordination import Store
+from zkdeploy.crash import crash_point
 from zkdeploy.errors import HealthCheckError, LockLostError, SessionLostError, ZkdeployError
 from zkdeploy.journal import NOTHING_TO_UNDO, ChangeSetBuilder, undo_change
 from zkdeploy.runner.service import HostService
@@ -86,10 +86,11 @@ class Restart:
         return self.svc.name
 
     def enter(self, phase: Phase, detail: str, fenced: bool = True) -> None:
-        """Move to ``phase``: fenced first for destructive steps, then the crash hook."""
+        """Move to ``phase`` (published: a blocking write), then, for a destructive step, fence last,
+        immediately before the step: a session lost during the write stops the step."""
+        self.machine.to(phase, detail)
         if fenced:
             fence(self.store, self.service, self.host.node)
-        self.machine.to(phase, detail)
         crash_point(self.service, phase.value)
 
     def run(self, old: str | None, was_running: bool) -> Outcome:
@@ -111,11 +112,12 @@ class Restart:
         return Outcome(True, self.target, change_id=change_id)
 
     def _roll_back(self, exc: BaseException, old: str | None, change_id: int | None) -> Outcome:
-        kind = {
+        kinds: dict[type[BaseException], str] = {
             HealthCheckError: "health checks failed",
             LockLostError: "lost the restart slot",
             SessionLostError: "lost the ZooKeeper session",
-        }.get(type(exc), "step failed")
+        }
+        kind = kinds.get(type(exc), "step failed")
         error = f"{kind}: {exc}"
         fenced = isinstance(exc, (LockLostError, SessionLostError))
         log.error("%s: %s; undoing change set %s", self.service, error, change_id)

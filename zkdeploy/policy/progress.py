@@ -2,17 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from zkdeploy.model import HALTED, ONLINE, PAUSED, PENDING, CurrentEntry, DeployEntry
+from zkdeploy.model import ABORTED, HALTED, ONLINE, PAUSED, PENDING, ROLLED_BACK, CurrentEntry, DeployEntry
 from zkdeploy.policy.quorum import figures, required_online
 
 
-def active_deploy(deploys: Sequence[DeployEntry]) -> DeployEntry | None:
-    """The head of the queue: the oldest entry that is still open (pending or halted)."""
-    for entry in sorted(deploys, key=lambda e: e.name):
-        if entry.is_open:
+def active_deploy(deploys: Sequence[DeployEntry],
+                  graph: Mapping[str, Iterable[str]] | None = None) -> DeployEntry | None:
+    """The head of the queue: the oldest open entry (pending, paused or halted) that is not blocked.
+
+    With the catalog's dependency ``graph``, an entry is blocked while an
+    earlier entry of the same request (``group``) for a service it depends on,
+    directly or not, ended short of done (aborted or rolled back): it waits,
+    and the entries after it (a rollback, another request) go first.  A
+    halted or paused entry is open: it stays the head and holds back
+    everything after it, as before.
+    """
+    ordered = sorted(deploys, key=lambda e: e.name)
+    for entry in ordered:
+        if entry.is_open and blocked_by(entry, ordered, graph) is None:
             return entry
+    return None
+
+
+def blocked_by(entry: DeployEntry, deploys: Sequence[DeployEntry],
+               graph: Mapping[str, Iterable[str]] | None) -> DeployEntry | None:
+    """The earlier entry of ``entry``'s request, for a service it depends on, that ended short of
+    done (so ``entry`` must wait), or None."""
+    if not graph or not entry.group:
+        return None
+    needs: set[str] = set()
+    todo = list(graph.get(entry.service, ()))
+    while todo:
+        service = todo.pop()
+        if service not in needs:
+            needs.add(service)
+            todo.extend(graph.get(service, ()))
+    for other in deploys:
+        if other.name < entry.name and other.group == entry.group and other.service in needs \
+                and other.state in (ABORTED, ROLLED_BACK):
+            return other
     return None
 
 

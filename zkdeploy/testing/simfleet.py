@@ -151,10 +151,10 @@ class SimFleet:
 
     # -- what the operator sees --------------------------------------------------------------
     def deploy(self, *targets: tuple[str, str], max_failures: int | str = 0, on_failure: str = "pause",
-               previous: dict[str, str] | None = None) -> list[str]:
+               previous: dict[str, str] | None = None, kind: str = "deploy") -> list[str]:
         group = f"g-{len(self.operator.deploys())}"
         entries = [DeployEntry(service=s, version=v, group=group, requested_by="test", created=time.time(),
-                               max_failures=max_failures, on_failure=on_failure,
+                               max_failures=max_failures, on_failure=on_failure, kind=kind,
                                previous=(previous or {}).get(s)) for s, v in targets]
         return self.operator.enqueue(entries)
 
@@ -168,7 +168,7 @@ class SimFleet:
         for sim in self.agents.values():
             if sim.agent is not None:
                 if sim.agent.payloads is not None:
-                    sim.agent.payloads.close()
+                    sim.agent.payloads.close(wait=10)
                 sim.agent.host.close()
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -34,6 +34,7 @@ class SimWorld:
     running: dict[tuple[str, str], str] = field(default_factory=dict)
     bad: set[tuple[str, str]] = field(default_factory=set)  # (service, version) that fail their checks
     on_step: Callable[[str, str, str], None] = lambda node, service, step: None
+    pending_start: str | None = None  # the version being started while ``on_step(..., "start")`` runs
     steps: list[tuple[str, str, str, str | None]] = field(default_factory=list)
 
     def healthy(self, node: str, service: str) -> bool:
@@ -65,7 +66,9 @@ class _SimAction(ActionHandler):
             self.world.running.pop(key, None)
         elif self.kind == START:
             version = params.get("version") or ""
+            self.world.pending_start = version
             self.world.on_step(self.node, service, "start")
+            self.world.pending_start = None
             self.world.steps.append((self.node, service, "start", version))
             self.world.running[key] = version
             if params.get("checks") and (service, version) in self.world.bad:

@@ -1,0 +1,205 @@
+"""The safety scenarios of the protocol review, each against real agents on the in-memory store.
+
+Every test is one interleaving a review found (network faults, lost replies,
+operator actions at unlucky moments) and asserts what an outside observer
+would see: how many nodes answer, what order services restarted in, what the
+deploy entries say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from zkdeploy import crash
+from zkdeploy.errors import SessionLostError
+from zkdeploy.model import ABORTED, DONE, FAILED, HALTED, ONLINE, PAUSED, PENDING, Killswitch
+from zkdeploy.testing.simfleet import SimFleet
+
+CATALOG = {"services": {
+    "db": {"quorum": 2, "start": "run db"},
+    "web": {"quorum": 2, "start": "run web", "depends_on": ["db"]},
+}}
+
+
+def make_fleet(nodes: int = 4, catalog: dict | None = None) -> SimFleet:
+    fleet = SimFleet([f"n{i}" for i in range(1, nodes + 1)], catalog or CATALOG)
+    for service in fleet.catalog["services"]:
+        fleet.stage(service, "1", at=1.0)
+        for node in fleet.agents:
+            fleet.install(node, service, "1")
+    fleet.start_all()
+    fleet.rounds(1)
+    return fleet
+
+
+@pytest.fixture
+def fleet() -> Iterator[SimFleet]:
+    fleet = make_fleet()
+    yield fleet
+    fleet.close()
+
+
+def rounds_until(fleet: SimFleet, done, limit: int = 40) -> None:
+    for _ in range(limit):
+        if done():
+            return
+        fleet.rounds(1)
+    assert done(), "did not get there"
+
+
+def state(fleet: SimFleet, name: str) -> str:
+    entry = fleet.operator.deploy(name)
+    assert entry is not None
+    return entry.state
+
+
+def set_state(fleet: SimFleet, name: str, new: str) -> None:
+    entry = fleet.operator.deploy(name)
+    assert entry is not None
+    fleet.operator.update_deploy(entry.evolve(state=new))
+
+
+# -- 4: abort and rollback keep dependency order ------------------------------------------------
+def test_after_an_abort_a_dependant_deploy_never_starts_and_the_rollback_goes_first(fleet: SimFleet) -> None:
+    fleet.stage("db", "2", at=2.0)
+    fleet.stage("web", "2", at=2.0)
+    db, web = fleet.deploy(("db", "2"), ("web", "2"), previous={"db": "1", "web": "1"})
+    fleet.cycle("n1")  # n1's db goes to 2: the db fleet is mixed
+    set_state(fleet, db, HALTED)
+    set_state(fleet, db, ABORTED)  # the documented procedure: abort, then roll back
+    fleet.rounds(3)
+    assert set(fleet.versions("web").values()) == {"1"}, "web restarted on a mixed db fleet"
+    entry = fleet.operator.deploy(web)
+    assert entry is not None and entry.state == ABORTED
+    assert entry.message == f"aborted: it depends on db, whose deploy {db} (db@2) was aborted"
+    rollback = fleet.deploy(("db", "1"))[0]
+    rounds_until(fleet, lambda: state(fleet, rollback) == DONE)
+    assert set(fleet.versions("db").values()) == {"1"} and set(fleet.versions("web").values()) == {"1"}
+
+
+# -- 5: a lost reply leaves no ghost ----------------------------------------------------------------
+@pytest.mark.parametrize("op", ["create", "commit", "delete"])
+def test_a_lost_reply_in_the_restart_protocol_leaves_no_ghost(fleet: SimFleet, op: str) -> None:
+    fleet.stage("db", "2", at=2.0)
+    name = fleet.deploy(("db", "2"))[0]
+    fleet.agents["n1"].session.lose_next_reply(1, op)
+    rounds_until(fleet, lambda: state(fleet, name) == DONE)
+    assert set(fleet.versions("db").values()) == {"2"}
+    assert fleet.operator.queue("db") == [] and fleet.operator.slots("db") == []
+
+
+def test_a_lost_reply_to_taking_the_slot_keeps_the_node_restarting(fleet: SimFleet) -> None:
+    fleet.stage("db", "2", at=2.0)
+    fleet.deploy(("db", "2"))
+    steps: list[tuple[str, int]] = []
+    fleet.world.on_step = lambda node, service, step: steps.append((step, len(fleet.operator.slots(service))))
+    fleet.agents["n1"].session.lose_next_reply(1, "commit")
+    fleet.cycle("n1")
+    assert ("stop", 1) in steps  # it went on with its slot, found again after the lost reply
+    assert fleet.operator.slots("db") == [] and fleet.versions("db")["n1"] == "2"
+
+
+# -- 6: a node that returns during a paused deploy comes back after an abort -------------------------
+def test_a_node_down_during_a_paused_deploy_starts_again_after_the_abort(fleet: SimFleet) -> None:
+    fleet.stage("db", "2", at=2.0)
+    name = fleet.deploy(("db", "2"))[0]
+    set_state(fleet, name, PAUSED)
+    fleet.crash("n4")
+    fleet.world.running.pop(("n4", "db"))  # the host went down with its agent
+    fleet.expire_dead_sessions()
+    fleet.start("n4")  # it comes back while the deploy is paused
+    fleet.rounds(2)
+    set_state(fleet, name, ABORTED)
+    fleet.rounds(3)
+    assert fleet.versions("db")["n4"] == "1" and "n4" in fleet.online("db")
+
+
+# -- 7: the failure budget counts nodes, and a restarted agent remembers ---------------------------
+def test_a_restarted_agent_does_not_retry_a_release_that_failed_on_it(fleet: SimFleet) -> None:
+    fleet.stage("db", "2", at=2.0)
+    fleet.world.bad.add(("db", "2"))
+    name = fleet.deploy(("db", "2"), max_failures=1)[0]
+    fleet.cycle("n1")  # n1 fails, rolls back: one failure, within the budget
+    entry = fleet.operator.deploy(name)
+    assert entry is not None and [f["node"] for f in entry.failures] == ["n1"] and entry.state == PENDING
+    fleet.crash("n1")
+    fleet.expire_dead_sessions()
+    fleet.start("n1")
+    fleet.cycle("n1")
+    fleet.cycle("n1")  # the new agent must not retry the known-bad release
+    entry = fleet.operator.deploy(name)
+    assert entry is not None and [f["node"] for f in entry.failures] == ["n1"] and entry.state == PENDING
+    assert fleet.versions("db")["n1"] == "1"
+
+
+# -- 8: a failed publish is written again ----------------------------------------------------------
+def test_a_failed_publish_is_asserted_again_by_the_monitor(fleet: SimFleet) -> None:
+    fleet.world.bad.add(("db", "1"))
+    session = fleet.agents["n1"].session
+    session.fail_next(1, SessionLostError("connection loss (test)"), op="set")
+    fleet.monitor("n1")  # n1's db fails its checks; the write that says so is lost
+    assert fleet.operator.current("db")["n1"].state == ONLINE
+    fleet.monitor("n1")
+    assert fleet.operator.current("db")["n1"].state == FAILED
+
+
+# -- 9: the fence comes last, immediately before the destructive step ----------------------------------
+def test_a_session_lost_while_publishing_the_phase_stops_the_step(fleet: SimFleet) -> None:
+    fleet.stage("db", "2", at=2.0)
+    fleet.deploy(("db", "2"))
+    agent = fleet.agents["n1"].agent
+    assert agent is not None
+    publish = agent.presence.publish
+
+    def expiring_publish(service: str, **kw: object) -> None:
+        publish(service, **kw)  # type: ignore[arg-type]
+        if str(kw.get("detail", "")).startswith("stopping"):
+            fleet.agents["n1"].session.expire()  # the session goes while the phase is being written
+
+    agent.presence.publish = expiring_publish  # type: ignore[method-assign]
+    fleet.cycle("n1")
+    assert ("n1", "db", "stop", "1") not in fleet.world.steps
+    assert fleet.versions("db")["n1"] == "1"
+
+
+# -- 10: crash recovery obeys the killswitch ----------------------------------------------------------
+def test_crash_recovery_waits_while_the_killswitch_is_on(fleet: SimFleet) -> None:
+    fleet.stage("db", "2", at=2.0)
+    fleet.world.bad.add(("db", "2"))
+    fleet.deploy(("db", "2"), max_failures=4)
+    with crash.installed(crash.raise_at("undo:*:before")):
+        fleet.cycle("n1")  # dies at the start of the roll-back: db@2 runs, failing
+    assert fleet.agents["n1"].agent is None and fleet.versions("db")["n1"] == "2"
+    fleet.operator.set_killswitch(Killswitch(message="hands off", by="test"))
+    fleet.expire_dead_sessions()
+    fleet.start("n1")
+    fleet.rounds(3)
+    assert fleet.versions("db")["n1"] == "2"  # nothing moved under the killswitch
+    fleet.operator.set_killswitch(None)
+    rounds_until(fleet, lambda: fleet.versions("db")["n1"] == "1")
+
+
+# -- 12: the most-popular rule counts the node itself -------------------------------------------------
+def test_after_a_split_abort_session_blips_follow_one_rule_fleet_wide(tmp_path) -> None:
+    """3 x v1 and 3 x v2: counting itself, every node sees a tie, which goes to the newest release.
+    Left out, each node saw the other version ahead and moved to it: the fleet flip-flopped."""
+    fleet = make_fleet(6, {"services": {"db": {"quorum": 3, "start": "run db"}}})
+    try:
+        fleet.stage("db", "2", at=2.0)
+        name = fleet.deploy(("db", "2"))[0]
+        for node in ("n1", "n2", "n3"):
+            fleet.cycle(node)
+        set_state(fleet, name, ABORTED)
+        fleet.rounds(1)
+        before = fleet.versions("db")
+        assert sorted(before.values()) == ["1", "1", "1", "2", "2", "2"]
+        for node in fleet.agents:
+            fleet.agents[node].session.expire()
+            fleet.rounds(2)
+            after = fleet.versions("db")
+            assert all(after[n] == "2" for n in after if before[n] == "2"), "a node moved away from the tie's winner"
+        assert set(fleet.versions("db").values()) == {"2"}
+    finally:
+        fleet.close()
