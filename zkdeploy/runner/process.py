@@ -4,6 +4,11 @@ A managed service outlives its agent (an agent crash must not take the
 service down), so its process runs in a session of its own and is found
 again by a pid file that also records the process start time, which guards
 against a recycled pid.
+
+No service runs untracked: the spawned shell waits on a pipe until the pid
+file is on disk, and only then execs the service's command.  An agent killed
+before that (crash point ``process:spawned``) closes the pipe by dying, and
+the shell exits without running anything.
 """
 
 from __future__ import annotations
@@ -18,9 +23,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from zkdeploy.crash import crash_point
 from zkdeploy.errors import ServiceError, StepTimeoutError
+from zkdeploy.fsutil import replace_durably
 
 log = logging.getLogger(__name__)
+
+#: what the agent writes to the gate once the pid file is durable
+_GO = b"go\n"
+#: the shell's prologue: run the command only after reading "go"; end of file means the agent died first
+_GATE = ('read -r zkdeploy_go && [ "$zkdeploy_go" = go ] || '
+         '{ echo "zkdeploy: not started: the agent died before it recorded the process" >&2; exit 111; }\n'
+         'exec </dev/null\n'
+         'exec ')
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -82,30 +97,50 @@ class ManagedProcess:
         return self.pid() is not None
 
     def start(self, command: str, *, cwd: str, env: dict[str, str]) -> int:
-        """Start ``command`` detached; returns its pid.  Raises ServiceError if it is already running."""
+        """Start ``command`` detached; returns its pid.  Raises ServiceError if it is already running.
+
+        Guarantees: the command runs only once the pid file naming its process
+        is durably on disk, so whenever the caller dies, the service either
+        runs and is found by ``pid``/``stop``, or never ran.
+        """
         if self.running():
             raise ServiceError(f"{self.pidfile.stem} is already running (pid {self.pid()})")
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.logfile, "ab") as out, open(os.devnull, "rb") as devnull:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", "exec " + command], cwd=cwd, env={**os.environ, **env},
-                stdin=devnull, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        start = None
-        for _ in range(50):
-            start = _start_ticks(proc.pid)
-            if start is not None:
-                break
-            time.sleep(0.01)
-        if start is None:
-            code = proc.poll()
-            raise ServiceError(f"`{command}` exited at once (code {code}); see {self.logfile}")
-        tmp = self.pidfile.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": proc.pid, "start": start, "command": command}))
-        os.replace(tmp, self.pidfile)
-        self._child = proc  # keep the handle so this process reaps it
+        gate, go = os.pipe()
+        try:
+            try:
+                with open(self.logfile, "ab") as out:
+                    proc = subprocess.Popen(
+                        ["/bin/sh", "-c", _GATE + command], cwd=cwd, env={**os.environ, **env},
+                        stdin=gate, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                    )
+            finally:
+                os.close(gate)  # the shell holds its own copy
+            self._child = proc  # keep the handle so this process reaps it
+            crash_point("process", "spawned")
+            start = None
+            for _ in range(50):
+                start = _start_ticks(proc.pid)
+                if start is not None:
+                    break
+                time.sleep(0.01)
+            if start is None:
+                code = proc.poll()
+                raise ServiceError(f"`{command}` exited at once (code {code}); see {self.logfile}")
+            self._record(proc.pid, start, command)
+            os.write(go, _GO)
+        except OSError as exc:
+            raise ServiceError(f"cannot start `{command}`: {exc.strerror or exc}") from None
+        finally:
+            os.close(go)  # without "go" first, the shell reads end of file and exits
         return proc.pid
+
+    def _record(self, pid: int, start: int, command: str) -> None:
+        """Write the pid file atomically and durably (an OSError when the disk refuses)."""
+        tmp = self.pidfile.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": pid, "start": start, "command": command}))
+        replace_durably(tmp, self.pidfile)
 
     def stop(self, timeout: float) -> bool:
         """SIGTERM the process group, SIGKILL after ``timeout``; True if something was stopped."""
