@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from zkdeploy import __version__
@@ -56,7 +57,7 @@ class Presence:
         self.store = store
 
     # -- publishing ---------------------------------------------------------
-    def _on_phase(self, service: str):
+    def _on_phase(self, service: str) -> Callable[[Phase, Phase, str], None]:
         def changed(old: Phase, new: Phase, detail: str) -> None:
             log.info("%s: %s -> %s%s", service, old.value, new.value, f" ({detail})" if detail else "")
             state = RESTARTING if new in RESTART_PHASES else None
