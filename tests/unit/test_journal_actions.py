@@ -180,19 +180,6 @@ def test_no_undo_is_said_everywhere_and_refused_unless_forced(journal: Journal, 
     assert not (tmp_path / "a").exists()
 
 
-def test_service_start_and_stop(journal: Journal, tmp_path: Path) -> None:
-    running = tmp_path / "running"
-    running.write_text("yes")
-    with Executor(journal).change_set("restart") as cs:
-        cs.stop_service("web", ["rm", str(running)], ["touch", str(running)], timeout=5)
-        assert not running.exists()
-    undo_change(journal, None, 1)
-    assert running.exists()
-    task = journal.get_change(1).tasks[0]
-    assert task.execute.description.startswith("stop service web")
-    assert task.undo.description.startswith("start service web")
-
-
 def test_python_action_and_its_reverse(journal: Journal, tmp_path: Path) -> None:
     target = tmp_path / "made-by-python"
     with Executor(journal).change_set("py") as cs:

@@ -122,24 +122,6 @@ class CommandHandler(ActionHandler):
         return [command_text(params)]
 
 
-class ServiceStartHandler(CommandHandler):
-    """``service_start``: params ``service``, ``argv`` (the start command), ``timeout``."""
-
-    kind = "service_start"
-
-    def describe(self, params: dict[str, Any]) -> str:
-        return f"start service {params['service']} ({command_text(params)})"
-
-
-class ServiceStopHandler(CommandHandler):
-    """``service_stop``: params ``service``, ``argv`` (the stop command), ``timeout``."""
-
-    kind = "service_stop"
-
-    def describe(self, params: dict[str, Any]) -> str:
-        return f"stop service {params['service']} ({command_text(params)})"
-
-
 def _resolve(func: str) -> Any:
     module_name, sep, attr = func.partition(":")
     if not sep or not module_name or not attr:

@@ -224,24 +224,6 @@ class ChangeSetBuilder:
         return self.task("python", params, undo=undo_spec, no_undo=no_undo, description=description,
                          undo_description=undo_description, reverse=reverse)
 
-    def stop_service(
-        self, service: str, stop: Sequence[str], start: Sequence[str], *, timeout: float = 60,
-        description: str | None = None, reverse: bool = False,
-    ) -> TaskOutcome:
-        """Stop ``service`` with the ``stop`` argv; the undo starts it with ``start``."""
-        undo = ("service_start", {"service": service, "argv": list(start), "timeout": timeout})
-        return self.task("service_stop", {"service": service, "argv": list(stop), "timeout": timeout},
-                         undo=undo, description=description, reverse=reverse)
-
-    def start_service(
-        self, service: str, start: Sequence[str], stop: Sequence[str], *, timeout: float = 60,
-        description: str | None = None, reverse: bool = False,
-    ) -> TaskOutcome:
-        """Start ``service`` with the ``start`` argv; the undo stops it with ``stop``."""
-        undo = ("service_stop", {"service": service, "argv": list(stop), "timeout": timeout})
-        return self.task("service_start", {"service": service, "argv": list(start), "timeout": timeout},
-                         undo=undo, description=description, reverse=reverse)
-
 
 def _command_params(
     command: Sequence[str] | str, timeout: float, cwd: str | None, env: dict[str, str] | None

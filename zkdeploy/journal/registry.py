@@ -2,8 +2,9 @@
 
 It sits above the handler modules (:mod:`~zkdeploy.journal.actions`,
 :mod:`~zkdeploy.journal.fileactions`), which never import it.  The registry
-is open: the agent registers richer ``service_start`` / ``service_stop``
-handlers with ``registry.register(handler, replace=True)``.
+is open: the agent registers the one way to start and stop a service
+(``zkdeploy.service_start``, ``zkdeploy.service_stop``, ``zkdeploy.hooks``, in
+zkdeploy/agent/host_actions.py) with ``registry.register(handler)``.
 """
 
 from __future__ import annotations
@@ -11,15 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from zkdeploy.errors import JournalError
-from zkdeploy.journal import fileactions
+import zkdeploy.journal.fileactions as fileactions
 from zkdeploy.journal.actions import (
     ActionHandler,
     CommandHandler,
     NoopHandler,
     NoUndoHandler,
     PythonHandler,
-    ServiceStartHandler,
-    ServiceStopHandler,
 )
 
 
@@ -66,8 +65,6 @@ def default_registry() -> Registry:
             fileactions.RemoveTreeHandler(),
             fileactions.TreeRestoreHandler(),
             CommandHandler(),
-            ServiceStartHandler(),
-            ServiceStopHandler(),
             PythonHandler(),
             NoUndoHandler(),
             NoopHandler(),
