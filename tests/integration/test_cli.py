@@ -140,7 +140,7 @@ def test_deploy_queues_in_dependency_order(run, catalog_file: Path, tmp_path: Pa
 @pytest.mark.parametrize("nodes, targets, expected", [
     (4, ["cache@2"], "unknown service 'cache'"),
     (4, ["db@3"], "db@3 is not staged"),
-    (2, ["db@2"], "quorum 2 needs 2 of 2 node(s) online, so no node could ever restart"),
+    (2, ["db@2"], "quorum 2 needs 2 of 2 member(s) online, so no node could ever restart"),
     (0, ["db@2"], "db: no node runs it"),
     (4, ["db@../x"], "invalid version name"),
 ])
@@ -186,8 +186,54 @@ def test_nodes_lists_registered_agents(run, store: Store) -> None:
                                    labels={"rack": "r1"}, agent_version="0.1.0"))
     store.publish_current("db", CurrentEntry(node="n1", version="7", state=ONLINE))
     rows = json.loads(run("nodes", "--json").output)
-    assert rows == [{"node": "n1", "address": "198.18.0.1", "labels": {"rack": "r1"}, "agent_version": "0.1.0",
+    assert rows == [{"node": "n1", "present": True, "address": "198.18.0.1", "labels": {"rack": "r1"},
+                     "agent_version": "0.1.0", "last_seen": None,
                      "services": {"db": {"version": "7", "state": "online", "phase": "idle"}, "web": None}}]
+
+
+def test_absent_members_are_shown_counted_and_forgotten_only_when_gone(run, catalog_file: Path, store: Store,
+                                                                       zk_hosts: str, zk_root: str) -> None:
+    from zkdeploy.model import NodeRecord
+    run("services", "apply", str(catalog_file))
+    agents = []  # six stand-in agents, each with its own session, registered the way an agent registers
+    for i in range(6):
+        agent = Store.connect(zk_hosts, zk_root, session_timeout=4.0)
+        agents.append(agent)
+        agent.register_node(NodeRecord(node=f"n{i}", address=f"198.18.0.{i}", services=("db", "web")))
+        for service in ("db", "web"):
+            agent.add_member(service, f"n{i}")
+            agent.publish_current(service, CurrentEntry(node=f"n{i}", version="1", state=ONLINE))
+    try:
+        result = run("nodes", "forget", "n5", "--force")
+        assert result.exit_code == 2, result.output
+        assert "n5 is present" in result.output and "n5" in store.members("web")
+        agents[5].close()  # n5's agent stops: its presence and /current entries go with its session
+        status = json.loads(run("status", "--json").output)
+        web = next(s for s in status["services"] if s["service"] == "web")
+        # 67% of the 6 members is 5 (of the 5 present it would be 4): n5 is a member, absent, counted as down
+        assert (web["nodes"], web["members"], web["required_online"]) == (5, 6, 5)
+        assert [m["node"] for m in web["absent"]] == ["n5"] and web["absent"][0]["last_seen"] > 0
+        text = run("status").output
+        assert "absent members" in text and "n5" in text and "5/6" in text
+        rows = {r["node"]: r for r in json.loads(run("nodes", "--json").output)}
+        assert rows["n5"]["present"] is False and rows["n5"]["services"] == {"db": None, "web": None}
+        assert rows["n5"]["last_seen"] == web["absent"][0]["last_seen"] and rows["n0"]["present"] is True
+        assert "absent, last seen" in run("nodes").output
+        # asked, and declined: nothing forgotten
+        assert run("nodes", "forget", "n5").exit_code == 1 and "n5" in store.members("web")
+        result = run("nodes", "forget", "n5", "--service", "web", "--yes", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output) == {"node": "n5", "forgotten": ["web"]}
+        assert "n5" not in store.members("web") and "n5" in store.members("db")
+        result = run("nodes", "forget", "n5", "--force")
+        assert result.exit_code == 0 and "forgot n5 as a member of db" in result.output
+        status = json.loads(run("status", "--json").output)
+        assert all(s["absent"] == [] and s["members"] == 5 for s in status["services"])
+        result = run("nodes", "forget", "n5", "--force")
+        assert result.exit_code == 2 and "n5 is not a member of any service" in result.output
+    finally:
+        for agent in agents[:5]:
+            agent.close()
 
 
 def test_unreachable_zookeeper_exits_3(tmp_path: Path) -> None:

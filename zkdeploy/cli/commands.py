@@ -1,4 +1,4 @@
-"""Operator commands that write intent: services, stage, deploy, abort/resume, killswitch."""
+"""Operator commands that write intent: services, stage, deploy, abort/resume, killswitch, nodes forget."""
 
 from __future__ import annotations
 
@@ -18,13 +18,12 @@ import click
 
 from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
 from zkdeploy.cli.output import emit_json, say, table
+from zkdeploy.cli.seeding import seed_in_foreground
 from zkdeploy.cli.views import deploy_dict, fleet_status
 from zkdeploy.config.loader import load_catalog, parse_catalog
 from zkdeploy.config.schema import Catalog
 from zkdeploy.coordination import Store
-from zkdeploy.transfer.transport import TORRENT_BLOB
-from zkdeploy.cli.seeding import seed_in_foreground
-from zkdeploy.errors import ConfigError, DeployRefusedError, PayloadError, RolloutError
+from zkdeploy.errors import ConfigError, ConflictError, DeployRefusedError, PayloadError, RolloutError
 from zkdeploy.model import (
     ABORTED,
     DONE,
@@ -44,8 +43,8 @@ from zkdeploy.policy.quorum import failure_budget, required_online
 from zkdeploy.policy.versions import most_popular
 from zkdeploy.transfer.fetch import is_url, open_origin, payload_digest
 from zkdeploy.transfer.torrent import make_torrent
+from zkdeploy.transfer.transport import TORRENT_BLOB
 from zkdeploy.transfer.unpack import check_archive
-
 
 #: finished deploy entries kept in ZooKeeper (the oldest beyond are removed when a deploy is queued)
 DEPLOYS_KEPT = 500
@@ -213,8 +212,9 @@ def resolve_targets(store: Store, targets: tuple[str, ...], what: str) -> tuple[
     or DeployRefusedError.
 
     Refuses unknown services, unstaged versions, dependency cycles, services
-    no node runs, and quorums that leave no node free to restart; every
-    problem is listed at once.
+    no node runs, and quorums that leave no node free to restart (figured on
+    the service's members, absent ones included); every problem is listed at
+    once.
     """
     data, _ = store.catalog()
     if data is None:
@@ -233,13 +233,14 @@ def resolve_targets(store: Store, targets: tuple[str, ...], what: str) -> tuple[
         if version is None or version not in releases:
             problems.append(f"{service}@{version or '?'} is not staged (zkdeploy stage {service} VERSION PAYLOAD)")
             continue
-        present = len(store.current(service))
+        present = set(store.current(service))
+        members = len(present | set(store.member_nodes(service)))  # absent members count too
         quorum = catalog.services[service].quorum
-        if present == 0:
+        if not present:
             problems.append(f"{service}: no node runs it (no agent has registered it in /current)")
-        elif required_online(quorum, present) >= present:
-            problems.append(f"{service}: quorum {quorum} needs {required_online(quorum, present)} of "
-                            f"{present} node(s) online, so no node could ever restart")
+        elif required_online(quorum, members) >= members:
+            problems.append(f"{service}: quorum {quorum} needs {required_online(quorum, members)} of "
+                            f"{members} member(s) online, so no node could ever restart")
         out.append((service, version))
     if problems:
         raise DeployRefusedError(f"{what} refused, nothing was queued:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -472,3 +473,49 @@ def killswitch(ctx: Ctx, action: str, message: str, as_json: bool) -> None:
     else:
         say(f"killswitch on: {switch.message} (by {switch.by})" if switch else "killswitch off")
 
+
+# -- nodes forget ---------------------------------------------------------------------------
+@click.command("forget")
+@click.argument("node")
+@click.option("--service", "services", multiple=True, metavar="SERVICE",
+              help="Forget NODE as a member of SERVICE only (repeatable; default: of every service).")
+@click.option("--force", "--yes", "force", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_ctx
+@handle_errors
+def nodes_forget(ctx: Ctx, node: str, services: tuple[str, ...], force: bool, as_json: bool) -> None:
+    """Remove NODE, which left for good, from the members of its services.
+
+    A node that has registered a service stays its member, present or not:
+    while it is absent it counts as down, and a percentage quorum is a share
+    of the members, so an absent member can hold a rollout back.  Refused
+    (exit 2) while NODE is present (its agent is registered): stop the agent
+    first, or wait for its session to expire.  A forgotten node that comes
+    back becomes a member again when it registers.
+    """
+    check_name("node", node)
+    for service in services:
+        check_name("service", service)
+    store = ctx.store()
+    if node in store.nodes():
+        raise ConfigError(f"{node} is present (its agent is registered): only a node that left can be forgotten; "
+                          f"stop its agent, or wait for its ZooKeeper session to expire")
+    candidates = list(services) or store.member_services()
+    of = [s for s in candidates if node in store.member_nodes(s)]
+    if not of:
+        raise ConfigError(f"{node} is not a member of {', '.join(candidates) if services else 'any service'}")
+    if not force and not click.confirm(f"forget {node} as a member of {', '.join(of)}? "
+                                       f"A percentage quorum will no longer count it"):
+        raise click.Abort()
+    forgotten = []
+    for service in of:
+        try:
+            if store.forget_member(service, node):
+                forgotten.append(service)
+        except ConflictError as exc:  # it registered meanwhile: it is present again
+            raise ConfigError(f"{exc}" + (f" (already forgotten of {', '.join(forgotten)})" if forgotten else "")) \
+                from None
+    if as_json:
+        emit_json({"node": node, "forgotten": forgotten})
+    else:
+        say(f"forgot {node} as a member of {', '.join(forgotten)}" if forgotten else f"{node}: nothing to forget")
