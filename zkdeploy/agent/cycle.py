@@ -44,7 +44,7 @@ class Want:
     deploy: DeployEntry | None = None
     recovery: bool = False
 
-    def same(self, other: "Want") -> bool:
+    def same(self, other: Want) -> bool:
         return (self.target, self.recovery, self.deploy and self.deploy.name) == \
             (other.target, other.recovery, other.deploy and other.deploy.name)
 
@@ -352,7 +352,9 @@ class Cycle:
     def _ensure_watches(self) -> None:
         if self._watching:
             return
-        fire = (lambda *_: self.wake.set())
+        def fire(*_: object) -> None:
+            self.wake.set()
+
         self.store.watch_deploy_queue(fire)
         self.store.watch_killswitch(fire)
         self.store.watch_catalog(fire)
