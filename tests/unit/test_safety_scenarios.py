@@ -203,3 +203,21 @@ def test_after_a_split_abort_session_blips_follow_one_rule_fleet_wide(tmp_path) 
         assert set(fleet.versions("db").values()) == {"2"}
     finally:
         fleet.close()
+
+
+# -- found by the spin model: a stale 'failed' entry must not make going down look free --------------
+def test_a_node_whose_entry_still_says_failed_but_answers_costs_quorum() -> None:
+    fleet = make_fleet(3, {"services": {"db": {"quorum": 3, "start": "run db"}}})
+    try:
+        fleet.world.bad.add(("db", "1"))
+        fleet.world.running[("n1", "db")] = fleet.world.running[("n2", "db")] = "1x"  # only n3's db fails
+        fleet.monitor("n3")
+        assert fleet.operator.current("db")["n3"].state == FAILED
+        fleet.world.bad.clear()  # n3's db answers again; its monitor has not looked yet
+        fleet.stage("db", "2", at=2.0)
+        fleet.deploy(("db", "2"))
+        fleet.cycle("n3")
+        assert ("n3", "db", "stop", "1") not in fleet.world.steps, "n3 took an answering service down"
+        assert len(fleet.world.up("db")) == 3
+    finally:
+        fleet.close()

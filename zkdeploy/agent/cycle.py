@@ -166,7 +166,9 @@ class Cycle:
             try:
                 if pending is None:
                     why = "to recover" if want.recovery else f"into {want.target}"
-                    request = SlotRequest(self.store, self.presence, service, svc.spec.quorum, why)
+                    request = SlotRequest(self.store, self.presence, service, svc.spec.quorum, why,
+                                          answering=lambda: self.host.probe(svc, self.presence.local[service].version)
+                                          is None)
                     pending = self.pending[service] = Pending(request, want)
                     request.join()
                 if not pending.request.poll(self.wake):

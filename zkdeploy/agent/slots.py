@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 class SlotRequest:
     """One node's request to take one service down for ``why`` (a target version, an undo)."""
 
-    def __init__(self, store: Store, presence: Presence, service: str, quorum: int | str, why: str) -> None:
+    def __init__(self, store: Store, presence: Presence, service: str, quorum: int | str, why: str,
+                 answering: Callable[[], bool] | None = None) -> None:
         self.store = store
         self.presence = presence
         self.node = presence.node
@@ -45,6 +46,9 @@ class SlotRequest:
         self._queue = store.restart_queue(service, self.node)
         self.granted = False
         self.reason = ""
+        #: whether this node's service answers now (a fresh local probe): an entry that still says
+        #: ``failed`` for a service that answers again must not make going down look free
+        self.answering = answering
 
     def join(self) -> None:
         """Take a place in the restart queue (once) and say so."""
@@ -68,8 +72,11 @@ class SlotRequest:
             raise LockLostError(f"this node's /current entry of {self.service} is gone")
         members = set(self.store.member_nodes(self.service, wake)) | set(entries)  # absent members count as down
         online = sum(1 for e in entries.values() if e.state == ONLINE)
+        self_online = me.state == ONLINE
+        if not self_online and self.answering is not None and self.answering():
+            self_online, online = True, online + 1  # our entry is stale: going down costs quorum
         decision = may_go_down(online=online, present=len(entries), members=len(members), quorum=self.quorum,
-                               self_online=me.state == ONLINE)
+                               self_online=self_online)
         if not decision.allowed:
             return self._waiting(decision.reason)
         detail = f"restarting: {self.why}"
