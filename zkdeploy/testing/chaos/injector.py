@@ -1,4 +1,10 @@
-"""Carrying out a plan's faults on a running fleet: agents SIGKILLed or SIGSTOPped, ZooKeeper leaders killed.
+"""Carrying out a plan's faults on a running fleet.
+
+Agents SIGKILLed or SIGSTOPped; one agent's link to ZooKeeper cut, or its replies dropped and its
+connection reset (through its own proxies, :mod:`.links`); ZooKeeper servers killed (the leader,
+a follower, the whole ensemble); a service's health endpoint made to answer garbage, hang or flap
+(the demo service's switch file); an agent killed while the release it checks fails; operator
+commands (pause/resume, killswitch on/off, abort, rollback, undo) through the real CLI.
 
 Each planned fault runs in its own thread, waits for its moment, picks its target among those
 eligible then (the plan's ``pick`` index), hits it, holds, and resumes it; every signal and
@@ -16,26 +22,45 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from zkdeploy.coordination import Store
-from zkdeploy.demo.fleet import Host, LocalFleet
+from zkdeploy.demo.fleet import Host, LocalFleet, health_fault_file
 from zkdeploy.errors import ZkdeployError
+from zkdeploy.model import DeployEntry
+from zkdeploy.policy.progress import active_deploy
 from zkdeploy.testing.chaos.plan import (
+    HEALTH_FLAP,
+    HEALTH_HANG,
+    HEALTH_MALFORMED,
     HOST_SETTLE,
     KILL,
+    LINK_CUT_LONG,
+    LINK_CUT_SHORT,
     MAX_HOSTS_FAULTED,
+    OP_ABORT,
+    OP_KILLSWITCH,
+    OP_PAUSE,
+    OP_ROLLBACK,
+    OP_UNDO,
+    REPLY_DROP,
+    RESTART_FAILING,
     STOP_LONG,
     STOP_SHORT,
+    ZK_FOLLOWER,
     ZK_LEADER,
+    ZK_RESTART,
     Plan,
     PlannedFault,
 )
 from zkdeploy.testing.chaos.result import FaultRecord
+from zkdeploy.testing.chaos.scenario import FAILING_SERVICE, OLD
+from zkdeploy.testing.tcpproxy import DOWN, ProxyGroup
 from zkdeploy.testing.zkserver import ZkCluster, ZkServer
 
 
@@ -63,7 +88,8 @@ def injects(*kinds: str) -> Callable[[InjectFn], InjectFn]:
 class Injector:
     """Runs the planned faults in threads, one per fault; ``cancel()`` stops them all."""
 
-    def __init__(self, plan: Plan, fleet: LocalFleet, cluster: ZkCluster, store: Store, log: Log) -> None:
+    def __init__(self, plan: Plan, fleet: LocalFleet, cluster: ZkCluster, store: Store, log: Log,
+                 links: Mapping[str, ProxyGroup] | None = None) -> None:
         unknown = sorted({f.kind for f in plan.faults} - INJECTORS.keys())
         if unknown:
             raise ValueError(f"no injector for fault kind(s) {', '.join(unknown)}")
@@ -72,11 +98,14 @@ class Injector:
         self.cluster = cluster
         self.store = store
         self.log = log
+        #: each host's link to ZooKeeper (link faults need them)
+        self.links = dict(links or {})
         self.records: list[FaultRecord] = []
         self._cancel = threading.Event()
         #: every signal and every restart happens under it
         self.lock = threading.Lock()
         self._busy: dict[str, float] = {}  # host -> busy until (inf while its fault lasts)
+        self._health_busy: set[tuple[str, str]] = set()  # (host, service) whose /health is broken now
         self._threads: list[threading.Thread] = []
         self.t0 = 0.0
 
@@ -121,43 +150,76 @@ class Injector:
                                                 f"injector error: {exc}"))
 
     # -- faults on an agent's host ------------------------------------------------
-    def _restarting_hosts(self) -> list[str]:
+    def restarting_hosts(self, queued: bool = False) -> list[str]:
+        """Hosts that hold a restart slot now (and, with ``queued``, those waiting in a restart queue)."""
         try:
-            return sorted({n for s in self.fleet.services for n in self.store.slots(s.name)})
+            names = {n for s in self.fleet.services for n in self.store.slots(s.name)}
+            if queued:
+                names |= {n for s in self.fleet.services for n in self.store.queue(s.name)}
+            return sorted(names)
         except ZkdeployError:  # the ensemble may be electing a leader: no preference this time
             return []
 
-    def _choose_host(self, fault: PlannedFault) -> Host | None:
-        """Reserve a host for ``fault``: waits (up to 20 s) while too many hosts are faulted."""
+    def slot_of(self, node: str) -> str | None:
+        """The service ``node`` holds a restart slot of now, if any."""
+        try:
+            return next((s.name for s in self.fleet.services if node in self.store.slots(s.name)), None)
+        except ZkdeployError:
+            return None
+
+    def phase_of(self, node: str, service: str) -> str | None:
+        try:
+            entry = self.store.current(service).get(node)
+        except ZkdeployError:
+            return None
+        return entry.phase if entry is not None else None
+
+    def choose_host(self, fault: PlannedFault, preferred: Callable[[], list[str]] | None = None,
+                    wait_preferred: float = 0.0) -> Host | None:
+        """Reserve a host for ``fault``: waits (up to 20 s) while too many hosts are faulted.
+
+        ``preferred`` (default: the hosts holding a restart slot, when the fault prefers them)
+        names the hosts to aim at if one is free; with ``wait_preferred``, wait that long for
+        one to appear before taking any free host."""
+        if preferred is None and fault.prefer_restarting:
+            preferred = self.restarting_hosts
         deadline = time.monotonic() + 20.0
+        preferred_until = time.monotonic() + wait_preferred
         while not self._cancel.is_set() and time.monotonic() < deadline:
-            restarting = self._restarting_hosts() if fault.prefer_restarting else []
+            wanted = preferred() if preferred is not None else []
             with self.lock:
                 now = time.monotonic()
                 busy = {h for h, until in self._busy.items() if until > now}
                 if len(busy) < MAX_HOSTS_FAULTED:
                     free = [h for h in self.fleet.hosts if h.name not in busy
                             and h.process is not None and h.process.poll() is None]
-                    preferred = [h for h in free if h.name in restarting]
-                    pool = preferred or free
-                    if pool:
-                        host = pool[fault.pick % len(pool)]
-                        self._busy[host.name] = float("inf")
-                        return host
+                    aimed = [h for h in free if h.name in wanted]
+                    if aimed or now >= preferred_until:
+                        pool = aimed or free
+                        if pool:
+                            host = pool[fault.pick % len(pool)]
+                            self._busy[host.name] = float("inf")
+                            return host
             self._cancel.wait(0.2)
         return None
 
-    def host_fault(self, fault: PlannedFault, action: HostAction) -> None:
-        """Hit a host chosen for ``fault`` with ``action``, hold, and resume it; the host is
-        released (after :data:`HOST_SETTLE`) whatever happens."""
-        host = self._choose_host(fault)
+    def release_host(self, host: Host) -> None:
+        with self.lock:
+            self._busy[host.name] = time.monotonic() + HOST_SETTLE
+
+    def host_fault(self, fault: PlannedFault, action: HostAction, host: Host | None = None,
+                   preferred: Callable[[], list[str]] | None = None, service: str = "") -> FaultRecord | None:
+        """Hit a host chosen for ``fault`` (or ``host``, already reserved) with ``action``, hold, and
+        resume it; the host is released (after :data:`HOST_SETTLE`) whatever happens.  The record,
+        or None when nothing was hit."""
+        host = host or self.choose_host(fault, preferred)
         if host is None:
-            return
-        record = FaultRecord(fault.kind, host.name, 0.0, None, fault.hold)
+            return None
+        record = FaultRecord(fault.kind, host.name, 0.0, None, fault.hold, service=service)
         try:
             with self.lock:
                 if self._cancel.is_set() or host.process is None or host.process.poll() is not None:
-                    return
+                    return None
                 phases = self._phases(host.name)
                 pid = host.process.pid
                 record.started = time.time()
@@ -168,13 +230,13 @@ class Injector:
             self._cancel.wait(fault.hold)
             with self.lock:
                 if self._cancel.is_set() and not action.resume_on_cancel:
-                    return
+                    return record
                 action.resume(self, host, pid)
                 record.resumed = time.time()
             self.log.say(f"{fault.kind} {host.name}: {action.resumed}")
+            return record
         finally:
-            with self.lock:
-                self._busy[host.name] = time.monotonic() + HOST_SETTLE
+            self.release_host(host)
 
     def _phases(self, node: str) -> str:
         """What the host was doing when hit, from /current (for the report only)."""
@@ -265,3 +327,268 @@ def kill_zk_leader(injector: Injector, fault: PlannedFault) -> None:
         injector.cluster.restart(leader, timeout=60)
         record.resumed = time.time()
     injector.log.say(f"zk-leader: server {leader.myid} restarted")
+
+
+# -- one agent's link to ZooKeeper -------------------------------------------------------------
+def _link(injector: Injector, host: Host) -> ProxyGroup:
+    try:
+        return injector.links[host.name]
+    except KeyError:
+        raise ZkdeployError(f"{host.name} has no proxied link to ZooKeeper (the fleet is not proxied)") from None
+
+
+LINK_CUT = HostAction(lambda inj, host: _link(inj, host).stall(),
+                      lambda inj, host, _pid: _link(inj, host).restore(),
+                      resume_on_cancel=True, resumed="link restored")
+
+
+def _reset_link(injector: Injector, host: Host, _pid: int) -> None:
+    link = _link(injector, host)
+    link.reset()    # the client sees its connection reset and reconnects within its session
+    link.restore()
+
+
+REPLIES_DROPPED = HostAction(lambda inj, host: _link(inj, host).drop(DOWN), _reset_link,
+                             resume_on_cancel=True, resumed="connection reset, link restored")
+
+
+@injects(LINK_CUT_SHORT, LINK_CUT_LONG)
+def cut_link(injector: Injector, fault: PlannedFault) -> None:
+    """One agent's link to ZooKeeper stalled both ways (its host and services run on), restored
+    after the hold: shorter or longer than the session timeout."""
+    injector.host_fault(fault, LINK_CUT)
+
+
+@injects(REPLY_DROP)
+def drop_replies(injector: Injector, fault: PlannedFault) -> None:
+    """Requests reach ZooKeeper (and are applied) but its replies to one agent are dropped for the
+    hold; then the connection is reset and the agent reconnects within its session.  Aimed at a
+    host that waits in a restart queue or holds a slot, where a lost reply matters most."""
+    preferred = (lambda: injector.restarting_hosts(queued=True)) if fault.prefer_restarting else None
+    injector.host_fault(fault, REPLIES_DROPPED, preferred=preferred)
+
+
+# -- ZooKeeper servers ---------------------------------------------------------------------------------
+def _find_server(injector: Injector, mode: str) -> ZkServer | None:
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and not injector.cancelled():
+        found = [s for s in injector.cluster.servers if s.mode() == mode]
+        if found:
+            return found[0]
+        injector.sleep(0.2)
+    return None
+
+
+@injects(ZK_FOLLOWER)
+def kill_zk_follower(injector: Injector, fault: PlannedFault) -> None:
+    """SIGKILL of a ZooKeeper follower (found within 10 s), restarted after the hold."""
+    follower = _find_server(injector, "follower")
+    if follower is None:
+        return
+    with injector.lock:
+        if injector.cancelled():
+            return
+        record = FaultRecord(ZK_FOLLOWER, f"zk:{follower.client_port}", time.time(), None, fault.hold)
+        follower.kill(signal.SIGKILL)
+        injector.records.append(record)
+    injector.log.say(f"zk-follower: killed server {follower.myid} (port {follower.client_port})")
+    if injector.sleep(fault.hold):
+        return
+    with injector.lock:
+        if injector.cancelled():
+            return
+        injector.cluster.restart(follower, timeout=60)
+        record.resumed = time.time()
+    injector.log.say(f"zk-follower: server {follower.myid} restarted")
+
+
+@injects(ZK_RESTART)
+def restart_zk_ensemble(injector: Injector, fault: PlannedFault) -> None:
+    """Every ZooKeeper server SIGKILLed at once, all started again after the hold; resumed when
+    every server serves again (bounded by 60 s)."""
+    servers = injector.cluster.servers
+    with injector.lock:
+        if injector.cancelled():
+            return
+        record = FaultRecord(ZK_RESTART, "zk:all", time.time(), None, fault.hold)
+        for server in servers:
+            server.kill(signal.SIGKILL)
+        injector.records.append(record)
+    injector.log.say("zk-restart: every server killed")
+    if injector.sleep(fault.hold):
+        return
+    with injector.lock:
+        if injector.cancelled():
+            return
+        for server in servers:
+            server.start()
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline and any(s.mode() is None for s in servers):
+            time.sleep(0.2)
+        record.resumed = time.time()
+        serving = sum(1 for s in servers if s.mode() is not None)
+    injector.log.say(f"zk-restart: servers started again ({serving}/{len(servers)} serving)")
+
+
+# -- health endpoints -------------------------------------------------------------------------------
+HEALTH_WORDS = {HEALTH_MALFORMED: "malformed", HEALTH_HANG: "hang", HEALTH_FLAP: "flap"}
+
+
+def set_health_fault(host: Host, service: str, word: str | None) -> None:
+    """Break (``word``) or mend (None) /health of ``service`` on ``host`` (the demo service's switch)."""
+    path = health_fault_file(host.root, service)
+    if word is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(word + "\n")
+    os.replace(tmp, path)
+
+
+@injects(HEALTH_MALFORMED, HEALTH_HANG, HEALTH_FLAP)
+def break_health(injector: Injector, fault: PlannedFault) -> None:
+    """One service's /health on one host answers bytes that are not HTTP, hangs, or flaps
+    (500/200 by turns) for the hold; GET / goes on answering.  Aimed (when the fault prefers it)
+    at a service being restarted, whose check then sees it."""
+    services = [s.name for s in injector.fleet.services]
+    hosts = injector.fleet.hosts
+    host, service = hosts[fault.pick % len(hosts)], services[(fault.pick >> 8) % len(services)]
+    if fault.prefer_restarting:
+        restarting = [h for h in hosts if h.name in injector.restarting_hosts()]
+        if restarting:
+            host = restarting[fault.pick % len(restarting)]
+            service = injector.slot_of(host.name) or service
+    with injector.lock:
+        if injector.cancelled() or (host.name, service) in injector._health_busy:
+            return
+        injector._health_busy.add((host.name, service))
+        phases = injector._phases(host.name)
+        record = FaultRecord(fault.kind, host.name, time.time(), None, fault.hold, detail=phases, service=service)
+        set_health_fault(host, service, HEALTH_WORDS[fault.kind])
+        injector.records.append(record)
+    injector.log.say(f"{fault.kind} {host.name} {service} ({phases})")
+    try:
+        injector.sleep(fault.hold)
+    finally:
+        with injector.lock:
+            set_health_fault(host, service, None)
+            injector._health_busy.discard((host.name, service))
+            record.resumed = time.time()
+    injector.log.say(f"{fault.kind} {host.name} {service}: mended")
+
+
+@injects(RESTART_FAILING)
+def restart_while_failing(injector: Injector, fault: PlannedFault) -> None:
+    """SIGKILL of an agent whose restart is checking a release that fails its health check, a new
+    agent after the hold.  Aimed at a host holding a restart slot (waiting up to 15 s for one);
+    unless the run's release fails by itself, its /health is made to answer garbage from just
+    before the kill until a hold after the new agent started."""
+    host = injector.choose_host(fault, preferred=injector.restarting_hosts, wait_preferred=15.0)
+    if host is None:
+        return
+    service = injector.slot_of(host.name)
+    broken = False
+    try:
+        if service is not None:
+            failing_by_itself = injector.plan.fail_health and service == FAILING_SERVICE
+            if not failing_by_itself:
+                with injector.lock:
+                    set_health_fault(host, service, "malformed")
+                    broken = True
+            deadline = time.monotonic() + 8.0  # the service starts in about 1 s, then is checked
+            while time.monotonic() < deadline and injector.phase_of(host.name, service) != "checking" \
+                    and not injector.cancelled():
+                injector.sleep(0.1)
+        record = injector.host_fault(fault, AGENT_KILL, host=host, service=service or "")
+        if record is not None and service is None:
+            record.detail += " (no restart under way)"
+        if broken and not injector.cancelled():
+            injector.sleep(fault.hold)
+    finally:
+        if broken:
+            with injector.lock:
+                set_health_fault(host, service or "", None)
+        injector.release_host(host)  # again (host_fault released it too): also when it was never called
+
+
+# -- operator commands --------------------------------------------------------------------------------
+def _head(injector: Injector) -> DeployEntry | None:
+    try:
+        return active_deploy([e for e in injector.store.deploys() if e.is_open])
+    except ZkdeployError:
+        return None
+
+
+def _operator(injector: Injector, *args: str, timeout: float = 60.0) -> tuple[int, str]:
+    """Run ``zkdeploy ARGS`` as an operator would; (exit code, last line of its output)."""
+    try:
+        done = injector.fleet.cli(*args, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, f"timed out after {timeout:g}s"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return done.returncode, (lines[-1][:160] if lines else "")
+
+
+def _operator_fault(injector: Injector, fault: PlannedFault, target: str, service: str, command: list[str],
+                    undo: list[str] | None = None, timeout: float = 60.0) -> None:
+    """Record and run ``command``; with ``undo`` (resume, killswitch off), run it after the hold."""
+    if injector.cancelled():
+        return
+    record = FaultRecord(fault.kind, target, time.time(), None, fault.hold, service=service)
+    with injector.lock:
+        injector.records.append(record)
+    code, said = _operator(injector, *command, timeout=timeout)
+    record.detail = f"{' '.join(command[:2])}: exit {code}" + (f" {said}" if code else "")
+    injector.log.say(f"{fault.kind}: zkdeploy {' '.join(command)} -> exit {code}: {said}")
+    if undo is None or code != 0:
+        record.resumed = time.time()
+        return
+    injector.sleep(fault.hold)  # on cancel too: a paused deploy or the killswitch must not outlive the run
+    code, said = _operator(injector, *undo, timeout=timeout)
+    record.resumed = time.time()
+    record.detail += f"; {' '.join(undo[:2])}: exit {code}" + (f" {said}" if code else "")
+    injector.log.say(f"{fault.kind}: zkdeploy {' '.join(undo)} -> exit {code}: {said}")
+
+
+@injects(OP_PAUSE)
+def pause_deploy(injector: Injector, fault: PlannedFault) -> None:
+    """``zkdeploy pause`` of the active deploy, ``zkdeploy resume`` after the hold."""
+    head = _head(injector)
+    if head is None:
+        return
+    _operator_fault(injector, fault, head.name, head.service, ["pause", head.name], ["resume", head.name])
+
+
+@injects(OP_KILLSWITCH)
+def killswitch(injector: Injector, fault: PlannedFault) -> None:
+    """``zkdeploy killswitch on``, ``off`` after the hold."""
+    _operator_fault(injector, fault, "fleet", "", ["killswitch", "on", "-m", "chaos"], ["killswitch", "off"])
+
+
+@injects(OP_ABORT)
+def abort_deploy(injector: Injector, fault: PlannedFault) -> None:
+    """``zkdeploy abort`` of the active deploy."""
+    head = _head(injector)
+    if head is None:
+        return
+    _operator_fault(injector, fault, head.name, head.service, ["abort", head.name, "--force"])
+
+
+@injects(OP_ROLLBACK)
+def roll_back(injector: Injector, fault: PlannedFault) -> None:
+    """``zkdeploy rollback SERVICE --to OLD`` of the active deploy's service (or, with none
+    active, of a service chosen by the plan)."""
+    head = _head(injector)
+    services = [s.name for s in injector.fleet.services]
+    service = head.service if head is not None else services[fault.pick % len(services)]
+    _operator_fault(injector, fault, service, service, ["rollback", service, "--to", OLD, "--json"])
+
+
+@injects(OP_UNDO)
+def undo_node(injector: Injector, fault: PlannedFault) -> None:
+    """``zkdeploy undo --node N --last 1`` of a node chosen by the plan (under the quorum rules)."""
+    hosts = injector.fleet.hosts
+    node = hosts[fault.pick % len(hosts)].name
+    _operator_fault(injector, fault, node, "", ["undo", "--node", node, "--last", "1", "--force",
+                                               "--timeout", "30", "--json"], timeout=45.0)

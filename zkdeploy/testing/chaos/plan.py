@@ -19,12 +19,20 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from zkdeploy.testing.chaos.scenario import SESSION_TIMEOUT
+from zkdeploy.testing.chaos.scenario import DEFAULT_SCENARIO, SESSION_TIMEOUT
 
-#: a fault's target: an agent's host (a fleet node) or a ZooKeeper server of the ensemble
-HOST, ZK_SERVER = "host", "zk-server"
+#: a fault's target: an agent's host (its process or its link to ZooKeeper), the health endpoint
+#: of one service on a host (the agent and the service run on), a ZooKeeper server (or the
+#: whole ensemble), or the operator's side (commands through the real CLI)
+HOST, HEALTH, ZK_SERVER, OPERATOR = "host", "health", "zk-server", "operator"
 
 KILL, STOP_LONG, STOP_SHORT, ZK_LEADER = "kill", "stop-long", "stop-short", "zk-leader"
+LINK_CUT_SHORT, LINK_CUT_LONG, REPLY_DROP = "link-cut-short", "link-cut-long", "reply-drop"
+ZK_FOLLOWER, ZK_RESTART = "zk-follower", "zk-restart"
+HEALTH_MALFORMED, HEALTH_HANG, HEALTH_FLAP = "health-malformed", "health-hang", "health-flap"
+RESTART_FAILING = "restart-failing"
+OP_PAUSE, OP_KILLSWITCH, OP_ABORT, OP_ROLLBACK, OP_UNDO = (
+    "op-pause", "op-killswitch", "op-abort", "op-rollback", "op-undo")
 
 #: faults are planned at offsets (seconds after the deploy command) within this window
 FAULT_WINDOW = (0.5, 18.0)
@@ -69,11 +77,37 @@ register_kind(FaultKind(STOP_LONG, HOST, lambda rng, st: st + rng.uniform(1.5, 4
 register_kind(FaultKind(STOP_SHORT, HOST, lambda rng, st: rng.uniform(0.5, st / 2)))
 # one ZooKeeper server down at a time: the ensemble of 3 keeps its majority
 register_kind(FaultKind(ZK_LEADER, ZK_SERVER, lambda rng, _st: rng.uniform(2.0, 6.0), spacing=15.0))
+# the agent's link to ZooKeeper cut (both ways, nothing lost) while host and services run on
+register_kind(FaultKind(LINK_CUT_SHORT, HOST, lambda rng, st: rng.uniform(0.5, st * 0.75)))
+register_kind(FaultKind(LINK_CUT_LONG, HOST, lambda rng, st: st + rng.uniform(1.5, 4.0)))
+# the hold is how long replies (server -> client) are dropped before the connection is reset
+register_kind(FaultKind(REPLY_DROP, HOST, lambda rng, st: rng.uniform(0.2, min(1.5, st / 3))))
+register_kind(FaultKind(ZK_FOLLOWER, ZK_SERVER, lambda rng, _st: rng.uniform(2.0, 6.0), spacing=15.0))
+register_kind(FaultKind(ZK_RESTART, ZK_SERVER, lambda rng, _st: rng.uniform(1.0, 4.0), spacing=15.0))
+# /health broken on one service of one host; a restart's check retries for about 10 s
+register_kind(FaultKind(HEALTH_MALFORMED, HEALTH, lambda rng, _st: rng.uniform(1.0, 8.0)))
+register_kind(FaultKind(HEALTH_HANG, HEALTH, lambda rng, _st: rng.uniform(1.0, 8.0)))
+register_kind(FaultKind(HEALTH_FLAP, HEALTH, lambda rng, _st: rng.uniform(1.0, 8.0)))
+# SIGKILL of an agent while the release it is checking fails; a new agent after the hold
+register_kind(FaultKind(RESTART_FAILING, HOST, lambda rng, _st: rng.uniform(1.5, 4.0), replaces_agent=True))
+# operator commands: the hold is how long a pause or a killswitch lasts (resume, off)
+register_kind(FaultKind(OP_PAUSE, OPERATOR, lambda rng, _st: rng.uniform(1.0, 6.0), spacing=4.0))
+register_kind(FaultKind(OP_KILLSWITCH, OPERATOR, lambda rng, _st: rng.uniform(1.0, 6.0), spacing=4.0))
+register_kind(FaultKind(OP_ABORT, OPERATOR, lambda rng, _st: 0.0, spacing=4.0))
+register_kind(FaultKind(OP_ROLLBACK, OPERATOR, lambda rng, _st: 0.0, spacing=4.0))
+register_kind(FaultKind(OP_UNDO, OPERATOR, lambda rng, _st: 0.0, spacing=4.0))
 
 #: the kinds a plan draws from, in this order (the order is part of every seed's plan)
-KINDS = (KILL, STOP_LONG, STOP_SHORT, ZK_LEADER)
+KINDS = (KILL, STOP_LONG, STOP_SHORT, ZK_LEADER,
+         LINK_CUT_SHORT, LINK_CUT_LONG, REPLY_DROP, ZK_FOLLOWER, ZK_RESTART,
+         HEALTH_MALFORMED, HEALTH_HANG, HEALTH_FLAP, RESTART_FAILING,
+         OP_PAUSE, OP_KILLSWITCH, OP_ABORT, OP_ROLLBACK, OP_UNDO)
 #: the built-in kinds that hit an agent's host
 HOST_KINDS = tuple(k for k in KINDS if FAULT_KINDS[k].target == HOST)
+#: the kinds carried out through the operator's CLI
+OPERATOR_KINDS = tuple(k for k in KINDS if FAULT_KINDS[k].target == OPERATOR)
+#: the kinds that break a health endpoint (restart-failing too, in a run whose release is healthy)
+HEALTH_KINDS = tuple(k for k in KINDS if FAULT_KINDS[k].target == HEALTH)
 
 
 def is_host_fault(kind: str) -> bool:
@@ -99,13 +133,16 @@ class Plan:
     nodes: int
     fail_health: bool
     faults: list[PlannedFault]
+    scenario: str = DEFAULT_SCENARIO
 
     def to_json(self) -> str:
-        """One line of JSON: the seed, the fleet size, ``fail_health`` and every fault with its ``kind``."""
+        """One line of JSON: the seed, the fleet size, ``fail_health``, the scenario and every fault
+        with its ``kind``."""
         return json.dumps(asdict(self))
 
 
-def plan_run(seed: int, nodes: int = 6, session_timeout: float = SESSION_TIMEOUT) -> Plan:
+def plan_run(seed: int, nodes: int = 6, session_timeout: float = SESSION_TIMEOUT,
+             scenario: str = DEFAULT_SCENARIO) -> Plan:
     """The reproducible part of a run: the faults (kind, moment, duration, target choice)."""
     rng = random.Random(seed)
     fail_health = rng.random() < 0.25
@@ -124,4 +161,4 @@ def plan_run(seed: int, nodes: int = 6, session_timeout: float = SESSION_TIMEOUT
             last_spaced[kind.target] = offset
         faults.append(PlannedFault(name, offset, round(hold, 2), rng.randrange(1 << 16), rng.random() < 0.6))
     faults.sort(key=lambda f: f.offset)
-    return Plan(seed, nodes, fail_health, faults)
+    return Plan(seed, nodes, fail_health, faults, scenario)

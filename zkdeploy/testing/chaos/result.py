@@ -17,6 +17,7 @@ class FaultRecord:
     resumed: float | None = None  # wall time of the restart / SIGCONT (None: never)
     hold: float = 0.0
     detail: str = ""
+    service: str = ""       # the service a health fault (or an operator's command) was about
 
     @property
     def host_fault(self) -> bool:
@@ -41,6 +42,7 @@ class Violation:
 class RunResult:
     seed: int
     fail_health: bool
+    scenario: str = "basic"
     faults: list[FaultRecord] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     rollout_seconds: float | None = None
@@ -60,7 +62,8 @@ class RunResult:
         rollout = f"{self.rollout_seconds:.1f}s" if self.rollout_seconds is not None else "unfinished"
         margins = " ".join(f"{s}={m:+d}" for s, m in sorted(self.min_margin.items()))
         converge = f"{self.converge_seconds:.1f}s" if self.converge_seconds is not None else "no"
-        out = (f"seed={self.seed} db2={'failing-health' if self.fail_health else 'healthy'} "
+        scenario = f"scenario={self.scenario} " if self.scenario != "basic" else ""
+        out = (f"seed={self.seed} {scenario}db2={'failing-health' if self.fail_health else 'healthy'} "
                f"faults={len(self.faults)} [{faults}] rollout={rollout} converged={converge} samples={self.samples} "
                f"min_quorum_margin[{margins}] violations={len(self.violations)}")
         if self.violations:

@@ -1,14 +1,16 @@
 """Chaos runs: a real rollout under injected faults, judged against DESIGN.md's invariants.
 
-Each run (seed S) starts a 3-server ZooKeeper ensemble on loopback and a LocalFleet of agents
-as processes (services ``db``, and ``web`` depending on ``db``), installs version 1, starts an
-Observer that probes every service's HTTP port, stages version 2 (in some seeds a ``db`` 2
-whose health check fails), deploys ``db@2 web@2`` and, while the rollout runs, injects the
+Each run (seed S) starts a 3-server ZooKeeper ensemble on loopback and a fleet of agents as
+processes, each reaching ZooKeeper through its own proxies (:mod:`.links`), with the services of
+its scenario (``basic``: ``db``, and ``web`` depending on ``db``; ``chain``: ``db`` <- ``app`` <-
+``web`` with percentage quorums), installs version 1, starts an Observer that probes every
+service's HTTP port and a watch of the lock tree, stages version 2 (in some seeds a ``db`` 2
+whose health check fails), deploys every service at 2 and, while the rollout runs, injects the
 faults planned from ``random.Random(S)`` (:mod:`.plan`, carried out by :mod:`.injector`).
-Then it waits (bounded) for the rollout to end and for returned nodes to converge, and checks
-safety, order, liveness/convergence and the journals (:mod:`.invariants`; docs/chaos.md says
-how each is judged).  One line per run; the last line is ``chaos_runs=N violations=V``; the
-exit code is 0 only when V == 0.  ``scripts/chaos.py`` calls :func:`main`.
+Then it waits (bounded) for the faults to stop, the deploys to settle and the nodes to converge,
+and checks safety, order, liveness/convergence, failed releases, locks and the journals
+(:mod:`.invariants`; docs/chaos.md says how each is judged).  One line per run; the last line
+is ``chaos_runs=N violations=V``; the exit code is 0 only when V == 0.  ``scripts/chaos.py`` calls :func:`main`.
 """
 
 from __future__ import annotations
@@ -31,21 +33,38 @@ from zkdeploy.coordination import Store
 from zkdeploy.demo.fleet import LocalFleet
 from zkdeploy.demo.observer import Observer
 from zkdeploy.errors import ZkdeployError
-from zkdeploy.model import DONE, HALTED, ONLINE, OPEN_DEPLOY_STATES
+from zkdeploy.model import DONE, HALTED, ONLINE, DeployEntry
 from zkdeploy.testing.chaos.artifacts import RunLog, snapshot_code, write_timeline
 from zkdeploy.testing.chaos.injector import Injector
 from zkdeploy.testing.chaos.invariants import (
+    ANY,
     check_agents_alive,
+    check_failed_releases,
     check_final,
     check_journals,
+    check_locks,
     check_order,
     check_safety,
+    expectations,
     registered_now,
+    settled,
 )
+from zkdeploy.testing.chaos.links import ProxiedFleet
+from zkdeploy.testing.chaos.locks import LocksWatch
 from zkdeploy.testing.chaos.plan import FAULT_WINDOW, plan_run
 from zkdeploy.testing.chaos.registrations import Registrations
 from zkdeploy.testing.chaos.result import RunResult, Violation, summary
-from zkdeploy.testing.chaos.scenario import MIN_NODES, NEW, OLD, ROOT, SESSION_TIMEOUT, services
+from zkdeploy.testing.chaos.scenario import (
+    DEFAULT_SCENARIO,
+    FAILING_SERVICE,
+    MIN_NODES,
+    NEW,
+    OLD,
+    ROOT,
+    SCENARIOS,
+    SESSION_TIMEOUT,
+    Scenario,
+)
 from zkdeploy.testing.zkserver import ZkCluster
 
 
@@ -102,17 +121,29 @@ def _install_old_version(fleet: LocalFleet, store: Store, nodes: int, log: RunLo
     log.say(f"version {OLD} installed on {nodes} nodes")
 
 
+def _run_entries(store: Store, first: str) -> dict[str, list[DeployEntry]]:
+    """The deploy entries queued since the run's deploy command (``first`` on), by service, in
+    queue order: the rollout's own, and the rollbacks queued during the run."""
+    out: dict[str, list[DeployEntry]] = {}
+    for entry in sorted(store.deploys(), key=lambda e: e.name):
+        if entry.name >= first:
+            out.setdefault(entry.service, []).append(entry)
+    return out
+
+
 def run_once(seed: int, nodes: int = 6, keep: bool = False, verbose: bool = False,
              rollout_timeout: float = 180.0, converge_timeout: float = 90.0,
-             base_dir: str | None = None, code: Path | None = None) -> RunResult:
+             base_dir: str | None = None, code: Path | None = None,
+             scenario: str = DEFAULT_SCENARIO) -> RunResult:
     """One chaos run; everything it starts is stopped before it returns (or raises).
 
     A failure of the run itself (an exception) becomes a ``run`` violation, except
     KeyboardInterrupt/SystemExit, which propagate after the teardown.  The work directory is
     removed unless ``keep`` and the run has violations (then ``result.workdir`` names it).
     """
-    plan = plan_run(seed, nodes)
-    result = RunResult(seed=seed, fail_health=plan.fail_health)
+    plan = plan_run(seed, nodes, scenario=scenario)
+    chosen: Scenario = SCENARIOS[scenario]
+    result = RunResult(seed=seed, fail_health=plan.fail_health, scenario=scenario)
     workdir = Path(tempfile.mkdtemp(prefix=f"zkdeploy-chaos-{seed}-", dir=base_dir))
     log = RunLog(workdir / "chaos.log", verbose)
     log.say(f"seed {seed}: plan {plan.to_json()}")
@@ -121,15 +152,16 @@ def run_once(seed: int, nodes: int = 6, keep: bool = False, verbose: bool = Fals
     store: Store | None = None
     observer: Observer | None = None
     regs: Registrations | None = None
+    locks: LocksWatch | None = None
     injector: Injector | None = None
     try:
         (workdir / "zk").mkdir()
         cluster = ZkCluster(size=3, workdir=str(workdir / "zk"))
         cluster.start()
         log.say(f"ZooKeeper ensemble at {cluster.hosts}")
-        fleet = LocalFleet(workdir / "fleet", cluster.hosts, services(), size=nodes, root=ROOT,
-                           session_timeout=SESSION_TIMEOUT,
-                           env={"PYTHONPATH": str(code)} if code is not None else None)
+        fleet = ProxiedFleet(workdir / "fleet", cluster.hosts, chosen.services(), size=nodes, root=ROOT,
+                             session_timeout=SESSION_TIMEOUT,
+                             env={"PYTHONPATH": str(code)} if code is not None else None)
         fleet.write_configs()
         fleet.cli("services", "apply", str(fleet.catalog_file))
         fleet.start()
@@ -139,56 +171,59 @@ def run_once(seed: int, nodes: int = 6, keep: bool = False, verbose: bool = Fals
         observer = Observer({(s.name, h.name): h.ports[s.name] for s in fleet.services for h in fleet.hosts})
         observer.start()
         regs = Registrations(store).start()
+        locks = LocksWatch(store, chosen.names).start()
         _wait(lambda: len(observer.samples) > 5, 10, 0.05)
         for svc in fleet.services:
-            bad = plan.fail_health and svc.name == "db"
+            bad = plan.fail_health and svc.name == FAILING_SERVICE
             fleet.cli("stage", svc.name, NEW, str(fleet.payload(svc.name, NEW, fail_health=bad)))
-        injector = Injector(plan, fleet, cluster, store, log)
+        injector = Injector(plan, fleet, cluster, store, log, links=fleet.links)
         t0 = time.time()
         result.t0 = t0
-        deploy_names = _deploy(fleet, f"db@{NEW}", f"web@{NEW}")
+        deploy_names = _deploy(fleet, *(f"{name}@{NEW}" for name in chosen.names))
         injector.start(t0)
-        log.say(f"deployed db@{NEW} web@{NEW}: {deploy_names}")
-        by_service = dict(zip(("db", "web"), deploy_names, strict=False))
+        log.say(f"deployed {' '.join(f'{n}@{NEW}' for n in chosen.names)}: {deploy_names}")
+        first = min(deploy_names)
 
-        def rollout_over() -> bool:
-            # over when every entry is closed, or when one is halted: a halted deploy waits for an
-            # operator (resume/abort), so nothing more happens by itself
-            entries = [store.deploy(n) for n in by_service.values()]
-            return (all(e is not None and e.state not in OPEN_DEPLOY_STATES for e in entries)
-                    or any(e is not None and e.state == HALTED for e in entries))
-
-        over = _wait(rollout_over, rollout_timeout, 0.1)
+        # over when no deploy of the run can move by itself: every entry closed, or halted (it waits
+        # for an operator's resume or abort), or queued behind a halted one
+        over = _wait(lambda: settled([e for es in _run_entries(store, first).values() for e in es]),
+                     rollout_timeout, 0.1)
+        injector.join(max(0.0, t0 + FAULT_WINDOW[1] + 90.0 - time.time()))
+        # a fault may have queued a rollback or resumed a deploy: settle again once the faults stopped
+        over = _wait(lambda: settled([e for es in _run_entries(store, first).values() for e in es]),
+                     max(10.0, t0 + rollout_timeout - time.time()), 0.1)
         if over:
             result.rollout_seconds = time.time() - t0
             log.say(f"rollout over after {result.rollout_seconds:.1f}s")
         else:
             log.say(f"rollout not over after {rollout_timeout:g}s")
-        injector.join(max(0.0, t0 + FAULT_WINDOW[1] + 60.0 - time.time()))
 
-        expected = {"db": OLD if plan.fail_health else NEW, "web": OLD if plan.fail_health else NEW}
         hosts = [h.name for h in fleet.hosts]
+        run_entries = _run_entries(store, first)
+        expected = expectations(chosen, run_entries, injector.records, hosts, plan.fail_health)
 
         def converged() -> bool:
             if not injector.done() or not observer.samples:
                 return False
             last = observer.samples[-1]
-            if any(last.answers.get((s, h)) != v for s, v in expected.items() for h in hosts):
-                return False
-            for s, v in expected.items():
-                entries = store.current(s)
-                if set(entries) != set(hosts) or any(e.version != v or e.state != ONLINE for e in entries.values()):
+            for (s, h), versions in expected.items():
+                if versions is not ANY and last.answers.get((s, h)) not in versions:
                     return False
-                if store.slots(s):
+            for s in chosen.names:
+                entries = store.current(s)
+                if set(entries) != set(hosts):
+                    return False
+                if any(expected[(s, n)] is not ANY and (e.version != last.answers.get((s, n)) or e.state != ONLINE)
+                       for n, e in entries.items()):
+                    return False
+                if store.slots(s) or store.queue(s):
                     return False
             return registered_now(store, fleet) == []
 
-        halted_unexpectedly = not plan.fail_health and any(
-            (e := store.deploy(n)) is not None and e.state == HALTED for n in by_service.values())
-        if halted_unexpectedly:
-            log.say("a deploy of a healthy release halted: "
-                    + "; ".join(f"{n}: {e.message if (e := store.deploy(n)) else 'gone'}" for n in by_service.values()))
-            converge_timeout = min(converge_timeout, 10.0)  # the rollout will not finish by itself
+        halted = [e for es in run_entries.values() for e in es if e.state == HALTED]
+        if halted and not plan.fail_health:
+            log.say("halted: " + "; ".join(f"{e.name} {e.service}@{e.version}: {e.message}" for e in halted))
+            converge_timeout = min(converge_timeout, 20.0)  # the halted rollout waits for an operator
         if over and _wait(converged, converge_timeout, 0.25):
             result.converge_seconds = time.time() - t0
             log.say(f"converged {result.converge_seconds:.1f}s after the deploy command")
@@ -197,21 +232,24 @@ def run_once(seed: int, nodes: int = 6, keep: bool = False, verbose: bool = Fals
         time.sleep(1.0)  # a few more samples of the final state
         observer.stop()
         regs.stop()
+        locks.stop()
         result.faults = sorted(injector.records, key=lambda f: f.started)
         result.samples = len(observer.samples)
-        deploys = {s: store.deploy(n) for s, n in by_service.items()}
-        result.deploy_states = {s: (e.state if e else "gone") for s, e in deploys.items()}
+        run_entries = _run_entries(store, first)
+        result.deploy_states = {e.name: f"{e.service}@{e.version} {e.state}"
+                                for es in run_entries.values() for e in es}
         if not over:
             result.violations.append(Violation(
-                "liveness", f"rollout not over within {rollout_timeout:g}s: "
-                + ", ".join(f"{s}={st}" for s, st in result.deploy_states.items())))
+                "liveness", f"rollout not settled within {rollout_timeout:g}s: "
+                + ", ".join(f"{n}={st}" for n, st in result.deploy_states.items())))
         samples = list(observer.samples)
         write_timeline(samples, fleet, t0, workdir / "timeline.txt")
+        expected = expectations(chosen, run_entries, result.faults, hosts, plan.fail_health)
         check_safety(samples, result.faults, fleet, result)
-        db_entry = deploys.get("db")
-        db_finished = db_entry.finished if db_entry is not None else None
-        check_order(samples, result.faults, regs, fleet, db_finished, result)
-        check_final(observer, store, fleet, result.faults, expected, deploys, plan.fail_health, result)
+        check_order(samples, result.faults, regs, fleet, chosen, run_entries, result)
+        check_final(observer, store, fleet, result.faults, expected, run_entries, plan.fail_health, result)
+        check_failed_releases(samples, run_entries, fleet, plan.fail_health, result)
+        check_locks(locks.polls, result.faults, hosts, SESSION_TIMEOUT, result)
         check_journals(fleet, result)
         check_agents_alive(fleet, result)
     except BaseException as exc:
@@ -235,6 +273,8 @@ def run_once(seed: int, nodes: int = 6, keep: bool = False, verbose: bool = Fals
                 teardown.callback(_stop_fleet, fleet)
             if regs is not None:
                 teardown.callback(regs.stop)
+            if locks is not None:
+                teardown.callback(locks.stop)
             if observer is not None:
                 teardown.callback(observer.stop)
             if injector is not None:
@@ -259,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="number of runs (seeds S, S+1, ...)")
     parser.add_argument("--seed", type=int, default=1, help="base seed")
     parser.add_argument("--nodes", type=int, default=6, help="agents in the fleet (at least 6)")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=DEFAULT_SCENARIO,
+                        help="basic: db <- web; chain: db <- app <- web, percentage quorums")
     parser.add_argument("--keep", action="store_true", help="keep the work dirs of failing runs")
     parser.add_argument("--verbose", action="store_true", help="progress of each run on stderr")
     parser.add_argument("--plan", action="store_true", help="print the fault plans and exit")
@@ -270,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [args.seed + i for i in range(args.runs)]
     if args.plan:
         for seed in seeds:
-            print(plan_run(seed, args.nodes).to_json())
+            print(plan_run(seed, args.nodes, scenario=args.scenario).to_json())
         return 0
 
     def on_term(signum: int, _frame: Any) -> None:
@@ -285,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = snapshot_code(code_dir) if code_dir is not None else None
         for seed in seeds:
-            result = run_once(seed, nodes=args.nodes, keep=args.keep, verbose=args.verbose, code=code)
+            result = run_once(seed, nodes=args.nodes, keep=args.keep, verbose=args.verbose, code=code,
+                              scenario=args.scenario)
             print(result.line(), flush=True)
             results.append(result)
     except KeyboardInterrupt:
