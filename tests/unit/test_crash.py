@@ -99,8 +99,8 @@ def test_install_returns_the_previous_handler_and_none_restores_the_environment(
 
 
 def test_the_agent_hook_is_the_same_function() -> None:
-    from zkdeploy.agent import faults
+    from zkdeploy.agent import restart
     from zkdeploy.journal import CRASH_ENV as journal_env
 
-    assert faults.crash_point is crash_point
+    assert restart.crash_point is crash_point
     assert journal_env == CRASH_ENV == "ZKDEPLOY_CRASH_AT"

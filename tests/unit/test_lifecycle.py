@@ -220,6 +220,12 @@ class FakeStore:
     def deploy(self, name: str) -> DeployEntry | None:
         return self.entries.get(name)
 
+    def member_nodes(self, service: str) -> list[str]:
+        return sorted(self.current_entries)
+
+    def current_nodes(self, service: str) -> list[str]:
+        return sorted(self.current_entries)
+
     def update_deploy(self, entry: DeployEntry) -> DeployEntry:
         self._check(entry)
         self.writes += 1

@@ -52,7 +52,8 @@ def _record_failure(store: Store, node: str, name: str, error: str) -> None:
     if any(f.get("node") == node for f in entry.failures):
         return  # recorded already (by this node before a restart): the budget counts nodes, not events
     failures = (*entry.failures, {"node": node, "error": error, "at": time.time()})
-    over_budget = len(failures) > failure_budget(entry.max_failures, len(store.current(entry.service)))
+    fleet = set(store.member_nodes(entry.service)) | set(store.current_nodes(entry.service))
+    over_budget = len(failures) > failure_budget(entry.max_failures, len(fleet))  # a share of the members
     summary = f"{len(failures)} node(s) failed (max_failures {entry.max_failures})"
     if over_budget and entry.on_failure == "rollback" and entry.previous and entry.previous != entry.version:
         _roll_back(store, node, transition(
@@ -119,7 +120,7 @@ def watch_progress(store: Store, head: DeployEntry, quorum: int | str | None) ->
     message = ""
     if stalled:
         why = explain(head.evolve(stalled_since=None), entries, quorum, store.slots(head.service),
-                      store.queue(head.service))
+                      store.queue(head.service), members=set(store.member_nodes(head.service)) | set(entries))
         failing = sorted(n for n, e in entries.items() if e.state == FAILED)
         message = (f"stalled: no progress for {int(time.time() - last)}s: {why}"
                    + (f"; failing health checks: {', '.join(failing)}" if failing else ""))
