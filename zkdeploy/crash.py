@@ -6,7 +6,9 @@ parts joined by ``:``.  The points in use:
 * the journal: ``begin``, ``end`` (of a change set), ``<position>:before`` and
   ``<position>:after`` (a task), ``undo:<position>:before|after`` (an undo);
 * the agent: ``<service>:<phase>`` on entering a restart phase
-  (``db:stopping``, ``web:checking``...).
+  (``db:stopping``, ``web:checking``...);
+* the runner: ``process:spawned``, between spawning a service and recording
+  its pid file.
 
 Two ways to arm it:
 

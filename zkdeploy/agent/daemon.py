@@ -79,6 +79,8 @@ class Agent:
     def open_host(self) -> None:
         """Lock the data directory, open the journal and settle what a crash left (before ZooKeeper)."""
         self.host.lock()
+        for releases in self.host.releases.values():
+            releases.sweep()  # what a crash left half-removed or half-unpacked (the directory is ours now)
         self.host.open_journal()
         self._deferred_recovery = settle_at_start(self.host)
 

@@ -11,6 +11,7 @@ service, so a test can check at that instant that the step was allowed.
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 from collections.abc import Callable
@@ -111,12 +112,12 @@ class SimHost(Host):
 def tiny_payload(service: str, version: str) -> bytes:
     """A valid release archive of one file, for simulated fetches."""
     raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         data = f"{service} {version}\n".encode()
         info = tarfile.TarInfo("VERSION")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    return raw.getvalue()
+    return raw.getvalue()  # the same bytes every time: the staged SHA-256 matches every fetch
 
 
 class SimTransport:
