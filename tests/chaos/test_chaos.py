@@ -1,5 +1,6 @@
-"""A short chaos run: a real rollout under injected faults (agents SIGKILLed and SIGSTOPped,
-the ZooKeeper leader killed), judged against the invariants of DESIGN.md.
+"""A short chaos run: a real rollout under injected faults (agents SIGKILLed and SIGSTOPped, links
+to ZooKeeper cut, ZooKeeper servers killed, health endpoints broken, operator commands), judged
+against the invariants of DESIGN.md.
 
 The runner is the package zkdeploy.testing.chaos (imported, not run as a subprocess); the long
 version is ``scripts/chaos.py --runs 10``.  See docs/chaos.md.
@@ -16,8 +17,7 @@ from pathlib import Path
 import pytest
 
 import zkdeploy.testing.chaos as chaos_package
-from zkdeploy.testing.chaos import plan as chaos_plan
-from zkdeploy.testing.chaos import run as chaos_run
+from zkdeploy.testing.chaos import plan as chaos_plan, run as chaos_run
 from zkdeploy.testing.chaos.artifacts import snapshot_code
 from zkdeploy.testing.chaos.injector import INJECTORS
 from zkdeploy.testing.chaos.plan import KILL, ZK_LEADER, plan_run
@@ -61,6 +61,7 @@ def test_plan_option_prints_each_runs_faults_as_json_with_their_kind(capsys):
     plans = [json.loads(line) for line in lines]
     assert [p["seed"] for p in plans] == [7, 8, 9]
     assert all(p["nodes"] == 6 and isinstance(p["fail_health"], bool) for p in plans)
+    assert all(p["scenario"] == "basic" for p in plans)
     for p in plans:
         assert 3 <= len(p["faults"]) <= 5
         assert [f["offset"] for f in p["faults"]] == sorted(f["offset"] for f in p["faults"])
@@ -108,9 +109,11 @@ def test_short_chaos_run_keeps_every_invariant(capsys, tmp_path):
     # agents restarted after a kill run the same code as the first ones
     code = snapshot_code(tmp_path / "code")
     results = []
-    for seed in pick_seeds():
-        result = chaos_run.run_once(seed, nodes=6, rollout_timeout=90, converge_timeout=45, code=code,
-                                keep=True, base_dir=str(tmp_path))  # a failing run keeps its logs
+    # the failing-health seed runs the chain of three services with percentage quorums
+    for seed, scenario in zip(pick_seeds(), ("basic", "basic", "chain"), strict=True):
+        result = chaos_run.run_once(seed, nodes=6, rollout_timeout=120, converge_timeout=45, code=code,
+                                    keep=True, base_dir=str(tmp_path),  # a failing run keeps its logs
+                                    scenario=scenario)
         results.append(result)
         with capsys.disabled():
             print("\n" + result.line(), flush=True)
