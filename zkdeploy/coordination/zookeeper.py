@@ -187,8 +187,10 @@ class ZooKeeperSession(Session):
 
     @property
     def negotiated_timeout(self) -> float:
-        granted = getattr(self.client, "_session_timeout", None)  # kazoo keeps the server's answer here (ms)
-        return granted / 1000.0 if granted else self._asked_timeout
+        """The timeout asked for: kazoo logs the server's answer but does not keep it, and the server
+        may only lower it (maxSessionTimeout).  Nothing in zkdeploy's safety rests on this value: the
+        fence confirms with the server that the slot is still this session's before every step."""
+        return self._asked_timeout
 
     @property
     def operation_timeout(self) -> float:
