@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
-from typing import Any, TypedDict, Unpack
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from zkdeploy.coordination.layout import DEPLOY_PREFIX, HISTORY_PREFIX, PLAN_PREFIX, UNDO_PREFIX, Layout
 from zkdeploy.coordination.lock import QueueLock, sequence_of
@@ -36,9 +36,11 @@ from zkdeploy.errors import (
     NoNodeError,
     SessionLostError,
 )
-from zkdeploy.model import CurrentEntry, DeployEntry, Killswitch, Member, NodeRecord, Release
+from zkdeploy.model import CurrentEntry, DeployEntry, Killswitch, Member, NodeRecord, Record, Release
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Record)
 
 
 class Timeouts(TypedDict, total=False):
@@ -214,6 +216,23 @@ class Store:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CoordinationError(f"{path} holds corrupt JSON: {exc}") from None
 
+    def _record(self, cls: type[R], path: str, got: tuple[bytes, Stat], **extra: Any) -> R | None:
+        """One record of a listing, or None (logged) when it is corrupt: one bad record written by
+        hand or by a broken tool must not stop every agent's cycle."""
+        try:
+            return cls.from_bytes(got[0], got[1].version, **extra)
+        except CoordinationError as exc:
+            log.error("%s: skipped: %s", path, exc)
+            return None
+
+    def _json_quiet(self, path: str) -> Any:
+        """``_json`` for listings: a corrupt record is logged and read as None."""
+        try:
+            return self._json(path)
+        except CoordinationError as exc:
+            log.error("%s: skipped: %s", path, exc)
+            return None
+
     def _create_sequential(self, base: str, prefix: str, data: bytes) -> str:
         return self._session.create(base + "/" + prefix, data, sequence=True).rsplit("/", 1)[1]
 
@@ -271,7 +290,8 @@ class Store:
         for name in self._children(self._layout.nodes):
             got = self._get(self._layout.node(name))
             if got:
-                out[name] = NodeRecord.from_bytes(got[0], got[1].version)
+                if (node := self._record(NodeRecord, self._layout.node(name), got)) is not None:
+                    out[name] = node
         return out
 
     def register_node(self, record: NodeRecord) -> None:
@@ -291,7 +311,8 @@ class Store:
         for name in self._children(base, fire):
             got = self._get(base + "/" + name, fire)
             if got:
-                out[name] = CurrentEntry.from_bytes(got[0], got[1].version)
+                if (entry := self._record(CurrentEntry, base + "/" + name, got)) is not None:
+                    out[name] = entry
         return out
 
     def current_nodes(self, service: str) -> list[str]:
@@ -316,7 +337,8 @@ class Store:
         for name in self._children(base):
             got = self._get(base + "/" + name)
             if got:
-                out[name] = Member.from_bytes(got[0], got[1].version)
+                if (member := self._record(Member, base + "/" + name, got)) is not None:
+                    out[name] = member
         return out
 
     def member_nodes(self, service: str, changed: threading.Event | None = None) -> list[str]:
@@ -387,7 +409,8 @@ class Store:
         for version in self._children(base):
             got = self._get(base + "/" + version)
             if got:
-                out[version] = Release.from_bytes(got[0], got[1].version)
+                if (release := self._record(Release, base + "/" + version, got)) is not None:
+                    out[version] = release
         return out
 
     def staged_versions(self, service: str) -> list[str]:
@@ -439,7 +462,7 @@ class Store:
         base = self._layout.swarm(info_hash)
         out = {}
         for node in self._children(base, watch):
-            peer = self._json(base + "/" + node)
+            peer = self._json_quiet(base + "/" + node)
             if isinstance(peer, dict):
                 out[node] = peer
         return out
@@ -453,7 +476,8 @@ class Store:
                 continue
             got = self._get(self._layout.deploy_entry(name))
             if got:
-                out.append(DeployEntry.from_bytes(got[0], got[1].version, name=name))
+                if (deploy := self._record(DeployEntry, self._layout.deploy_entry(name), got, name=name)) is not None:
+                    out.append(deploy)
         return sorted(out, key=lambda e: e.name)
 
     def deploy(self, name: str) -> DeployEntry | None:
@@ -567,11 +591,11 @@ class Store:
         return [c for c in self._children(self._layout.plans) if c.startswith(PLAN_PREFIX)]
 
     def plan_request(self, name: str) -> dict[str, Any] | None:
-        request: dict[str, Any] | None = self._json(self._layout.plan(name))
+        request: dict[str, Any] | None = self._json_quiet(self._layout.plan(name))
         return request
 
     def plan_answers(self, name: str) -> dict[str, Any]:
-        return {node: self._json(self._layout.plan_answer(name, node))
+        return {node: self._json_quiet(self._layout.plan_answer(name, node))
                 for node in self._children(self._layout.plan(name))}
 
     def prune_plans(self, older_than: float) -> None:
@@ -603,7 +627,7 @@ class Store:
     def history(self) -> list[dict[str, Any]]:
         out = []
         for name in self._children(self._layout.history):
-            record = self._json(self._layout.history + "/" + name)
+            record = self._json_quiet(self._layout.history + "/" + name)
             if isinstance(record, dict):
                 out.append({"id": name, **record})
         return out
@@ -615,14 +639,19 @@ class Store:
 
     def undo_requests(self, node: str) -> dict[str, dict[str, Any]]:
         base = self._layout.undo_requests(node)
-        return {name: self._json(base + "/" + name) for name in self._children(base)}
+        return {name: self._json_quiet(base + "/" + name) for name in self._children(base)}
 
     def update_undo_request(self, node: str, name: str, request: dict[str, Any]) -> None:
         self._session.set(self._layout.undo_request(node, name), json.dumps(request).encode())
 
     def killswitch(self) -> Killswitch | None:
         got = self._get(self._layout.killswitch)
-        return Killswitch.from_bytes(got[0], got[1].version) if got else None
+        if got is None:
+            return None
+        try:
+            return Killswitch.from_bytes(got[0], got[1].version)
+        except CoordinationError as exc:  # present is what counts: a corrupt switch is still on
+            return Killswitch(message=f"(unreadable killswitch record: {exc})")
 
     def set_killswitch(self, switch: Killswitch | None) -> None:
         if switch is None:
