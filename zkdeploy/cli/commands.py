@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import click
@@ -60,7 +61,7 @@ def services_group() -> None:
     """Manage the fleet catalog of services (stored in ZooKeeper)."""
 
 
-def _diff(old: dict, new: dict) -> list[str]:
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     lines = []
     old_s, new_s = old.get("services", {}), new.get("services", {})
     for name in sorted(set(old_s) | set(new_s)):
@@ -71,7 +72,8 @@ def _diff(old: dict, new: dict) -> list[str]:
         elif old_s[name] != new_s[name]:
             keys = sorted(k for k in set(old_s[name]) | set(new_s[name]) if old_s[name].get(k) != new_s[name].get(k))
             for key in keys:
-                lines.append(f"~ {name}.{key}: {json.dumps(old_s[name].get(key))} -> {json.dumps(new_s[name].get(key))}")
+                before, after = json.dumps(old_s[name].get(key)), json.dumps(new_s[name].get(key))
+                lines.append(f"~ {name}.{key}: {before} -> {after}")
     return lines
 
 
@@ -164,6 +166,8 @@ def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, 
             meta = None
         else:
             meta = make_torrent(path)
+            if meta.sha256 is None:  # make_torrent records the payload's SHA-256 as it hashes the pieces
+                raise PayloadError(f"{payload}: no SHA-256 was recorded for its torrent")
             sha, size = meta.sha256, meta.size
         origin = payload if is_url(payload) else str(Path(payload).resolve())
         release = Release(service=service, version=version, sha256=sha, size=size, origin=origin,
@@ -300,7 +304,7 @@ def _count_or_pct(text: str) -> int | str:
 
 def _report_queued(ctx: Ctx, names: list[str], entries: list[DeployEntry], wait: bool, timeout: float,
                    as_json: bool) -> None:
-    queued = [{"name": n, "service": e.service, "version": e.version} for n, e in zip(names, entries)]
+    queued = [{"name": n, "service": e.service, "version": e.version} for n, e in zip(names, entries, strict=True)]
     if not wait:
         if as_json:
             emit_json({"queued": queued})
@@ -324,8 +328,7 @@ def _wait(ctx: Ctx, names: list[str], timeout: float, quiet: bool) -> list[Deplo
     deadline = time.monotonic() + timeout
     last = ""
     while True:
-        entries = [store.deploy(n) for n in names]
-        entries = [e for e in entries if e is not None]
+        entries = [e for e in (store.deploy(n) for n in names) if e is not None]
         if all(e.state != PENDING for e in entries):  # only a pending deploy rolls on by itself
             return entries
         if time.monotonic() > deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
@@ -27,7 +28,7 @@ def seen(when: float | None, now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) + f" ({span} ago)"
 
 
-def _print_status(status: dict) -> None:
+def _print_status(status: dict[str, Any]) -> None:
     if status["killswitch"]:
         ks = status["killswitch"]
         say(f"KILLSWITCH ON: {ks['message']} (by {ks['by']})")

@@ -112,7 +112,8 @@ def nodes_view(store: Store) -> list[dict[str, Any]]:
         services = {}
         for service in rec.services:
             entry = current.get(service, {}).get(name)
-            services[service] = {"version": entry.version, "state": entry.state, "phase": entry.phase} if entry else None
+            services[service] = (
+                {"version": entry.version, "state": entry.state, "phase": entry.phase} if entry else None)
         rows.append({"node": name, "present": True, "address": rec.address, "labels": rec.labels,
                      "agent_version": rec.agent_version, "services": services, "last_seen": seen.get(name)})
     for name in set(member_of) - set(present):

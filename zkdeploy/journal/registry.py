@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from zkdeploy.errors import JournalError
 import zkdeploy.journal.fileactions as fileactions
+from zkdeploy.errors import JournalError
 from zkdeploy.journal.actions import (
     ActionHandler,
     CommandHandler,
