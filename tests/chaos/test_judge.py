@@ -116,3 +116,22 @@ def test_plans_draw_every_new_kind_and_name_the_scenario():
     assert SCENARIOS["chain"].names == ["db", "app", "web"]
     assert SCENARIOS["chain"].depends_on("web") == ("app",)
     assert all(isinstance(s.quorum, str) and s.quorum.endswith("%") for s in SCENARIOS["chain"].services())
+
+
+def test_a_node_whose_health_endpoint_the_run_broke_counts_as_down_by_fault(tmp_path):
+    from zkdeploy.testing.chaos.invariants import check_safety
+    from zkdeploy.testing.chaos.plan import HEALTH_FLAP
+
+    fleet = LocalFleet(tmp_path, "127.0.0.1:1", services(), size=6)
+    hosts = [h.name for h in fleet.hosts]
+    # web (67%: 5 of 6) with node05 restarting and node06 restarted again because its /health flaps
+    down = {("web", "node05"), ("web", "node06")}
+    samples = [Sample(10.0 + i * 0.05, {(s, h): (None if (s, h) in down else "2") for s in ("db", "web")
+                                        for h in hosts}) for i in range(20)]
+    flap = FaultRecord(HEALTH_FLAP, "node06", 9.0, 12.0, service="web")
+    excused = RunResult(seed=0, fail_health=False, t0=0.0)
+    check_safety(samples, [flap], fleet, excused)
+    assert excused.violations == []
+    other_service = RunResult(seed=0, fail_health=False, t0=0.0)
+    check_safety(samples, [FaultRecord(HEALTH_FLAP, "node06", 9.0, 12.0, service="db")], fleet, other_service)
+    assert [v.invariant for v in other_service.violations] == ["safety"]

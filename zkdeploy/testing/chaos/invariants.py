@@ -31,10 +31,12 @@ def grace_windows(samples: list[Sample], faults: list[FaultRecord], service: str
                   hosts: list[str]) -> dict[str, list[tuple[float, float]]]:
     """Per host, the intervals during which its ``service`` counts as down through no action of
     zkdeploy: from the fault until the first sample, at or after the agent was restarted or
-    continued, in which the service answers again (open-ended if it never does)."""
+    continued (or the health endpoint mended), in which the service answers again (open-ended
+    if it never does).  The faults: those on the host, and those that broke this service's
+    health endpoint there (for the agents, whose quorum counts healthy nodes, it is down)."""
     out: dict[str, list[tuple[float, float]]] = {h: [] for h in hosts}
     for f in faults:
-        if not f.host_fault or f.target not in out:
+        if f.target not in out or not (f.host_fault or (f.kind in HEALTH_KINDS and f.service == service)):
             continue
         end = float("inf")
         if f.resumed is not None:
