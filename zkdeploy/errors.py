@@ -55,6 +55,13 @@ class LockLostError(CoordinationError):
     """A lock or slot node this agent relied on no longer belongs to its session."""
 
 
+class AccessDeniedError(CoordinationError):
+    """ZooKeeper refused the call: this client's credentials lack the permission (ACL roles),
+    or they were rejected.  Not a race and not an outage: retrying does not help."""
+
+    exit_code = 2
+
+
 class ConflictError(CoordinationError):
     """A conditional write lost a race (the znode changed since it was read)."""
 
@@ -99,6 +106,11 @@ class PayloadError(ZkdeployError):
 
 class IntegrityError(PayloadError):
     """A payload's SHA-256 does not match its release metadata."""
+
+
+class SignatureError(IntegrityError):
+    """A release record is unsigned, signed by no trusted key, does not match its signature,
+    or would send the node back to an older release without a signed rollback."""
 
 
 class ServiceError(ZkdeployError):

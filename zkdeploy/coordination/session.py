@@ -64,13 +64,30 @@ class Stat:
 
 
 @dataclass(frozen=True)
+class Acl:
+    """One access control entry: ``perms`` (a sum of the PERM_* flags) for ``id`` under ``scheme``
+    (``digest`` with ``user:base64(sha1(user:password))``, ``x509`` with a subject DN, ``world``)."""
+
+    scheme: str
+    id: str
+    perms: int
+
+
+# ZooKeeper's permission bits (DELETE and CREATE are permissions on the parent of the node concerned)
+PERM_READ, PERM_WRITE, PERM_CREATE, PERM_DELETE, PERM_ADMIN = 1, 2, 4, 8, 16
+PERM_ALL = 31
+OPEN_ACL: tuple[Acl, ...] = (Acl("world", "anyone", PERM_ALL),)
+
+
+@dataclass(frozen=True)
 class Create:
-    """A create inside a transaction."""
+    """A create inside a transaction (``acl`` None: open to everyone)."""
 
     path: str
     data: bytes = b""
     ephemeral: bool = False
     sequence: bool = False
+    acl: tuple[Acl, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -175,8 +192,9 @@ class Session(ABC):
     # -- writes ------------------------------------------------------------------
     @abstractmethod
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
-               makepath: bool = False) -> str:
-        """Create ``path``; returns the path created (with the sequence suffix, if any)."""
+               makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:
+        """Create ``path`` with ``acl`` (None: open); returns the path created (with the sequence
+        suffix, if any).  Parents made by ``makepath`` get the same ACL."""
 
     @abstractmethod
     def set(self, path: str, data: bytes, version: int = -1) -> Stat:
@@ -189,6 +207,19 @@ class Session(ABC):
     @abstractmethod
     def ensure_path(self, path: str) -> None:
         """Create ``path`` and its parents as persistent nodes where absent."""
+
+    # -- access control (ZooKeeper only; the in-memory model keeps no ACLs) ---------------------
+    def get_acl(self, path: str) -> tuple[list[Acl], Stat] | None:
+        """The ACL of ``path`` and its stat, None if absent."""
+        from zkdeploy.errors import CoordinationError
+
+        raise CoordinationError(f"{type(self).__name__} keeps no ACLs")
+
+    def set_acl(self, path: str, acl: Sequence[Acl], version: int = -1) -> None:
+        """Replace the ACL of ``path`` (needs ADMIN on it)."""
+        from zkdeploy.errors import CoordinationError
+
+        raise CoordinationError(f"{type(self).__name__} keeps no ACLs")
 
     @abstractmethod
     def commit(self, ops: Sequence[Op]) -> list[str | Stat | None]:

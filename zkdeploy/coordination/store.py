@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, TypedDict, TypeVar, Unpack
 
+from zkdeploy.coordination.credentials import Security
 from zkdeploy.coordination.layout import DEPLOY_PREFIX, HISTORY_PREFIX, PLAN_PREFIX, UNDO_PREFIX, Layout
 from zkdeploy.coordination.lock import QueueLock, sequence_of
 from zkdeploy.coordination.session import CONNECTED, Create, Session, SetData, Stat, Watcher
@@ -59,11 +60,15 @@ class Store:
         self._layout = Layout(root)
 
     @classmethod
-    def connect(cls, hosts: str, root: str = "/dc", **timeouts: Unpack[Timeouts]) -> Store:
-        """Connect to ZooKeeper (bounded by ``connect_timeout``) and make sure the base paths exist."""
-        from zkdeploy.coordination.zookeeper import ZooKeeperSession
+    def connect(cls, hosts: str, root: str = "/dc", security: Security | None = None,
+                **timeouts: Unpack[Timeouts]) -> Store:
+        """Connect to ZooKeeper (bounded by ``connect_timeout``) and make sure the base paths exist.
 
-        store = cls(ZooKeeperSession(hosts, **timeouts).start(), root)
+        With ``security``, the client authenticates (credentials, TLS) and, when the fleet has an
+        ACL policy (``zkdeploy acl apply``), every node it creates gets its role's ACL."""
+        from zkdeploy.coordination.acls import open_session
+
+        store = cls(open_session(hosts, root, security, **timeouts), root)
         try:
             store.bootstrap()
         except Exception:

@@ -14,10 +14,12 @@ from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
+    AuthFailedError,
     BadVersionError as KazooBadVersion,
     ConnectionClosedError,
     ConnectionLoss,
     KazooException,
+    NoAuthError,
     NodeExistsError as KazooNodeExists,
     NoNodeError as KazooNoNode,
     NotEmptyError as KazooNotEmpty,
@@ -28,7 +30,9 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import WatchedEvent, ZnodeStat
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from kazoo.retry import KazooRetry
+from kazoo.security import ACL as KazooACL, Id as KazooId
 
+from zkdeploy.coordination.credentials import TlsOptions
 from zkdeploy.coordination.session import (
     CHANGED,
     CHILD,
@@ -38,6 +42,7 @@ from zkdeploy.coordination.session import (
     LOST,
     SESSION,
     SUSPENDED,
+    Acl,
     Check,
     Create,
     Delete,
@@ -48,6 +53,7 @@ from zkdeploy.coordination.session import (
     Watcher,
 )
 from zkdeploy.errors import (
+    AccessDeniedError,
     BadVersionError,
     ConflictError,
     CoordinationError,
@@ -68,6 +74,10 @@ def translate(exc: BaseException, what: str) -> Exception:
                              (KazooBadVersion, BadVersionError), (KazooNotEmpty, NotEmptyError)):
         if isinstance(exc, kazoo_kind):
             return ours(f"{what}: {ours.__name__.removesuffix('Error')}")
+    if isinstance(exc, NoAuthError):
+        return AccessDeniedError(f"ZooKeeper refused {what}: not allowed with this client's credentials")
+    if isinstance(exc, AuthFailedError):
+        return AccessDeniedError(f"ZooKeeper rejected this client's credentials ({what})")
     if isinstance(exc, KazooTimeoutError):
         return CoordinationError(f"ZooKeeper did not answer in time: {what}")
     if isinstance(exc, (SessionExpiredError, ConnectionLoss, ConnectionClosedError)):
@@ -82,6 +92,10 @@ def translate(exc: BaseException, what: str) -> Exception:
 def _stat(stat: ZnodeStat) -> Stat:
     return Stat(version=stat.version, owner=stat.ephemeralOwner, created=stat.czxid,
                 children=stat.numChildren)
+
+
+def _acl(acl: Sequence[Acl] | None) -> list[KazooACL] | None:
+    return None if acl is None else [KazooACL(a.perms, KazooId(a.scheme, a.id)) for a in acl]
 
 
 def _relay(watch: Watcher | None) -> Callable[[WatchedEvent], None] | None:
@@ -102,8 +116,16 @@ class ZooKeeperSession(Session):
     """
 
     def __init__(self, hosts: str, *, session_timeout: float = 10.0, connect_timeout: float = 15.0,
-                 operation_timeout: float = 10.0, read_only: bool = False) -> None:
+                 operation_timeout: float = 10.0, read_only: bool = False,
+                 auth: Sequence[tuple[str, str]] = (), tls: TlsOptions | None = None) -> None:
         self.hosts = hosts
+        self._auth = list(auth)
+        self._tls = tls
+        secure: dict[str, Any] = {}
+        if tls is not None:  # verification and host name checks always on: kazoo's check_hostname defaults off
+            secure = dict(use_ssl=True, ca=tls.ca, certfile=tls.cert, keyfile=tls.key,
+                          keyfile_password=tls.key_password(), verify_certs=True, check_hostname=True)
+        self._secure = secure
         self.connect_timeout = connect_timeout
         self._operation_timeout = operation_timeout
         self._asked_timeout = session_timeout
@@ -112,6 +134,8 @@ class ZooKeeperSession(Session):
             timeout=session_timeout,
             connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=2.0),
             read_only=read_only,
+            auth_data=self._auth or None,
+            **secure,
         )
         self._lock = threading.Lock()
         self._state = LOST
@@ -128,8 +152,13 @@ class ZooKeeperSession(Session):
         except (KazooTimeoutError, KazooException, OSError) as exc:
             self.client.stop()
             self.client.close()
+            if isinstance(exc, AuthFailedError):
+                raise AccessDeniedError(f"ZooKeeper at {self.hosts} rejected this client's credentials") from None
+            hint = (" (TLS: is this the secure port, and does its certificate name this host and chain to "
+                    f"{self._tls.ca}?)") if self._tls is not None else ""
             raise CoordinationError(
-                f"cannot reach ZooKeeper at {self.hosts} within {self.connect_timeout:g}s ({exc or type(exc).__name__})"
+                f"cannot reach ZooKeeper at {self.hosts} within {self.connect_timeout:g}s "
+                f"({exc or type(exc).__name__}){hint}"
             ) from None
         self._note_session()
         return self
@@ -233,8 +262,8 @@ class ZooKeeperSession(Session):
         return None if stat is None else _stat(stat)
 
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
-               makepath: bool = False) -> str:
-        return str(self._call("create", path, data, None, ephemeral, sequence, makepath))
+               makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:
+        return str(self._call("create", path, data, _acl(acl), ephemeral, sequence, makepath))
 
     def set(self, path: str, data: bytes, version: int = -1) -> Stat:
         return _stat(self._call("set", path, data, version))
@@ -245,11 +274,21 @@ class ZooKeeperSession(Session):
     def ensure_path(self, path: str) -> None:
         self._call("ensure_path", path)
 
+    def get_acl(self, path: str) -> tuple[list[Acl], Stat] | None:
+        try:
+            acls, stat = self._call("get_acls", path)
+        except NoNodeError:
+            return None
+        return [Acl(a.id.scheme, a.id.id, a.perms) for a in acls], _stat(stat)
+
+    def set_acl(self, path: str, acl: Sequence[Acl], version: int = -1) -> None:
+        self._call("set_acls", path, _acl(acl), version)
+
     def commit(self, ops: Sequence[Op]) -> list[str | Stat | None]:
         txn = self.client.transaction()
         for op in ops:
             if isinstance(op, Create):
-                txn.create(op.path, op.data, ephemeral=op.ephemeral, sequence=op.sequence)
+                txn.create(op.path, op.data, acl=_acl(op.acl), ephemeral=op.ephemeral, sequence=op.sequence)
             elif isinstance(op, SetData):
                 txn.set_data(op.path, op.data, op.version)
             elif isinstance(op, Delete):
@@ -264,7 +303,7 @@ class ZooKeeperSession(Session):
         failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
         if failures:
             error = translate(failures[0], what)
-            raise error if isinstance(error, ConflictError) else ConflictError(f"{what}: {error}")
+            raise error if isinstance(error, (ConflictError, AccessDeniedError)) else ConflictError(f"{what}: {error}")
         out: list[str | Stat | None] = []
         for op, result in zip(ops, results, strict=True):  # one result per op
             if isinstance(op, Create):
@@ -297,7 +336,8 @@ class ZooKeeperSession(Session):
         client_id = self.client.client_id
         if client_id is None:
             return
-        twin = KazooClient(hosts=self.hosts, client_id=client_id, timeout=self.negotiated_timeout)
+        twin = KazooClient(hosts=self.hosts, client_id=client_id, timeout=self.negotiated_timeout,
+                           **self._secure)
         twin.start(timeout=timeout)
         twin.stop()
         twin.close()

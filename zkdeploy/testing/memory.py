@@ -57,6 +57,7 @@ from zkdeploy.coordination.session import (
     LOST,
     SESSION,
     SUSPENDED,
+    Acl,
     Check,
     Create,
     Delete,
@@ -493,7 +494,7 @@ class MemorySession(Session):
 
     # -- writes ----------------------------------------------------------------------------
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
-               makepath: bool = False) -> str:
+               makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:  # ACLs: not modelled
         def body(out: list[_Call]) -> str:
             ops: list[Op] = [Create(p) for p in self.ensemble._missing(path, include_self=False)] if makepath else []
             ops.append(Create(path, data, ephemeral, sequence))

@@ -1,0 +1,197 @@
+"""Roles enforced by ZooKeeper ACLs, against a real ZooKeeper server (issue 13)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zkdeploy.coordination import Store
+from zkdeploy.coordination.acls import RoleIds, apply, open_session
+from zkdeploy.coordination.credentials import Credentials, Security, digest_id
+from zkdeploy.coordination.session import PERM_ALL, PERM_READ, PERM_WRITE
+from zkdeploy.errors import AccessDeniedError, ConfigError
+from zkdeploy.model import ONLINE, RESTARTING, CurrentEntry, DeployEntry, Killswitch, NodeRecord, Release
+
+pytestmark = pytest.mark.integration
+
+PASSWORDS = {"zkdeploy-operator": "op-secret", "zkdeploy-agent": "agent-secret", "zkdeploy-viewer": "view-secret",
+             "node-a": "a-secret", "node-b": "b-secret"}
+
+
+def _creds(tmp_path: Path, role: str, node: str | None = None) -> Path:
+    user = f"zkdeploy-{role}"
+    data = {"role": role, "user": user, "password": PASSWORDS[user]}
+    if node:
+        data |= {"node_user": f"node-{node}", "node_password": PASSWORDS[f"node-{node}"]}
+    path = tmp_path / f"{role}-{node or 'x'}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    path.chmod(0o600)
+    return path
+
+
+def _roles() -> RoleIds:
+    return RoleIds.from_data({role: [f"digest:{digest_id(f'zkdeploy-{role}', PASSWORDS[f'zkdeploy-{role}'])}"]
+                              for role in ("operator", "agent", "viewer")}, "test")
+
+
+@pytest.fixture
+def fleet(zk_hosts: str, zk_root: str, tmp_path: Path) -> Iterator[dict[str, Store]]:
+    """An operator, two agents and a viewer on a fleet root whose ACL policy was applied."""
+    files = {"operator": _creds(tmp_path, "operator"), "a": _creds(tmp_path, "agent", "a"),
+             "b": _creds(tmp_path, "agent", "b"), "viewer": _creds(tmp_path, "viewer")}
+    security = {k: Security(Credentials.load(p)) for k, p in files.items()}
+    raw = open_session(zk_hosts, zk_root, security["operator"], wrap=False)
+    try:
+        apply(raw, zk_root, _roles(), security["operator"].owner_id)
+    finally:
+        raw.close()
+    stores = {k: Store.connect(zk_hosts, zk_root, s, session_timeout=4.0) for k, s in security.items()}
+    yield stores
+    for s in stores.values():
+        s.close()
+
+
+def test_agents_run_their_whole_protocol_under_the_agent_role(fleet: dict[str, Store]) -> None:
+    op, a = fleet["operator"], fleet["a"]
+    op.put_catalog({"services": {}}, -1)
+    op.put_release(Release(service="web", version="2", sha256="a" * 64, size=1, origin="/x"))
+    [name] = op.enqueue([DeployEntry(service="web", version="2")])
+    a.register_node(NodeRecord(node="a", address="127.0.0.1"))
+    a.publish_current("web", CurrentEntry(node="a", version="1", state=ONLINE))
+    a.add_member("web", "a")
+    a.add_member("web", "a")  # rewriting its own member record
+    a.add_holder("web", "2", "a")
+    a.register_peer("f" * 40, "a", {"address": "127.0.0.1", "port": 6881})
+    queue = a.restart_queue("web", "a")
+    queue.join()
+    a.take_slot("web", a.current("web")["a"].evolve(state=RESTARTING))
+    a.release_slot("web", "a")
+    queue.release()
+    entry = a.deploy(name)
+    assert entry is not None
+    a.update_deploy(entry.evolve(message="stalled: test"))  # agents record on deploy entries
+    plan = op.request_plan({"targets": []})
+    a.answer_plan(plan, "a", {"changes": []})
+    a.record_history({"node": "a", "change": "x"})
+    a.watch_releases("api", lambda *_: None)  # a service not staged yet: its parent is made
+    assert a.plan_answers(plan) == {"a": {"changes": []}}
+    assert op.deploy(name).message == "stalled: test"
+
+
+@pytest.mark.parametrize("attempt", ["enqueue", "catalog", "killswitch", "stage", "forget", "prune"])
+def test_an_agent_cannot_change_what_operators_own(fleet: dict[str, Store], attempt: str) -> None:
+    op, a = fleet["operator"], fleet["a"]
+    op.put_catalog({"services": {}}, -1)
+    [name] = op.enqueue([DeployEntry(service="web", version="2", state="done")])
+    fleet["b"].add_member("web", "b")
+    fleet["b"].close()  # b is absent: only its membership stays
+    actions = {
+        "enqueue": lambda: a.enqueue([DeployEntry(service="web", version="666")]),
+        "catalog": lambda: a.put_catalog({"services": {"evil": {}}}, 0),
+        "killswitch": lambda: a.set_killswitch(Killswitch(message="stop", by="a")),
+        "stage": lambda: a.put_release(Release(service="web", version="666", sha256="b" * 64, size=1, origin="/x")),
+        "forget": lambda: a.forget_member("web", "b"),
+        "prune": lambda: a.delete_tree(a._layout.deploy_entry(name)),
+    }
+    with pytest.raises(AccessDeniedError, match="not allowed with this client's credentials"):
+        actions[attempt]()
+    assert [d.version for d in op.deploys()] == ["2"]
+    assert op.killswitch() is None
+    assert op.catalog()[0] == {"services": {}}
+    assert op.member_nodes("web") == ["b"]
+
+
+def test_an_agent_cannot_rewrite_another_nodes_records(fleet: dict[str, Store]) -> None:
+    a, b = fleet["a"], fleet["b"]
+    b.register_node(NodeRecord(node="b", address="10.0.0.2"))
+    b.publish_current("web", CurrentEntry(node="b", version="1", state=ONLINE))
+    b.add_member("web", "b")
+    b.take_slot("web", b.current("web")["b"].evolve(state=RESTARTING))
+    for path in (a._layout.node("b"), a._layout.current_entry("web", "b"), a._layout.member("web", "b"),
+                 a._layout.slot("web", "b")):
+        with pytest.raises(AccessDeniedError):
+            a._session.set(path, b'{"node": "b", "state": "online"}')
+    assert fleet["operator"].current("web")["b"].state == RESTARTING
+    assert fleet["operator"].nodes()["b"].address == "10.0.0.2"
+
+
+def test_a_viewer_reads_everything_and_writes_nothing(fleet: dict[str, Store]) -> None:
+    op, v = fleet["operator"], fleet["viewer"]
+    op.put_catalog({"services": {}}, -1)
+    [name] = op.enqueue([DeployEntry(service="web", version="2")])
+    fleet["a"].publish_current("web", CurrentEntry(node="a", version="1", state=ONLINE))
+    assert v.catalog()[0] == {"services": {}}
+    assert [d.name for d in v.deploys()] == [name]
+    assert v.current("web")["a"].version == "1"
+    entry = v.deploy(name)
+    assert entry is not None
+    for attempt in (lambda: v.update_deploy(entry.evolve(state="aborted")),
+                    lambda: v.enqueue([DeployEntry(service="web", version="3")]),
+                    lambda: v.register_node(NodeRecord(node="v")),
+                    lambda: v.publish_current("web", CurrentEntry(node="v", version="1", state=ONLINE)),
+                    lambda: v.set_killswitch(Killswitch(message="x")),
+                    lambda: v.record_history({"x": 1})):
+        with pytest.raises(AccessDeniedError):
+            attempt()
+    assert op.deploy(name).state == "pending"
+
+
+def test_the_operator_can_do_everything(fleet: dict[str, Store]) -> None:
+    op = fleet["operator"]
+    fleet["a"].add_member("web", "a")
+    fleet["a"].close()
+    [name] = op.enqueue([DeployEntry(service="web", version="2")])
+    op.update_deploy(op.deploy(name).evolve(state="aborted"))
+    op.set_killswitch(Killswitch(message="maintenance", by="ops"))
+    op.set_killswitch(None)
+    assert op.forget_member("web", "a")
+    op.put_catalog({"services": {}}, -1)
+
+
+def test_acl_apply_repairs_nodes_made_before_roles_and_keeps_owners(zk_hosts: str, zk_root: str,
+                                                                    tmp_path: Path) -> None:
+    open_store = Store.connect(zk_hosts, zk_root)  # no roles yet: everything is made open
+    open_store.put_catalog({"services": {}}, -1)
+    open_store.add_member("web", "old")
+    open_store.close()
+    operator = Security(Credentials.load(_creds(tmp_path, "operator")))
+    raw = open_session(zk_hosts, zk_root, operator, wrap=False)
+    try:
+        report = apply(raw, zk_root, _roles(), operator.owner_id)
+        catalog_acl, _ = raw.get_acl(zk_root + "/catalog")
+        assert {(a.id.split(":")[0], a.perms) for a in catalog_acl} == {
+            ("zkdeploy-operator", PERM_ALL), ("zkdeploy-agent", PERM_READ), ("zkdeploy-viewer", PERM_READ)}
+        assert zk_root + "/members/web/old" in report.unknown_owner  # writable by the agent role, reported
+        again = apply(raw, zk_root, _roles(), operator.owner_id)
+        assert again.repaired == []  # idempotent
+        agent = Store.connect(zk_hosts, zk_root, Security(Credentials.load(_creds(tmp_path, "agent", "a"))))
+        agent.add_member("web", "a")
+        agent.close()
+        apply(raw, zk_root, _roles(), operator.owner_id)  # a repair keeps the owner of a's record
+        member_acl, _ = raw.get_acl(zk_root + "/members/web/a")
+        assert ("node-a", PERM_READ | PERM_WRITE) in {(a.id.split(":")[0], a.perms) for a in member_acl}
+    finally:
+        raw.close()
+
+
+def test_without_credentials_nothing_can_be_read_or_written(fleet: dict[str, Store], zk_hosts: str,
+                                                           zk_root: str) -> None:
+    with pytest.raises(AccessDeniedError):
+        Store.connect(zk_hosts, zk_root, session_timeout=4.0)  # cannot even read the policy
+
+
+def test_a_credentials_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    path = _creds(tmp_path, "agent", "a")
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="accessible to other users.*chmod 600"):
+        Credentials.load(path)
+    assert "agent-secret" not in repr(Credentials.load(_fix(path)))
+
+
+def _fix(path: Path) -> Path:
+    os.chmod(path, 0o600)
+    return path

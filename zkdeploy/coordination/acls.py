@@ -1,0 +1,381 @@
+"""Who may do what in the coordination tree: the ACL of every znode, decided in one place.
+
+Three roles (see docs/security.md):
+
+- ``operator``: everything (the catalog, staging, the deploy queue, control records, ACLs);
+- ``agent``: reads everything; creates and writes its own presence, current,
+  member, holder, queue, slot, swarm-peer nodes, plan answers and history
+  records; sets data on deploy entries (failure records, completion, stall
+  notes) and on undo requests (their results); never creates or deletes a
+  deploy entry, a release, the catalog or a control record;
+- ``viewer``: reads everything, writes nothing.
+
+The policy (which identities hold each role) lives in ``<root>/acl``, written
+by ``zkdeploy acl apply``; every client reads it when it connects and gives
+every node it creates the ACL ``acl_for`` decides from the node's path (the
+layout of zkdeploy.coordination.layout).  A node an agent creates for itself
+also names the agent's own identity (its node credential or client
+certificate) with READ and WRITE, so another agent cannot rewrite it.
+
+ZooKeeper checks CREATE and DELETE on the *parent*: an agent that may remove
+its own slot may remove any slot under the same parent.  Those parents are
+listed in ``AGENT_DELETES``; docs/security.md says what that leaves open.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from zkdeploy.coordination.credentials import ROLES, Security
+from zkdeploy.coordination.session import (
+    PERM_ALL,
+    PERM_CREATE,
+    PERM_DELETE,
+    PERM_READ,
+    PERM_WRITE,
+    Acl,
+    Create,
+    Op,
+    Session,
+    Stat,
+    Watcher,
+)
+from zkdeploy.errors import ConfigError, NodeExistsError, NoNodeError
+
+R, RW, RC, RCD = PERM_READ, PERM_READ | PERM_WRITE, PERM_READ | PERM_CREATE, PERM_READ | PERM_CREATE | PERM_DELETE
+POLICY_NODE = "acl"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What the agent role may do on one kind of node; ``owned`` nodes also name their creator."""
+
+    agent: int
+    owned: bool = False
+
+
+OWNED = Rule(R, owned=True)
+
+# path shapes relative to the root ("*" = any one name), most specific first; anything else: Rule(R)
+_RULES: list[tuple[tuple[str, ...], Rule]] = [
+    (("nodes",), Rule(RCD)), (("nodes", "*"), OWNED),
+    (("current",), Rule(RC)), (("current", "*"), Rule(RCD)), (("current", "*", "*"), OWNED),
+    (("members",), Rule(RC)), (("members", "*"), Rule(RC)), (("members", "*", "*"), OWNED),
+    (("staging",), Rule(RC)),  # an agent watching a service not staged yet creates its (empty) parent
+    (("staging", "*", "*", "holders"), Rule(RCD)), (("staging", "*", "*", "holders", "*"), OWNED),
+    (("deploy", "*"), Rule(RW)),
+    (("locks",), Rule(RC)), (("locks", "*"), Rule(RC)),
+    (("locks", "*", "queue"), Rule(RCD)), (("locks", "*", "queue", "*"), OWNED),
+    (("locks", "*", "slots"), Rule(RCD)), (("locks", "*", "slots", "*"), OWNED),
+    (("swarm",), Rule(RC)), (("swarm", "*"), Rule(RCD)), (("swarm", "*", "*"), OWNED),
+    (("control", "undo"), Rule(RC)), (("control", "undo", "*", "*"), Rule(RW)),
+    (("reports", "plans", "*"), Rule(RC)), (("reports", "plans", "*", "*"), OWNED),
+    (("reports", "history"), Rule(RCD)), (("reports", "history", "*"), OWNED),
+]
+
+#: parents under which an agent may delete any child (ZooKeeper checks DELETE on the parent)
+AGENT_DELETES = [shape for shape, rule in _RULES if rule.agent & PERM_DELETE]
+
+
+def parse_id(text: str) -> tuple[str, str]:
+    """``digest:user:hash`` or ``x509:CN=...`` → (scheme, id); ConfigError otherwise."""
+    scheme, _, ident = text.partition(":")
+    if scheme not in ("digest", "x509") or not ident or (scheme == "digest" and ident.count(":") != 1):
+        raise ConfigError(f"'{text}': an identity is 'digest:USER:HASH' (see zkdeploy acl id) or 'x509:SUBJECT-DN'")
+    return scheme, ident
+
+
+@dataclass(frozen=True)
+class RoleIds:
+    """The identities that hold each role (the content of ``<root>/acl``)."""
+
+    operator: tuple[tuple[str, str], ...]
+    agent: tuple[tuple[str, str], ...] = ()
+    viewer: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_data(cls, data: Any, source: str) -> RoleIds:
+        if not isinstance(data, dict) or set(data) - set(ROLES):
+            raise ConfigError(f"{source}: expected a mapping of {', '.join(ROLES)} to lists of identities")
+        out: dict[str, tuple[tuple[str, str], ...]] = {}
+        for role in ROLES:
+            ids = data.get(role) or []
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise ConfigError(f"{source}: {role}: a list of identities")
+            try:
+                out[role] = tuple(parse_id(i) for i in ids)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {role}: {exc}") from None
+        if not out["operator"]:
+            raise ConfigError(f"{source}: operator: at least one identity (or nobody could ever change the tree)")
+        return cls(**out)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, source: str) -> RoleIds:
+        try:
+            return cls.from_data(json.loads(raw.decode()), source)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{source}: corrupt ACL policy: {exc}") from None
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({role: [f"{s}:{i}" for s, i in getattr(self, role)] for role in ROLES},
+                          sort_keys=True).encode()
+
+    def role_entries(self) -> set[tuple[str, str]]:
+        return set(self.operator) | set(self.agent) | set(self.viewer)
+
+
+def rule_for(root: str, path: str) -> Rule:
+    """The rule for ``path`` (a node at or under ``root``)."""
+    base = root.rstrip("/")
+    rel = path[len(base):].strip("/")
+    parts = tuple(rel.split("/")) if rel else ()
+    for shape, rule in _RULES:
+        if len(shape) == len(parts) and all(s in ("*", p) for s, p in zip(shape, parts, strict=True)):
+            return rule
+    return Rule(R)
+
+
+@dataclass(frozen=True)
+class AclPolicy:
+    """The ACLs a client gives the nodes it creates: the roles, and the client's own identity."""
+
+    root: str
+    roles: RoleIds
+    owner: tuple[str, str] | None = None
+    _cache: dict[str, tuple[Acl, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def acl_for(self, path: str, owners: tuple[tuple[str, str], ...] | None = None) -> tuple[Acl, ...]:
+        """The ACL ``path`` must have.  For a node a client owns, ``owners`` (default: this client)
+        get READ and WRITE; an owned node whose owner is unknown (``owners`` empty, a node made
+        before roles were in place) is writable by the whole agent role instead."""
+        rule = rule_for(self.root, path)
+        entries: dict[tuple[str, str], int] = {}
+
+        def grant(ids: tuple[tuple[str, str], ...], perms: int) -> None:
+            for ident in ids:
+                entries[ident] = entries.get(ident, 0) | perms
+
+        grant(self.roles.viewer, R)
+        agent = rule.agent
+        if rule.owned:
+            mine = (self.owner,) if owners is None and self.owner is not None else (owners or ())
+            if not mine:
+                agent |= PERM_WRITE
+            grant(tuple(mine), RW)
+        grant(self.roles.agent, agent)
+        grant(self.roles.operator, PERM_ALL)
+        return tuple(Acl(s, i, p) for (s, i), p in sorted(entries.items()))
+
+    def owners_in(self, acl: list[Acl]) -> tuple[tuple[str, str], ...]:
+        """The entries of an existing ACL that are neither a role nor ``world``: the node's owners."""
+        roles = self.roles.role_entries()
+        return tuple(sorted({(a.scheme, a.id) for a in acl
+                             if (a.scheme, a.id) not in roles and a.scheme != "world" and a.perms & PERM_WRITE}))
+
+
+class AclSession(Session):
+    """A session that gives every node it creates the ACL its path calls for (``AclPolicy``).
+
+    Wraps the session that talks to ZooKeeper, so the Store, the restart
+    queue and every recipe above get the right ACL on every create without
+    knowing about roles: creates (parents made on the way included) and the
+    creates inside transactions are the only calls it changes.
+    """
+
+    def __init__(self, inner: Session, policy: AclPolicy) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.hosts = inner.hosts
+
+    def __getattr__(self, name: str) -> Any:  # fault injection (expire) and the like: the inner session's
+        return getattr(self.inner, name)
+
+    # lifecycle and state: the inner session's
+    def start(self) -> AclSession:
+        self.inner.start()
+        return self
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def state(self) -> str:
+        return self.inner.state
+
+    @property
+    def generation(self) -> int:
+        return self.inner.generation
+
+    @property
+    def session_id(self) -> int | None:
+        return self.inner.session_id
+
+    @property
+    def negotiated_timeout(self) -> float:
+        return self.inner.negotiated_timeout
+
+    @property
+    def operation_timeout(self) -> float:
+        return self.inner.operation_timeout
+
+    def add_listener(self, fn: Callable[[str], None]) -> None:
+        self.inner.add_listener(fn)
+
+    def require_connected(self) -> int:
+        return self.inner.require_connected()
+
+    # reads
+    def get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
+        return self.inner.get(path, watch)
+
+    def children(self, path: str, watch: Watcher | None = None) -> list[str]:
+        return self.inner.children(path, watch)
+
+    def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
+        return self.inner.exists(path, watch)
+
+    def get_acl(self, path: str) -> tuple[list[Acl], Stat] | None:
+        return self.inner.get_acl(path)
+
+    def set_acl(self, path: str, acl: Sequence[Acl], version: int = -1) -> None:
+        self.inner.set_acl(path, acl, version)
+
+    # writes: every create gets its ACL
+    def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
+               makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:
+        if makepath:
+            self.ensure_path(path.rsplit("/", 1)[0])
+        return self.inner.create(path, data, ephemeral=ephemeral, sequence=sequence,
+                                 acl=self.policy.acl_for(path) if acl is None else acl)
+
+    def set(self, path: str, data: bytes, version: int = -1) -> Stat:
+        return self.inner.set(path, data, version)
+
+    def delete(self, path: str, version: int = -1) -> None:
+        self.inner.delete(path, version)
+
+    def ensure_path(self, path: str) -> None:
+        """Create the missing nodes of ``path`` top down, each with its own ACL."""
+        if not path or path == "/" or self.inner.exists(path) is not None:
+            return
+        current = ""
+        for part in path.strip("/").split("/"):
+            current += "/" + part
+            if self.inner.exists(current) is None:
+                try:
+                    self.inner.create(current, acl=self.policy.acl_for(current))
+                except NodeExistsError:
+                    pass  # made meanwhile by someone else
+
+    def commit(self, ops: Sequence[Op]) -> list[str | Stat | None]:
+        return self.inner.commit([replace(op, acl=self.policy.acl_for(op.path))
+                                  if isinstance(op, Create) and op.acl is None else op for op in ops])
+
+    # persistent watches: the watched path is made (with its ACL) here, not by the inner session
+    def watch_children(self, path: str, callback: Callable[[list[str]], Any]) -> None:
+        self.ensure_path(path)
+        self.inner.watch_children(path, callback)
+
+    def watch_data(self, path: str, callback: Callable[[bytes | None], bool | None]) -> None:
+        self.inner.watch_data(path, callback)
+
+
+def load_roles(session: Session, root: str) -> RoleIds | None:
+    """The policy stored under ``root`` (None when roles are not in place)."""
+    path = root.rstrip("/") + "/" + POLICY_NODE
+    got = session.get(path)
+    return None if got is None else RoleIds.from_bytes(got[0], path)
+
+
+def secure(session: Session, root: str, owner: tuple[str, str] | None) -> Session:
+    """``session`` wrapped to give the ACLs of the policy stored under ``root``; the session itself
+    when no policy is stored (roles not in place: nodes are created open, as before)."""
+    roles = load_roles(session, root)
+    if roles is None:
+        return session
+    return AclSession(session, AclPolicy(root, roles, owner))
+
+
+@dataclass
+class ApplyReport:
+    """What ``apply`` did."""
+
+    checked: int = 0
+    repaired: list[str] = field(default_factory=list)
+    unknown_owner: list[str] = field(default_factory=list)
+    gone: int = 0
+
+
+def apply(session: Session, root: str, roles: RoleIds, owner: tuple[str, str] | None = None,
+          dry_run: bool = False) -> ApplyReport:
+    """Store ``roles`` as the policy under ``root`` and set the ACL of every node of the tree.
+
+    Idempotent: a node whose ACL is right is left alone.  The owner of a
+    node an agent owns is kept (the entries of its ACL that are not roles);
+    an owned node with no owner (made before roles were in place) becomes
+    writable by the agent role, and is listed in ``unknown_owner``.
+    """
+    policy = AclPolicy(root, roles, owner)
+    secured = AclSession(session, policy)
+    report = ApplyReport()
+    path = root.rstrip("/") + "/" + POLICY_NODE
+    if not dry_run:
+        secured.ensure_path(root)
+        try:
+            secured.create(path, roles.to_bytes())
+        except NodeExistsError:
+            session.set(path, roles.to_bytes())
+
+    def visit(node: str) -> None:
+        got = session.get_acl(node)
+        if got is None:
+            report.gone += 1
+            return
+        acl, _ = got
+        report.checked += 1
+        owners: tuple[tuple[str, str], ...] | None = None
+        if rule_for(root, node).owned:
+            owners = policy.owners_in(acl)
+            if not owners:
+                report.unknown_owner.append(node)
+        want = policy.acl_for(node, owners=owners)
+        if sorted(acl, key=_key) != sorted(want, key=_key):
+            report.repaired.append(node)
+            if not dry_run:
+                try:
+                    session.set_acl(node, want)
+                except NoNodeError:
+                    report.gone += 1  # an ephemeral node that went meanwhile
+        for child in sorted(session.children(node)):
+            visit(node.rstrip("/") + "/" + child)
+
+    visit(root)
+    return report
+
+
+def _key(a: Acl) -> tuple[str, str, int]:
+    return a.scheme, a.id, a.perms
+
+
+def open_session(hosts: str, root: str, security: Security | None = None, *, wrap: bool = True,
+                 **timeouts: Any) -> Session:
+    """A connected ZooKeeper session that authenticates with ``security``; with ``wrap``, it gives the
+    nodes it creates the ACLs of the fleet's policy (when one is stored under ``root``)."""
+    from zkdeploy.coordination.zookeeper import ZooKeeperSession
+
+    security = security or Security()
+    if security.tls is not None:
+        security.tls.check()
+    auth = security.credentials.auth_data() if security.credentials is not None else []
+    session: Session = ZooKeeperSession(hosts, auth=auth, tls=security.tls, **timeouts).start()
+    if not wrap:
+        return session
+    try:
+        return secure(session, root, security.owner_id)
+    except Exception:
+        session.close()
+        raise
