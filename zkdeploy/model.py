@@ -174,6 +174,12 @@ class DeployEntry(Record):
     on_failure: str = "pause"
     progress_deadline: float = 600.0
     stalled_since: float | None = None
+    #: the wave plan, resolved when the deploy was queued: each wave's spec (zkdeploy.config.schema.WaveSpec)
+    #: and the ``nodes`` it took then; empty for a deploy without waves (one wave of every node)
+    waves: tuple[dict[str, Any], ...] = ()
+    wave: int = 0  # the open wave (index into ``waves``); the waves before it are verified
+    #: per wave: ``opened``, ``verified`` (times) and ``approved_by``
+    wave_log: tuple[dict[str, Any], ...] = ()
 
     @property
     def is_open(self) -> bool:
@@ -193,3 +199,41 @@ class Killswitch(Record):
     message: str = ""
     by: str = ""
     since: float = 0.0
+
+
+MARKS = ("bad", "badfwd", "good", "none")
+
+
+@dataclass(frozen=True)
+class Mark(Record):
+    """``/dc/marks/<service>/m-<seq>``: one mark of a release (append-only; the latest per version counts).
+
+    ``bad``: nodes running it go back to the newest older release not marked
+    bad; ``badfwd``: they go forward to the next newer one not marked bad that
+    passed its first wave; ``good``: waves that require a good release accept
+    it; ``none``: the release is unmarked again.
+    """
+
+    service: str = ""
+    version: str = ""
+    mark: str = "none"
+    by: str = ""
+    at: float = 0.0
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Pin(Record):
+    """``/dc/pins/<node>/<service>``: this node runs ``version`` whatever deploys, waves and marks say,
+    until ``until`` (None: until unpinned)."""
+
+    node: str = ""
+    service: str = ""
+    version: str = ""
+    until: float | None = None
+    by: str = ""
+    at: float = 0.0
+    why: str = ""
+
+    def active(self, now: float) -> bool:
+        return self.until is None or now < self.until

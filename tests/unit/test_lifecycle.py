@@ -226,6 +226,9 @@ class FakeStore:
     def current_nodes(self, service: str) -> list[str]:
         return sorted(self.current_entries)
 
+    def pins(self) -> list:
+        return []
+
     def update_deploy(self, entry: DeployEntry) -> DeployEntry:
         self._check(entry)
         self.writes += 1

@@ -21,6 +21,7 @@ from zkdeploy.agent.payloads import Payloads
 from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.reports import Reports
 from zkdeploy.agent.restart import Restart
+from zkdeploy.agent.rule import Rule, Want
 from zkdeploy.agent.slots import SlotRequest, fence
 from zkdeploy.agent.states import Phase
 from zkdeploy.config.loader import parse_catalog
@@ -29,24 +30,9 @@ from zkdeploy.errors import ConfigError, ConflictError, CoordinationError
 from zkdeploy.model import ABORTED, FAILED, ONLINE, PENDING, STOPPED, DeployEntry
 from zkdeploy.policy.lifecycle import Actor, can, transition
 from zkdeploy.policy.progress import active_deploy, blocked_by
-from zkdeploy.policy.versions import most_popular
 from zkdeploy.runner.service import HostService
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Want:
-    """What one service should do now: restart into ``target`` (for ``deploy``, or to converge), or
-    undo a change set a crash interrupted (``recovery``).  Either way under a restart slot."""
-
-    target: str
-    deploy: DeployEntry | None = None
-    recovery: bool = False
-
-    def same(self, other: Want) -> bool:
-        return (self.target, self.recovery, self.deploy and self.deploy.name) == \
-            (other.target, other.recovery, other.deploy and other.deploy.name)
 
 
 @dataclass
@@ -72,7 +58,7 @@ class Cycle:
         self.node = host.node
         self.deferred_recovery = deferred_recovery
         self.pending: dict[str, Pending] = {}
-        self.returning: set[str] = set()  # services to bring to the most popular version after a (re)join
+        self.rule = Rule(store, presence, payloads)
         self.recovering: set[str] = set()  # services whose interrupted change waits for a slot to be undone
         self._failed: set[tuple[str, str]] = set()  # (deploy, service) whose release failed here
         self._closed: dict[str, DeployEntry] = {}   # deploy entries seen closed (never read again)
@@ -91,7 +77,7 @@ class Cycle:
             return
         if self.presence.register():
             self.payloads.announce_held(first=self.presence.registrations == 1)
-            self.returning.update(self.host.services())
+            self.rule.returning.update(self.host.services())
         if not self.presence.registered:
             return
         switch = self.store.killswitch()
@@ -106,14 +92,29 @@ class Cycle:
         head = self._head(entries)
         self._watch_head(head)
         services = self.host.services()
-        self._want_payloads(entries, head, services)
+        known = [*self._closed.values(), *entries]
+        wants: dict[str, Want | None] = {}
+        for service in services:
+            if service in self.recovering:
+                wants[service] = Want("the release it ran before a crash", recovery=True)
+            else:
+                wants[service] = self.rule.evaluate(service, head, known, self._failed)
+        self._want_payloads(entries, head, services, wants)
         restarted = False
         for service, svc in services.items():
-            restarted |= self._step(svc, self._desired(service, head, entries))
+            want = wants[service]
+            if want is not None and not want.recovery and not self.payloads.ready(service, want.target):
+                want = None  # its payload is being fetched: the next cycle after it arrives
+            if want is None and self.presence.machines[service].phase == Phase.STAGED \
+                    and service not in self.pending:
+                self.presence.machines[service].reset()
+            restarted |= self._step(svc, want)
         if head is not None and head.state == PENDING and (restarted or self._is_steward(head.service)):
             # Completion and stalls are judged by the node that just restarted, and each cycle by one
             # steward per service (the first present node by name), not by every node: a fleet-wide
             # read of /current per node per cycle would grow with the square of the fleet.
+            if head.waves:
+                deploys.advance_waves(self.store, head, self.rule.marks(head.service).get(head.version))
             deploys.maybe_complete(self.store, head)
             current = self.store.deploy(head.name)
             if current is not None and current.state == PENDING:
@@ -121,33 +122,7 @@ class Cycle:
             head = current
         self._summary(self._describe(head))
 
-    # -- what each service should do ------------------------------------------------------
-    def _desired(self, service: str, head: DeployEntry | None, entries: list[DeployEntry]) -> Want | None:
-        """What ``service`` should do now; None to stay as it is."""
-        if service in self.recovering:
-            return Want("the release it ran before a crash", recovery=True)
-        rec = self.presence.local[service]
-        machine = self.presence.machines[service]
-        if head is not None and head.service == service:
-            if head.state != PENDING or (head.name, service) in self._failed \
-                    or any(f.get("node") == self.node for f in head.failures):
-                return None  # paused or halted; or its release failed here (recorded for every agent to read)
-            if rec.version == head.version and rec.state == ONLINE:
-                if machine.phase == Phase.STAGED:
-                    machine.reset()
-                return None
-            return Want(head.version, head) if self.payloads.ready(service, head.version) else None
-        if service not in self.returning or any(e.service == service for e in entries):
-            return None  # an open rollout of this service decides first; the node converges after it
-        target = self._most_popular(service)
-        if target is None or (target == rec.version and rec.state != STOPPED):
-            self.returning.discard(service)
-            return None
-        if service not in self.pending:
-            log.info("%s: %s at %s; the most popular version is %s: converging", service, rec.state,
-                     rec.version or "-", target)
-        return Want(target) if self.payloads.ready(service, target) else None
-
+    # -- one step for one service ----------------------------------------------------------
     def _step(self, svc: HostService, want: Want | None) -> bool:
         """One step towards ``want`` for ``svc``; True when a restart (or recovery) ran."""
         service = svc.name
@@ -252,28 +227,6 @@ class Cycle:
         machine.reset("recovered after a crash")
         self.presence.observe(service, write=True)
 
-    # -- convergence after a return ---------------------------------------------------------
-    def _most_popular(self, service: str) -> str | None:
-        """The version a returning node should run: the most popular among the service's online
-        nodes, this one included, so every node applies the same rule to the same count.  Ties go
-        to the most recently staged version (see policy.versions).  None when there is none to
-        run, or it is neither staged nor installed here.
-
-        Asked afresh on every cycle until the node runs it, and not at all while a rollout of the
-        service is open (the rollout brings the node to its target)."""
-        versions = [e.version for n, e in self.store.current(service).items()
-                    if e.state == ONLINE and n != self.node]
-        rec = self.presence.local[service]
-        if rec.state == ONLINE:
-            versions.append(rec.version)
-        staged = {v: r.staged_at for v in self.store.staged_versions(service)
-                  if (r := self.payloads.release(service, v))}
-        target = most_popular(versions, staged) or rec.version
-        if target and target not in staged and not self.host.releases[service].has(target):
-            log.warning("%s: most popular version %s is neither staged nor installed here", service, target)
-            return None
-        return target or None
-
     # -- reading the snapshot ----------------------------------------------------------------
     def _load_catalog(self) -> bool:
         data, version = self.store.catalog()
@@ -312,10 +265,16 @@ class Cycle:
         known = [*self._closed.values(), *entries]
         for entry in entries:
             blocker = blocked_by(entry, known, graph)
-            if blocker is None or not can(entry, ABORTED, by=Actor.AGENT):
+            mark = self.rule.marks(entry.service).get(entry.version)
+            if blocker is not None:
+                why = (f"aborted: it depends on {blocker.service}, whose deploy {blocker.name} "
+                       f"({blocker.service}@{blocker.version}) was {blocker.state}")
+            elif mark is not None and mark.mark in ("bad", "badfwd"):
+                why = f"aborted: {entry.service}@{entry.version} is marked {mark.mark} by {mark.by}: {mark.why}"
+            else:
                 continue
-            why = (f"aborted: it depends on {blocker.service}, whose deploy {blocker.name} "
-                   f"({blocker.service}@{blocker.version}) was {blocker.state}")
+            if not can(entry, ABORTED, by=Actor.AGENT):
+                continue
             try:
                 self.store.update_deploy(transition(entry, ABORTED, by=Actor.AGENT, message=why))
                 log.warning("deploy %s of %s@%s %s", entry.name, entry.service, entry.version, why)
@@ -324,15 +283,15 @@ class Cycle:
         return active_deploy(known, graph)
 
     def _want_payloads(self, entries: list[DeployEntry], head: DeployEntry | None,
-                       services: dict[str, HostService]) -> None:
-        """Tell the payload workers what each service will need: the active deploy's release first."""
+                       services: dict[str, HostService], wants: dict[str, Want | None]) -> None:
+        """Tell the payload workers what each service will need: what the rule asks for first,
+        then the active deploy's release, the queued ones, and the newest staged."""
         for service in services:
-            versions = [head.version] if head is not None and head.service == service else []
+            want = wants.get(service)
+            versions = [want.target] if want is not None and not want.recovery else []
+            if head is not None and head.service == service:
+                versions.append(head.version)
             versions += [d.version for d in entries if d.service == service]
-            if service in self.returning:
-                popular = self._most_popular(service)
-                if popular is not None:
-                    versions.append(popular)
             newest = self.payloads.newest(service)
             if newest is not None:
                 versions.append(newest)

@@ -15,10 +15,11 @@ from tenacity import RetryError, retry, retry_if_exception_type, stop_after_atte
 
 from zkdeploy.coordination import Store
 from zkdeploy.errors import ConflictError, DeployTransitionError
-from zkdeploy.model import ABORTED, DONE, FAILED, HALTED, PENDING, ROLLED_BACK, DeployEntry
+from zkdeploy.model import ABORTED, DONE, FAILED, HALTED, PENDING, ROLLED_BACK, DeployEntry, Mark
 from zkdeploy.policy.lifecycle import Actor, can, transition
 from zkdeploy.policy.progress import explain, is_complete
 from zkdeploy.policy.quorum import failure_budget
+from zkdeploy.policy.waves import advance
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ def _record_failure(store: Store, node: str, name: str, error: str) -> None:
     if over_budget:
         updated = transition(entry, HALTED, by=Actor.AGENT, failures=failures,
                              message=f"{summary}; last: {node}: {error}")
+        if entry.on_failure == "mark_bad":  # the service's policy: a failed gate marks the release bad
+            store.add_mark(Mark(service=entry.service, version=entry.version, mark="bad", by=f"zkdeploy on {node}",
+                                at=time.time(), why=f"deploy {entry.name}: {summary}"))
     else:
         updated = transition(entry, entry.state, by=Actor.AGENT, failures=failures, message=entry.message)
     store.update_deploy(updated)
@@ -81,6 +85,32 @@ def _roll_back(store: Store, node: str, failed: DeployEntry, previous: str) -> N
     log.error("deploy %s failed; queued rollback %s to %s", failed.name, name, previous)
 
 
+def advance_waves(store: Store, head: DeployEntry, mark: Mark | None) -> str:
+    """Move ``head``'s waves one step on when they may (zkdeploy.policy.waves.advance); returns what
+    the next step waits for.  A conditional write: the loser of a race re-reads next cycle."""
+    entry = store.deploy(head.name)
+    if entry is None or entry.state != PENDING or not entry.waves:
+        return ""
+    release = store.release(entry.service, entry.version)
+    labels = {n: dict(r.labels) for n, r in store.nodes().items()}
+    failed = {f["node"] for f in entry.failures}
+    moved, why = advance(entry, store.current(entry.service), labels, release.staged_at if release else 0.0,
+                         mark.mark if mark else None, excused=failed | _pinned_elsewhere(store, entry))
+    if moved is not None:
+        try:
+            store.update_deploy(transition(moved, PENDING, by=Actor.AGENT, message=why))
+            log.info("deploy %s of %s@%s: %s", entry.name, entry.service, entry.version, why)
+        except ConflictError:
+            pass
+    return why
+
+
+def _pinned_elsewhere(store: Store, entry: DeployEntry) -> set[str]:
+    """Nodes pinned to another release of the entry's service: a deploy does not wait for them."""
+    return {p.node for p in store.pins() if p.service == entry.service and p.version != entry.version
+            and p.active(time.time())}
+
+
 def maybe_complete(store: Store, head: DeployEntry) -> None:
     """Mark the head done when every present node of its service is online at its version.
 
@@ -90,9 +120,13 @@ def maybe_complete(store: Store, head: DeployEntry) -> None:
     """
     if not can(head, DONE, by=Actor.AGENT):
         return
+    if head.waves and (head.wave < len(head.waves) - 1 or len(head.wave_log) < len(head.waves)
+                       or not head.wave_log[-1].get("verified")):
+        return  # with waves, done once the last wave is verified
     entries = store.current(head.service)
     failed = {f["node"] for f in head.failures}
-    if not is_complete(entries, head.version, store.slots(head.service), excused=failed):
+    if not is_complete(entries, head.version, store.slots(head.service),
+                       excused=failed | _pinned_elsewhere(store, head)):
         return
     left = sorted(failed & set(entries))
     message = (f"done; {len(left)} node(s) failed within the failure budget and run the previous "

@@ -7,6 +7,7 @@ which reports every problem at once.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -52,6 +53,68 @@ class HealthCheck(_Strict):
         return self.http or self.tcp or self.command or ""
 
 
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+
+
+def parse_duration(value: object, what: str = "duration") -> float:
+    """Seconds from a number or a text like ``1h``, ``30m``, ``1h30m``, ``90s``, ``45``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: expected seconds or a duration like '1h30m'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip() and (m := _DURATION.match(value)) and any(m.groups()):
+        hours, minutes, secs = (float(g) if g else 0.0 for g in m.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    else:
+        raise ValueError(f"{what} {value!r}: expected seconds or a duration like '1h30m'")
+    if seconds < 0:
+        raise ValueError(f"{what} {value!r}: must not be negative")
+    return seconds
+
+
+class WaveSpec(_Strict):
+    """One wave of a service's rollout (etch's controlled deployment).
+
+    A wave takes the nodes its ``select`` matches (see zkdeploy.policy.selector)
+    that no earlier wave took; ``canary: N`` keeps only N of them (the same N
+    every time).  It opens when the release is ``min_age`` old (since it was
+    staged), ``soak`` after the previous wave was verified healthy, and, with
+    ``approval``, once an operator promotes it (only a release marked good,
+    with ``require_good``).  A wave is verified when each of its nodes runs
+    the release and has stayed healthy for ``min_healthy_time``.
+    """
+
+    name: str
+    select: str = "*"
+    canary: int | None = Field(None, ge=1)
+    min_age: float = 0.0
+    soak: float = 0.0
+    approval: bool = False
+    require_good: bool = False
+    min_healthy_time: float = 0.0
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name("wave", value)
+
+    @field_validator("select")
+    @classmethod
+    def _select(cls, value: str) -> str:
+        from zkdeploy.policy.selector import parse
+
+        try:
+            parse(value)
+        except ZkdeployError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("min_age", "soak", "min_healthy_time", mode="before")
+    @classmethod
+    def _duration(cls, value: object, info: ValidationInfo) -> float:
+        return parse_duration(value, info.field_name or "duration")
+
+
 class ServiceSpec(_Strict):
     """One service of the fleet catalog.
 
@@ -74,8 +137,9 @@ class ServiceSpec(_Strict):
     post_start: tuple[str, ...] = ()
     keep_releases: int = Field(3, ge=1, le=1000)
     max_failures: int | str = 0
-    on_failure: Literal["pause", "rollback"] = "pause"
+    on_failure: Literal["pause", "rollback", "mark_bad"] = "pause"
     progress_deadline: float = Field(600.0, gt=0)
+    waves: tuple[WaveSpec, ...] = ()
     start_timeout: float = Field(60.0, gt=0)
     stop_timeout: float = Field(30.0, gt=0)
     hook_timeout: float = Field(60.0, gt=0)
@@ -100,6 +164,9 @@ class ServiceSpec(_Strict):
     def _managed_needs(self) -> ServiceSpec:
         if not self.managed and not self.stop:
             raise ValueError("a service with 'managed: false' needs a 'stop' command")
+        names = [w.name for w in self.waves]
+        if len(set(names)) != len(names):
+            raise ValueError(f"waves: names must be unique, got {', '.join(names)}")
         return self
 
 

@@ -5,6 +5,8 @@
     <root>/catalog                          persistent  the fleet catalog (JSON of conf/services.yaml)
     <root>/nodes/<node>                     ephemeral   agent presence (NodeRecord)
     <root>/current/<service>/<node>         ephemeral   version and state of a service on a node (CurrentEntry)
+    <root>/marks/<service>/m-<seq>          persistent-sequential  a mark of a release: bad, badfwd, good, none (Mark)
+    <root>/pins/<node>/<service>            persistent  a pin: this node runs this release (Pin)
     <root>/members/<service>/<node>         persistent  a member of the service: a node that registered it (Member);
                                                         stays, present or not, until ``zkdeploy nodes forget``
     <root>/staging/<service>/<version>      persistent  release metadata (Release)
@@ -31,6 +33,7 @@ QUEUE_PREFIX = "q-"
 PLAN_PREFIX = "p-"
 HISTORY_PREFIX = "h-"
 UNDO_PREFIX = "u-"
+MARK_PREFIX = "m-"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,23 @@ class Layout:
 
     def current_entry(self, service: str, node: str) -> str:
         return self.current_service(service) + "/" + check_name("node", node)
+
+    # /marks and /pins
+    def marks(self, service: str) -> str:
+        return self._join("marks", check_name("service", service))
+
+    def mark(self, service: str, name: str) -> str:
+        return self.marks(service) + "/" + check_name("mark", name)
+
+    @property
+    def pins(self) -> str:
+        return self._join("pins")
+
+    def node_pins(self, node: str) -> str:
+        return self._join("pins", check_name("node", node))
+
+    def pin(self, node: str, service: str) -> str:
+        return self.node_pins(node) + "/" + check_name("service", service)
 
     # /members
     @property
@@ -155,6 +175,6 @@ class Layout:
 
     def base_paths(self) -> list[str]:
         """The persistent parents that must exist before anything else is written."""
-        return [self.nodes, self.current, self.members, self.staging, self.deploy, self._join("locks"),
-                self._join("swarm"), self.control, self.reports, self.plans, self.history,
+        return [self.nodes, self.current, self.members, self._join("marks"), self.pins, self.staging, self.deploy,
+                self._join("locks"), self._join("swarm"), self.control, self.reports, self.plans, self.history,
                 self._join("control", "undo")]

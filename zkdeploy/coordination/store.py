@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection
 from typing import Any, TypedDict, TypeVar, Unpack
 
 from zkdeploy.coordination.credentials import Security
-from zkdeploy.coordination.layout import DEPLOY_PREFIX, HISTORY_PREFIX, PLAN_PREFIX, UNDO_PREFIX, Layout
+from zkdeploy.coordination.layout import DEPLOY_PREFIX, HISTORY_PREFIX, MARK_PREFIX, PLAN_PREFIX, UNDO_PREFIX, Layout
 from zkdeploy.coordination.lock import QueueLock, sequence_of
 from zkdeploy.coordination.session import CONNECTED, Create, Session, SetData, Stat, Watcher
 from zkdeploy.errors import (
@@ -37,7 +37,7 @@ from zkdeploy.errors import (
     NoNodeError,
     SessionLostError,
 )
-from zkdeploy.model import CurrentEntry, DeployEntry, Killswitch, Member, NodeRecord, Record, Release
+from zkdeploy.model import CurrentEntry, DeployEntry, Killswitch, Mark, Member, NodeRecord, Pin, Record, Release
 
 log = logging.getLogger(__name__)
 
@@ -294,9 +294,8 @@ class Store:
         out = {}
         for name in self._children(self._layout.nodes):
             got = self._get(self._layout.node(name))
-            if got:
-                if (node := self._record(NodeRecord, self._layout.node(name), got)) is not None:
-                    out[name] = node
+            if got and (node := self._record(NodeRecord, self._layout.node(name), got)) is not None:
+                out[name] = node
         return out
 
     def register_node(self, record: NodeRecord) -> None:
@@ -315,9 +314,8 @@ class Store:
         out = {}
         for name in self._children(base, fire):
             got = self._get(base + "/" + name, fire)
-            if got:
-                if (entry := self._record(CurrentEntry, base + "/" + name, got)) is not None:
-                    out[name] = entry
+            if got and (entry := self._record(CurrentEntry, base + "/" + name, got)) is not None:
+                out[name] = entry
         return out
 
     def current_nodes(self, service: str) -> list[str]:
@@ -341,9 +339,8 @@ class Store:
         out = {}
         for name in self._children(base):
             got = self._get(base + "/" + name)
-            if got:
-                if (member := self._record(Member, base + "/" + name, got)) is not None:
-                    out[name] = member
+            if got and (member := self._record(Member, base + "/" + name, got)) is not None:
+                out[name] = member
         return out
 
     def member_nodes(self, service: str, changed: threading.Event | None = None) -> list[str]:
@@ -413,9 +410,8 @@ class Store:
         base = self._layout.releases(service)
         for version in self._children(base):
             got = self._get(base + "/" + version)
-            if got:
-                if (release := self._record(Release, base + "/" + version, got)) is not None:
-                    out[version] = release
+            if got and (release := self._record(Release, base + "/" + version, got)) is not None:
+                out[version] = release
         return out
 
     def staged_versions(self, service: str) -> list[str]:
@@ -480,9 +476,9 @@ class Store:
             if not name.startswith(DEPLOY_PREFIX) or name in skip:
                 continue
             got = self._get(self._layout.deploy_entry(name))
-            if got:
-                if (deploy := self._record(DeployEntry, self._layout.deploy_entry(name), got, name=name)) is not None:
-                    out.append(deploy)
+            deploy = self._record(DeployEntry, self._layout.deploy_entry(name), got, name=name) if got else None
+            if deploy is not None:
+                out.append(deploy)
         return sorted(out, key=lambda e: e.name)
 
     def deploy(self, name: str) -> DeployEntry | None:
@@ -636,6 +632,53 @@ class Store:
             if isinstance(record, dict):
                 out.append({"id": name, **record})
         return out
+
+    # -- release marks and pins ------------------------------------------------------------
+    def add_mark(self, mark: Mark) -> str:
+        """Append a mark of a release (marks are never rewritten; the latest per version counts)."""
+        self._session.ensure_path(self._layout.marks(mark.service))
+        return self._create_sequential(self._layout.marks(mark.service), MARK_PREFIX, mark.to_bytes())
+
+    def marks(self, service: str, skip: Collection[str] = ()) -> dict[str, Mark]:
+        """The marks of ``service`` by record name, oldest first, except those named in ``skip``."""
+        base = self._layout.marks(service)
+        out: dict[str, Mark] = {}
+        for name in self._children(base):
+            if name in skip or not name.startswith(MARK_PREFIX):
+                continue
+            got = self._get(base + "/" + name)
+            if got and (mark := self._record(Mark, base + "/" + name, got)) is not None:
+                out[name] = mark
+        return out
+
+    def watch_marks(self, service: str, fn: Callable[..., Any]) -> None:
+        self._session.watch_children(self._layout.marks(service), fn)
+
+    def pin(self, node: str, service: str) -> Pin | None:
+        got = self._get(self._layout.pin(node, service))
+        return self._record(Pin, self._layout.pin(node, service), got) if got else None
+
+    def pins(self) -> list[Pin]:
+        """Every pin of every node."""
+        out = []
+        for node in self._children(self._layout.pins):
+            for service in self._children(self._layout.node_pins(node)):
+                if (pin := self.pin(node, service)) is not None:
+                    out.append(pin)
+        return out
+
+    def set_pin(self, pin: Pin) -> None:
+        path = self._layout.pin(pin.node, pin.service)
+        try:
+            self._session.create(path, pin.to_bytes(), makepath=True)
+        except NodeExistsError:
+            self._session.set(path, pin.to_bytes())
+
+    def remove_pin(self, node: str, service: str) -> bool:
+        return self._delete(self._layout.pin(node, service))
+
+    def watch_pins(self, node: str, fn: Callable[..., Any]) -> None:
+        self._session.watch_children(self._layout.node_pins(node), fn)
 
     # -- control: undo requests and the killswitch ------------------------------------
     def request_undo(self, node: str, request: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
 from zkdeploy.crash import SimulatedCrash
 from zkdeploy.model import ONLINE, DeployEntry, Release
+from zkdeploy.policy.waves import resolve
 from zkdeploy.testing.memory import MemoryEnsemble, MemorySession
 from zkdeploy.testing.simhost import SimHost, SimTransport, SimWorld, tiny_payload
 
@@ -47,7 +48,8 @@ class SimFleet:
     """``nodes`` agents running ``services`` (a catalog dict) over one in-memory ensemble."""
 
     def __init__(self, nodes: list[str], catalog: dict[str, Any], *, root: str = "/dc",
-                 workdir: Path | None = None, session_timeout: float = 10.0) -> None:
+                 workdir: Path | None = None, session_timeout: float = 10.0,
+                 labels: dict[str, dict[str, str]] | None = None) -> None:
         self.ensemble = MemoryEnsemble(tick=session_timeout / 10)
         self.world = SimWorld()
         self.root = root
@@ -62,7 +64,7 @@ class SimFleet:
         for node in nodes:
             config = AgentConfig(node=node, address="127.0.0.1", data_dir=str(self.workdir / node),
                                  services=sorted(catalog["services"]), zookeeper={"hosts": "memory", "root": root},
-                                 swarm={"enabled": False})
+                                 swarm={"enabled": False}, labels=(labels or {}).get(node, {}))
             self.agents[node] = SimAgent(node, config)
 
     # -- releases -----------------------------------------------------------------
@@ -151,11 +153,16 @@ class SimFleet:
 
     # -- what the operator sees --------------------------------------------------------------
     def deploy(self, *targets: tuple[str, str], max_failures: int | str = 0, on_failure: str = "pause",
-               previous: dict[str, str] | None = None, kind: str = "deploy") -> list[str]:
+               previous: dict[str, str] | None = None, kind: str = "deploy", waves: bool = False) -> list[str]:
+        """Queue deploys as the CLI does; ``waves``: with each service's wave plan from the catalog,
+        resolved against the nodes' labels now."""
         group = f"g-{len(self.operator.deploys())}"
+        labels = {n: dict(sim.config.labels.model_dump(exclude_none=True)) for n, sim in self.agents.items()}
         entries = [DeployEntry(service=s, version=v, group=group, requested_by="test", created=time.time(),
                                max_failures=max_failures, on_failure=on_failure, kind=kind,
-                               previous=(previous or {}).get(s)) for s, v in targets]
+                               previous=(previous or {}).get(s),
+                               waves=tuple(resolve(self.catalog["services"][s].get("waves", ()), labels))
+                               if waves else ()) for s, v in targets]
         return self.operator.enqueue(entries)
 
     def versions(self, service: str) -> dict[str, str | None]:
