@@ -42,7 +42,7 @@ OP, AG = Actor.OPERATOR, Actor.AGENT
 
 #: every allowed (from, to, by), written out independently of the module's table
 ALLOWED = {
-    (S.PENDING, S.PENDING, AG), (S.PENDING, S.PAUSED, OP), (S.PENDING, S.HALTED, AG),
+    (S.PENDING, S.PENDING, AG), (S.PENDING, S.PENDING, OP), (S.PENDING, S.PAUSED, OP), (S.PENDING, S.HALTED, AG),
     (S.PENDING, S.ROLLED_BACK, AG), (S.PENDING, S.DONE, AG), (S.PENDING, S.ABORTED, OP),
     (S.PENDING, S.ABORTED, AG),
     (S.PAUSED, S.PAUSED, AG), (S.PAUSED, S.PENDING, OP), (S.PAUSED, S.HALTED, AG),

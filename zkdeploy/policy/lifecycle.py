@@ -14,8 +14,10 @@ checks the move against ``DEPLOY_TRANSITIONS`` and nothing else::
                                 deploy of the same request rolled back ────► aborted      (operator, agent)
 
 ``done``, ``aborted`` and ``rolled_back`` are terminal: nothing moves an entry
-out of them.  Each open state also has a move to itself that only an agent
-makes: recording a failure within the budget, or a stall (pending only).
+out of them.  Each open state also has a move to itself that an agent makes:
+recording a failure within the budget, or a stall, or a wave's progress
+(pending only).  A pending entry's move to itself is also an operator's:
+``zkdeploy promote`` records a wave's approval (``wave_log[i].approved_by``).
 
 The bookkeeping that comes with a move is done here too: entering a terminal
 state sets ``finished``; any other state has none; leaving ``pending`` clears
@@ -39,7 +41,7 @@ from zkdeploy.model import DeployEntry, DeployState
 class Actor(StrEnum):
     """Who asks for a move."""
 
-    OPERATOR = "operator"  # a zkdeploy command (abort, pause, resume, rollback)
+    OPERATOR = "operator"  # a zkdeploy command (abort, pause, resume, rollback, promote)
     AGENT = "agent"        # an agent's bookkeeping (failures, completion, stalls)
 
 
@@ -65,7 +67,8 @@ _RESUME = Move(_OP, "zkdeploy resume (from halted, the failure budget is raised 
 #: state -> {next state: Move}; a state with no moves is terminal
 DEPLOY_TRANSITIONS: Mapping[DeployState, Mapping[DeployState, Move]] = {
     S.PENDING: {
-        S.PENDING: Move(_AGENT, "a failure within the budget recorded; a stall recorded or cleared"),
+        S.PENDING: Move(_BOTH, "a failure within the budget recorded; a stall recorded or cleared; a wave opened "
+                               "or verified (agent); zkdeploy promote records a wave's approval (operator)"),
         S.PAUSED: Move(_OP, "zkdeploy pause"),
         S.HALTED: _HALT,
         S.ROLLED_BACK: _ROLL_BACK,
