@@ -240,3 +240,28 @@ def test_malformed_records_are_skipped_and_the_rollout_goes_on(fleet: SimFleet) 
         agent.reports.serve_undo_requests()
     rounds_until(fleet, lambda: state(fleet, name) == DONE)
     assert set(fleet.versions("db").values()) == {"2"}
+
+
+def test_a_slot_taken_at_no_cost_is_given_back_if_the_service_answers_before_the_stop() -> None:
+    fleet = make_fleet(3, {"services": {"db": {"quorum": 3, "start": "run db"}}})
+    try:
+        fleet.world.bad.add(("db", "1"))
+        fleet.world.running[("n1", "db")] = fleet.world.running[("n2", "db")] = "1x"  # only n3's db fails
+        fleet.monitor("n3")
+        fleet.stage("db", "2", at=2.0)
+        fleet.deploy(("db", "2"))
+        agent = fleet.agents["n3"].agent
+        assert agent is not None
+        publish = agent.presence.publish
+
+        def recovering_publish(service: str, **kw: object) -> None:  # n3's db answers again right then
+            publish(service, **kw)  # type: ignore[arg-type]
+            if kw.get("state") == "restarting":
+                fleet.world.bad.clear()
+
+        agent.presence.publish = recovering_publish  # type: ignore[method-assign]
+        fleet.cycle("n3")  # granted at no cost (n3 failed); by the stop its db answers: it must not stop it
+        assert ("n3", "db", "stop", "1") not in fleet.world.steps
+        assert len(fleet.world.up("db")) == 3 and fleet.operator.slots("db") == []
+    finally:
+        fleet.close()

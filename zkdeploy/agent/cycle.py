@@ -27,7 +27,7 @@ from zkdeploy.agent.states import Phase
 from zkdeploy.config.loader import parse_catalog
 from zkdeploy.coordination import Store
 from zkdeploy.errors import ConfigError, ConflictError, CoordinationError
-from zkdeploy.model import ABORTED, FAILED, ONLINE, PENDING, STOPPED, DeployEntry
+from zkdeploy.model import ABORTED, FAILED, ONLINE, PENDING, DeployEntry
 from zkdeploy.policy.lifecycle import Actor, can, transition
 from zkdeploy.policy.progress import active_deploy, blocked_by
 from zkdeploy.runner.service import HostService
@@ -183,7 +183,7 @@ class Cycle:
         releases = self.host.releases[service]
         old = releases.current_version()
         restart = Restart(self.store, self.host, svc, self.presence.machines[service], target,
-                          deploy_id=deploy.name if deploy else None,
+                          deploy_id=deploy.name if deploy else None, free=pending.request.free,
                           on_failure=(lambda error: deploys.report_failure(self.store, self.node, deploy.name, error))
                           if deploy else None)
         try:

@@ -80,6 +80,7 @@ class Restart:
     target: str
     deploy_id: str | None = None
     on_failure: Callable[[str], None] | None = None
+    free: bool = False  # the slot was granted at no quorum cost (the service did not answer then)
 
     @property
     def service(self) -> str:
@@ -87,7 +88,13 @@ class Restart:
 
     def enter(self, phase: Phase, detail: str, fenced: bool = True) -> None:
         """Move to ``phase`` (published: a blocking write), then, for a destructive step, fence last,
-        immediately before the step: a session lost during the write stops the step."""
+        immediately before the step: a session lost during the write stops the step.
+
+        A slot granted at no cost (the service did not answer) is given back before the service is
+        taken down if it answers again by then: going down would now cost quorum."""
+        if self.free and phase in (Phase.DRAINING, Phase.STOPPING) \
+                and self.host.probe(self.svc, self.host.releases[self.service].current_version()) is None:
+            raise LockLostError(f"{self.service} answers again: taking it down costs quorum now; deciding again")
         self.machine.to(phase, detail)
         if fenced:
             fence(self.store, self.service, self.host.node)

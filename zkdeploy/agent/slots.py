@@ -45,6 +45,7 @@ class SlotRequest:
         self.why = why
         self._queue = store.restart_queue(service, self.node)
         self.granted = False
+        self.free = False  # granted because this node was not online: going down cost no quorum
         self.reason = ""
         #: whether this node's service answers now (a fresh local probe): an entry that still says
         #: ``failed`` for a service that answers again must not make going down look free
@@ -79,6 +80,7 @@ class SlotRequest:
                                self_online=self_online)
         if not decision.allowed:
             return self._waiting(decision.reason)
+        self.free = not self_online
         detail = f"restarting: {self.why}"
         with self.presence.lock:  # the health monitor must not publish between the read and the slot
             try:

@@ -12,7 +12,7 @@
     <root>/staging/<service>/<version>      persistent  release metadata (Release)
     <root>/staging/<service>/<version>/holders/<node>  ephemeral  nodes holding the verified payload
     <root>/deploy/d-<seq>                   persistent-sequential  the deploy queue (DeployEntry)
-    <root>/locks/<service>/queue/q-<seq>    ephemeral-sequential  FIFO of agents waiting to restart
+    <root>/locks/<service>/queue/q-<uuid>__<seq>  ephemeral-sequential  FIFO of agents waiting to restart
     <root>/locks/<service>/slots/<node>     ephemeral   a restart in progress (proof of permission)
     <root>/swarm/<info-hash>/<node>         ephemeral   torrent peers
     <root>/control/killswitch               persistent  present = no agent starts a new step

@@ -163,7 +163,8 @@ class _Parser:
         high = self._percent()
         self.take(")", expected="')'")
         if not 0 <= low <= high <= 100:
-            raise ConfigError(f"selector {self.text!r}: slice({low:g}%, {high:g}%) must satisfy 0% <= from <= to <= 100%")
+            raise ConfigError(f"selector {self.text!r}: slice({low:g}%, {high:g}%) "
+                              "must satisfy 0% <= from <= to <= 100%")
         return lambda n, labels: low <= slice_point(n) < high or (high == 100 and slice_point(n) >= low)
 
     def _percent(self) -> float:
