@@ -21,6 +21,7 @@ from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
 from zkdeploy.cli.output import emit_json, say, table
 from zkdeploy.cli.seeding import seed_in_foreground
 from zkdeploy.cli.views import deploy_dict, fleet_status
+from zkdeploy.cli.waveplan import load_waves, wave_plans
 from zkdeploy.config.loader import load_catalog, parse_catalog
 from zkdeploy.config.schema import Catalog
 from zkdeploy.coordination import Store
@@ -258,33 +259,46 @@ def resolve_targets(store: Store, targets: tuple[str, ...], what: str) -> tuple[
               help="With --wait: give up waiting after this many seconds (the rollout goes on).")
 @click.option("--max-failures", metavar="N|PCT",
               help="Nodes that may fail their restart before the deploy stops (default: the catalog's).")
+@click.option("--waves", "waves_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Roll in these waves (a YAML list of waves) instead of the catalog's.")
+@click.option("--no-waves", is_flag=True, help="Ignore the catalog's waves: every node at once (quorum rules hold).")
 @json_option
 @pass_ctx
 @handle_errors
 def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_failures: str | None,
-           as_json: bool) -> None:
+           waves_file: str | None, no_waves: bool, as_json: bool) -> None:
     """Queue rollouts of SERVICE[@VERSION]... in dependency order.
 
     Without @VERSION the most recently staged version is deployed.  Refused
     (nothing queued) for an unknown service, an unstaged version, a
     dependency cycle, or a quorum that leaves no node free to restart.
+    A service with `waves:` in the catalog (or --waves FILE) rolls in waves,
+    resolved now against the labels of the nodes that run it; a selector that
+    matches no node, or overlapping waves, refuse the deploy
+    (docs/controlled-deployment.md).
     Exit codes: 0 done (or queued without --wait), 2 refused, 3 ZooKeeper
     unreachable, 4 the rollout halted, was aborted or timed out.
     """
     store = ctx.store()
     if max_failures is not None:
         failure_budget(max_failures, 1)  # validates
-    entries = make_entries(store, *resolve_targets(store, targets, "deploy"), max_failures=max_failures)
+    if waves_file and no_waves:
+        raise ConfigError("give --waves FILE or --no-waves, not both")
+    override = load_waves(waves_file) if waves_file else None
+    catalog, resolved = resolve_targets(store, targets, "deploy")
+    plans = wave_plans(store, catalog, [s for s, _ in resolved], override=override, no_waves=no_waves)
+    entries = make_entries(store, catalog, resolved, max_failures=max_failures, waves=plans)
     names = store.enqueue(entries)
     store.prune_deploys(keep=DEPLOYS_KEPT)
     _report_queued(ctx, names, entries, wait, timeout, as_json)
 
 
 def make_entries(store: Store, catalog: Catalog, targets: list[tuple[str, str]], *,
-                 max_failures: str | None = None,
-                 kind: str = "deploy") -> list[DeployEntry]:
-    """Deploy entries for resolved targets, with the catalog's failure policy and each
-    service's current most popular version as the one to roll back to."""
+                 max_failures: str | None = None, kind: str = "deploy",
+                 waves: dict[str, tuple[dict[str, Any], ...]] | None = None) -> list[DeployEntry]:
+    """Deploy entries for resolved targets, with the catalog's failure policy, each
+    service's current most popular version as the one to roll back to, and its
+    resolved wave plan from ``waves`` (none: every node at once)."""
     group = uuid.uuid4().hex[:12]
     entries = []
     for service, version in targets:
@@ -294,7 +308,7 @@ def make_entries(store: Store, catalog: Catalog, targets: list[tuple[str, str]],
             service=service, version=version, group=group, requested_by=who(), created=time.time(),
             max_failures=_count_or_pct(max_failures) if max_failures is not None else spec.max_failures,
             previous=most_popular(online), on_failure=spec.on_failure,
-            progress_deadline=spec.progress_deadline, kind=kind))
+            progress_deadline=spec.progress_deadline, kind=kind, waves=(waves or {}).get(service, ())))
     return entries
 
 
