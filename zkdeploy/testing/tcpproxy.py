@@ -116,7 +116,7 @@ class TcpProxy:
         try:
             up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*self.upstream),
                                                           self.connect_timeout)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             writer.transport.abort()  # upstream down: the client fails over at once
             return
         link = _Link(self, writer, up_writer)
