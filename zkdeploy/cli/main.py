@@ -8,6 +8,7 @@ from zkdeploy import __version__
 from zkdeploy.cli import commands, show
 from zkdeploy.cli.agent_cmd import agent
 from zkdeploy.cli.context import Ctx
+from zkdeploy.cli.controls_cmd import mark, pin, promote, unmark, unpin
 from zkdeploy.cli.demo_cmd import demo
 from zkdeploy.cli.journal_cmd import journal
 from zkdeploy.cli.reports_cmd import history, plan, undo
@@ -50,6 +51,11 @@ cli.add_command(commands.resume)
 cli.add_command(commands.pause)
 cli.add_command(commands.rollback)
 cli.add_command(commands.killswitch)
+cli.add_command(promote)
+cli.add_command(mark)
+cli.add_command(unmark)
+cli.add_command(pin)
+cli.add_command(unpin)
 cli.add_command(show.status)
 cli.add_command(show.nodes)
 show.nodes.add_command(commands.nodes_forget)
