@@ -324,11 +324,13 @@ class SwarmSession:
         with self._lock:
             existing = self._torrents.get(meta.info_hash)
         if existing is not None:
-            if existing.finished and os.path.abspath(existing.path) == target:
+            if os.path.abspath(existing.path) != target:
+                # One artifact staged for two services: one info-hash, one torrent in the session.
+                return self._share(existing, target, expected, stall_timeout, cancel)
+            if existing.finished:
                 self._verify(existing, expected)
                 return target
-            raise PayloadError(f"{meta.name} ({meta.info_hash}) is already in the swarm session "
-                               f"at {existing.path}")
+            raise PayloadError(f"{meta.name} ({meta.info_hash}) is already being fetched into {existing.path}")
         self._check_disk(meta, staging_dir, target)
         atp, resumed = self._add_params(meta, staging_dir, resume_path)
         t = _Torrent(meta, staging_dir, resume_path)
@@ -374,6 +376,46 @@ class SwarmSession:
         st = self.status(meta.info_hash)
         log.info("fetched %s: %d bytes downloaded, %d hash failures, verified SHA-256 %s",
                  meta.name, st.total_download, t.hash_failures, expected)
+        return target
+
+    def _share(self, t: _Torrent, target: str, expected: str, stall_timeout: float,
+               cancel: threading.Event | None) -> str:
+        """The payload of ``t`` (held or being fetched for another service) at ``target`` too: wait
+        for it to finish (SwarmStalled when it makes no progress for ``stall_timeout``), check its
+        SHA-256, then hard-link it (or copy it across file systems) into place."""
+        last, moved = -1, time.monotonic()
+        while True:
+            with t.cond:
+                if not t.finished and t.error is None:
+                    t.cond.wait(0.5)
+            if t.error is not None:
+                raise PayloadError(f"{t.meta.name}: the shared download failed: {t.error}")
+            if cancel is not None and cancel.is_set():
+                raise DownloadCancelled(f"fetching {t.meta.name} was cancelled")
+            if t.finished:
+                try:
+                    self._verify(t, expected)
+                    break
+                except (IntegrityError, PayloadError):
+                    pass  # finished but not flushed, or being checked by its own download: look again
+            with self._lock:
+                if self._torrents.get(t.meta.info_hash) is not t:
+                    raise PayloadError(f"{t.meta.name}: the shared download was removed from the session")
+            done = self.status(t.meta.info_hash).total_download if t.handle is not None else 0
+            if done != last:
+                last, moved = done, time.monotonic()
+            elif time.monotonic() - moved > stall_timeout:
+                raise SwarmStalled(f"fetching {t.meta.name} (shared with another service) stalled: "
+                                   f"no payload byte for {stall_timeout:.0f}s")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = target + ".shared"
+        _remove_quietly(tmp)
+        try:
+            os.link(t.path, tmp)
+        except OSError:
+            shutil.copyfile(t.path, tmp)
+        os.replace(tmp, target)
+        log.info("%s: shared the payload held at %s (same info-hash %s)", t.meta.name, t.path, t.meta.info_hash)
         return target
 
     def _add_params(self, meta: TorrentMeta, staging_dir: str,
