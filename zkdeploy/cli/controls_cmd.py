@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
 
 import click
 
 from zkdeploy.cli.commands import who
 from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
 from zkdeploy.cli.output import emit_json, say
+from zkdeploy.cli.views import pin_dict
 from zkdeploy.config.schema import parse_duration
 from zkdeploy.coordination import Store
 from zkdeploy.errors import ConfigError, ConflictError
@@ -235,11 +235,6 @@ def unpin(ctx: Ctx, node: str, service: str, as_json: bool) -> None:
         emit_json({"removed": pin_dict(before)})
     else:
         say(f"unpinned {node} from {service}@{before.version}")
-
-
-def pin_dict(pin: Pin, now: float | None = None) -> dict[str, Any]:
-    return {"node": pin.node, "service": pin.service, "version": pin.version, "until": pin.until,
-            "by": pin.by, "at": pin.at, "why": pin.why, "active": pin.active(time.time() if now is None else now)}
 
 
 def seen_at(when: float | None) -> str:

@@ -14,6 +14,7 @@ from zkdeploy.cli.commands import resolve_targets, who
 from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
 from zkdeploy.cli.journal_cmd import SINCE
 from zkdeploy.cli.output import emit_json, say, table
+from zkdeploy.cli.views import mark_dict
 from zkdeploy.coordination import Store
 from zkdeploy.errors import ConfigError, RolloutError
 from zkdeploy.names import check_name
@@ -94,14 +95,20 @@ def plan(ctx: Ctx, targets: tuple[str, ...], timeout: float, as_json: bool) -> N
 @click.option("--service", help="Only changes of this service.")
 @click.option("--since", type=SINCE, help="Only changes since DATE (ISO-8601 or an age like 2h, 7d).")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--marks", "marks", is_flag=True,
+              help="Show every release mark record (bad, badfwd, good, none: who, when, why) instead.")
 @json_option
 @pass_ctx
 @handle_errors
 def history(ctx: Ctx, node: str | None, service: str | None, since: datetime | None, limit: int,
-            as_json: bool) -> None:
-    """The central record of what changed where (reports agents push after each live change set)."""
+            marks: bool, as_json: bool) -> None:
+    """The central record of what changed where (reports agents push after each live change set);
+    with --marks, the append-only record of release marks."""
     if since is not None and since > datetime.now(UTC):
         raise ConfigError(f"--since {since.isoformat()} is in the future")
+    if marks:
+        _mark_history(ctx.store(), service, since, limit, as_json)
+        return
     records = ctx.store().history()
     out = [r for r in records
            if (node is None or r["node"] == node) and (service is None or service in r.get("services", []))
@@ -115,6 +122,24 @@ def history(ctx: Ctx, node: str | None, service: str | None, since: datetime | N
     table(None, ["WHEN", "NODE", "CHANGE", "DEPLOY", "STATUS", "WHAT"],
           [[r["created"][:19], r["node"], r["change_id"], r.get("deploy_id") or "-", r["status"], r["description"]]
            for r in out])
+
+
+def _mark_history(store: Store, service: str | None, since: datetime | None, limit: int, as_json: bool) -> None:
+    if service is not None:
+        check_name("service", service)
+    catalog, _ = store.catalog()
+    services = [service] if service else sorted((catalog or {}).get("services", {}))
+    records = sorted((m for s in services for m in store.marks(s).values()), key=lambda m: m.at)
+    out = [mark_dict(m) for m in records if since is None or m.at >= since.timestamp()][-limit:]
+    if as_json:
+        emit_json(out)
+        return
+    if not out:
+        say("no release marks match")
+        return
+    table(None, ["WHEN", "SERVICE", "VERSION", "MARK", "BY", "WHY"],
+          [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m["at"])), m["service"], m["version"], m["mark"],
+            m["by"], m["why"]] for m in out])
 
 
 @click.command("undo")

@@ -57,6 +57,60 @@ def _print_status(status: dict[str, Any]) -> None:
         say("")
         say("absent members (counted as down; `zkdeploy nodes forget NODE` removes one that left for good):")
         table(None, ["SERVICE", "NODE", "LAST SEEN"], absent)
+    _print_controls(status)
+
+
+def _print_controls(status: dict[str, Any]) -> None:
+    """The waves of the active deploy, the marks of each service and the pins (controlled deployment)."""
+    head = status["active_deploy"]
+    if status["waves"] and head:
+        say("")
+        say(f"waves of {head['name']} ({head['service']}@{head['version']}):")
+        table(None, ["#", "WAVE", "NODES", "VERSIONS", "STATE", "GATE", "WHY"],
+              [[w["number"], w["name"], ", ".join(w["nodes"]) or "-",
+                ", ".join(f"{n}×{v}" for v, n in w["versions"].items()) or "-",
+                w["state"] + (f" (approved by {w['approved_by']})" if w["approved_by"] else ""),
+                _gate(w["gate"]), w["reason"] or "-"] for w in status["waves"]])
+    marks = [m for svc in status["services"] for m in svc["marks"]]
+    if marks:
+        say("")
+        say("release marks (the latest of each version; `zkdeploy unmark` clears one):")
+        table(None, ["SERVICE", "VERSION", "MARK", "BY", "WHEN", "WHY"],
+              [[m["service"], m["version"], m["mark"], m["by"], seen(m["at"]), m["why"]] for m in marks])
+    if status["pins"]:
+        say("")
+        say("pins (the node runs this release whatever deploys, waves and marks say):")
+        table(None, ["NODE", "SERVICE", "VERSION", "UNTIL", "BY", "WHY"],
+              [[p["node"], p["service"], p["version"], _until(p), p["by"], p["why"]] for p in status["pins"]])
+
+
+def _gate(gate: dict[str, Any]) -> str:
+    parts = []
+    for key, label in (("min_age", "age"), ("soak", "soak"), ("min_healthy_time", "healthy")):
+        if gate.get(key):
+            parts.append(f"{label} {_span(float(gate[key]))}")
+    if gate.get("canary"):
+        parts.append(f"canary {gate['canary']}")
+    if gate.get("approval"):
+        parts.append("approval")
+    if gate.get("require_good"):
+        parts.append("good only")
+    return ", ".join(parts) or "-"
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def _until(pin: dict[str, Any]) -> str:
+    if pin["until"] is None:
+        return "unpinned"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(pin["until"]))
+    return when if pin["active"] else f"{when} (lapsed)"
 
 
 @click.command("status")
@@ -67,7 +121,8 @@ def _print_status(status: dict[str, Any]) -> None:
 @handle_errors
 def status(ctx: Ctx, watch: bool, interval: float, as_json: bool) -> None:
     """For each service: the target version, how many nodes run which version in which
-    state, and in plain words what the rollout is waiting for."""
+    state, and in plain words what the rollout is waiting for; the waves of the active
+    deploy (nodes, versions, verified/open/waiting and why), the release marks and the pins."""
     store = ctx.store()
     while True:
         data = fleet_status(store)
@@ -90,8 +145,8 @@ def status(ctx: Ctx, watch: bool, interval: float, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def nodes(click_ctx: click.Context, as_json: bool) -> None:
-    """List the nodes: the registered agents, their labels and what each runs, and the
-    absent members of each service with when they were last seen.
+    """List the nodes: the registered agents, their labels, what each runs and its pins, and
+    the absent members of each service with when they were last seen.
 
     A node that has registered a service stays its member, present or not,
     until `zkdeploy nodes forget NODE`: an absent member counts as down, and
@@ -110,8 +165,9 @@ def _list_nodes(ctx: Ctx, as_json: bool) -> None:
     if not rows:
         say("no agent is registered")
         return
-    table(None, ["NODE", "ADDRESS", "LABELS", "SERVICES", "SEEN"],
+    table(None, ["NODE", "ADDRESS", "LABELS", "SERVICES", "PINS", "SEEN"],
           [[r["node"], r["address"] or "-", ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "-",
             "  ".join(f"{s}={v['version']}:{v['state']}" if v else f"{s}=?" for s, v in sorted(r["services"].items())),
+            "  ".join(f"{s}={p['version']} until {_until(p)}" for s, p in sorted(r["pins"].items())) or "-",
             "present" if r["present"] else "absent, last seen " + seen(r["last_seen"])]
            for r in rows])
