@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
 
 import click
 
+from zkdeploy import logs
 from zkdeploy.cli.output import error
 from zkdeploy.config.loader import load_agent_config
 from zkdeploy.errors import ZkdeployError
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"ts": record.created, "level": record.levelname, "logger": record.name,
-                           "msg": record.getMessage()})
-
-
-def setup_logging(fmt: str, node: str, verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {node} %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.getLogger("kazoo").setLevel(logging.WARNING)
 
 
 @click.command("agent")
@@ -47,7 +29,7 @@ def agent(config_path: str, verbose: bool) -> None:
 
     try:
         config = load_agent_config(config_path)
-        setup_logging(config.log_format, config.node, verbose)
+        logs.setup(fmt=config.log_format, node=config.node, level=logging.DEBUG if verbose else logging.INFO)
         daemon = Agent(config)
         signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
         signal.signal(signal.SIGINT, lambda *_: daemon.stop())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
-from zkdeploy import __version__
+from zkdeploy import __version__, logs
 from zkdeploy.cli import commands, show
 from zkdeploy.cli.agent_cmd import agent
 from zkdeploy.cli.context import Ctx
@@ -22,9 +24,10 @@ from zkdeploy.cli.seeding import seed, swarm
               help="The fleet's root znode (env ZKDEPLOY_ROOT).")
 @click.option("--zk-timeout", type=float, default=10.0, show_default=True,
               help="Seconds to wait for ZooKeeper to connect or answer.")
+@click.option("--verbose", "-v", is_flag=True, help="Log what the libraries do too (ZooKeeper retries...).")
 @click.version_option(__version__, prog_name="zkdeploy")
 @click.pass_context
-def cli(ctx: click.Context, zk: str, root: str, zk_timeout: float) -> None:
+def cli(ctx: click.Context, zk: str, root: str, zk_timeout: float, verbose: bool) -> None:
     """zkdeploy: rolling deploys coordinated through ZooKeeper.
 
     Agents on every node restart their services one safe slot at a time, in
@@ -38,8 +41,11 @@ def cli(ctx: click.Context, zk: str, root: str, zk_timeout: float) -> None:
       zkdeploy status
 
     Exit codes: 0 ok, 2 bad input or refused, 3 ZooKeeper unreachable,
-    4 rollout failed or timed out, 5 payload problem, 7 journal problem.
+    4 rollout failed or timed out, 5 payload problem, 6 service command
+    failed, 7 journal problem.
     """
+    if ctx.invoked_subcommand not in ("agent", "seed"):  # those set up their own logging from their file
+        logs.setup(node="cli", level=logging.DEBUG if verbose else logging.WARNING, cli=True)
     ctx.obj = Ctx(zk=zk, root=root, timeout=zk_timeout)
 
 
@@ -73,3 +79,7 @@ cli.add_command(journal)
 
 def main() -> None:
     cli(prog_name="zkdeploy")
+
+
+if __name__ == "__main__":
+    main()

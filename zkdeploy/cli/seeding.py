@@ -117,14 +117,14 @@ def seed(config_path: str) -> None:
     first copy of each payload comes from there and not from an agent's
     fallback to the origin.
     """
-    from zkdeploy.cli.agent_cmd import setup_logging
+    from zkdeploy import logs
     from zkdeploy.config.loader import load_agent_config
     from zkdeploy.errors import ZkdeployError
     from zkdeploy.transfer.transport import Transport
 
     try:
         config = load_agent_config(config_path)
-        setup_logging(config.log_format, config.node, False)
+        logs.setup(fmt=config.log_format, node=config.node)
         run_seeder(config, Transport(config))
     except ZkdeployError as exc:
         click.echo(f"error: {exc}", err=True)
