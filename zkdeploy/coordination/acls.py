@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zkdeploy.coordination.credentials import ROLES, Security
+from zkdeploy.coordination.layout import Layout
 from zkdeploy.coordination.session import (
     PERM_ALL,
     PERM_CREATE,
@@ -329,6 +330,8 @@ def apply(session: Session, root: str, roles: RoleIds, owner: tuple[str, str] | 
             secured.create(path, roles.to_bytes())
         except NodeExistsError:
             session.set(path, roles.to_bytes())
+        for base in Layout(root).base_paths():
+            secured.ensure_path(base)
 
     def visit(node: str) -> None:
         got = session.get_acl(node)

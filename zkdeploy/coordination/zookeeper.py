@@ -107,6 +107,21 @@ def _relay(watch: Watcher | None) -> Callable[[WatchedEvent], None] | None:
     return fire
 
 
+class _LastError(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """kazoo's logger, remembering the last connection error kazoo reported (it raises only a
+    time-out; the reason, such as a certificate that names another host, is only logged)."""
+
+    last: str = ""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.WARNING and "Connection dropped" in str(msg):
+            try:
+                self.last = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                self.last = str(msg)
+        super().log(level, msg, *args, **kwargs)
+
+
 class ZooKeeperSession(Session):
     """A kazoo client with session bookkeeping.
 
@@ -120,6 +135,7 @@ class ZooKeeperSession(Session):
                  auth: Sequence[tuple[str, str]] = (), tls: TlsOptions | None = None) -> None:
         self.hosts = hosts
         self._auth = list(auth)
+        self._kazoo_log = _LastError(logging.getLogger("kazoo.client"), {})
         self._tls = tls
         secure: dict[str, Any] = {}
         if tls is not None:  # verification and host name checks always on: kazoo's check_hostname defaults off
@@ -135,6 +151,7 @@ class ZooKeeperSession(Session):
             connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=1.5, max_delay=2.0),
             read_only=read_only,
             auth_data=self._auth or None,
+            logger=self._kazoo_log,
             **secure,
         )
         self._lock = threading.Lock()
@@ -156,6 +173,8 @@ class ZooKeeperSession(Session):
                 raise AccessDeniedError(f"ZooKeeper at {self.hosts} rejected this client's credentials") from None
             hint = (" (TLS: is this the secure port, and does its certificate name this host and chain to "
                     f"{self._tls.ca}?)") if self._tls is not None else ""
+            if self._kazoo_log.last:
+                hint += f"; last error: {self._kazoo_log.last.removeprefix('Connection dropped: ')}"
             raise CoordinationError(
                 f"cannot reach ZooKeeper at {self.hosts} within {self.connect_timeout:g}s "
                 f"({exc or type(exc).__name__}){hint}"

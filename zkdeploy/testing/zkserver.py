@@ -20,8 +20,9 @@ from pathlib import Path
 
 from zkdeploy.errors import CoordinationError
 
+# netty-codec: Debian's zookeeper.jar does not list it, and the Netty connection factory (TLS) needs it
 CLASSPATH = os.environ.get(
-    "ZKDEPLOY_ZK_CLASSPATH", "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+    "ZKDEPLOY_ZK_CLASSPATH", "/etc/zookeeper/conf:/usr/share/java/netty-codec.jar:/usr/share/java/zookeeper.jar"
 )
 MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
