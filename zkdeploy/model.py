@@ -101,6 +101,11 @@ class NodeRecord(Record):
     agent_version: str = ""
     pid: int = 0
     started: float = 0.0
+    #: what the agent found out about its host (zkdeploy.agent.facts): dotted keys like ``os.family``
+    facts: dict[str, Any] = field(default_factory=dict)
+    #: site fact sources that failed at the last gathering (a file that does not parse, an executable
+    #: that failed or timed out), each ``source: why``
+    fact_errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,10 @@ class DeployEntry(Record):
     wave: int = 0  # the open wave (index into ``waves``); the waves before it are verified
     #: per wave: ``opened``, ``verified`` (times) and ``approved_by``
     wave_log: tuple[dict[str, Any], ...] = ()
+    #: the nodes a ``--select`` discovered when the deploy was queued: only they restart for it, and
+    #: it completes when they do (empty: every node of the service)
+    nodes: tuple[str, ...] = ()
+    select: str = ""
 
     @property
     def is_open(self) -> bool:

@@ -16,6 +16,7 @@ from tenacity import RetryError, retry, retry_if_exception_type, stop_after_atte
 from zkdeploy.coordination import Store
 from zkdeploy.errors import ConflictError, DeployTransitionError
 from zkdeploy.model import ABORTED, DONE, FAILED, HALTED, PENDING, ROLLED_BACK, DeployEntry, Mark
+from zkdeploy.policy.discovery import answers
 from zkdeploy.policy.lifecycle import Actor, can, transition
 from zkdeploy.policy.progress import explain, is_complete
 from zkdeploy.policy.quorum import failure_budget
@@ -125,12 +126,20 @@ def maybe_complete(store: Store, head: DeployEntry) -> None:
         return  # with waves, done once the last wave is verified
     entries = store.current(head.service)
     failed = {f["node"] for f in head.failures}
+    # a deploy of discovered nodes (--select) waits for those only: the others do not restart for it
+    unselected = set(entries) - set(head.nodes) if head.nodes else set()
     if not is_complete(entries, head.version, store.slots(head.service),
-                       excused=failed | _pinned_elsewhere(store, head)):
+                       excused=failed | _pinned_elsewhere(store, head) | unselected):
         return
     left = sorted(failed & set(entries))
     message = (f"done; {len(left)} node(s) failed within the failure budget and run the previous "
                f"release: {', '.join(left)}") if left else head.message
+    if head.nodes:
+        seen = answers(head.nodes, head.version, entries, failed)
+        message = (f"done on {len(seen.answered)} of {len(head.nodes)} discovered node(s)"
+                   + (f"; no response from: {', '.join(seen.no_response)}" if seen.no_response else "")
+                   + (f"; unexpected: {', '.join(seen.unexpected)}" if seen.unexpected else "")
+                   + (f"; {message}" if left else ""))
     try:
         store.update_deploy(transition(head, DONE, by=Actor.AGENT, message=message))
         log.info("deploy %s of %s@%s complete on %d node(s)", head.name, head.service, head.version, len(entries))

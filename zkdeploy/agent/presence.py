@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zkdeploy import __version__
+from zkdeploy.agent.facts import gather as gather_facts
 from zkdeploy.agent.host import Host
 from zkdeploy.agent.states import RESTART_PHASES, Phase, ServiceMachine
 from zkdeploy.config.schema import AgentConfig
@@ -122,9 +123,13 @@ class Presence:
         generation = self.store.require_connected()
         if generation == self.registered_generation:
             return False
+        facts = gather_facts(self.config.facts)
+        for error in facts.errors:
+            log.warning("fact source failed: %s", error)
         record = NodeRecord(node=self.node, address=self.config.address, services=self.config.services,
                             labels=self.config.labels.model_dump(exclude_none=True),
-                            agent_version=__version__, pid=os.getpid(), started=time.time())
+                            agent_version=__version__, pid=os.getpid(), started=time.time(),
+                            facts=facts.values, fact_errors=tuple(facts.errors))
         try:
             self.store.register_node(record)
             for service in self.host.services():

@@ -94,6 +94,9 @@ class Rule:
                 return None  # paused, halted, marked bad; or its release failed here
             if rec.version == head.version and rec.state == ONLINE:
                 return None
+            if head.nodes and self.node not in head.nodes:
+                self._say(service, f"not selected by deploy {head.name} ({head.select})")
+                return None
             wave = wave_of(head, self.node, self.labels)
             if not is_open(head, wave):
                 self._say(service, f"in wave {head.waves[wave]['name']}, which is not open yet")

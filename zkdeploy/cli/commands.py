@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import click
 
+from zkdeploy.cli import discovery_cmd
 from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
 from zkdeploy.cli.output import emit_json, say, table
 from zkdeploy.cli.seeding import seed_in_foreground
@@ -262,11 +263,13 @@ def resolve_targets(store: Store, targets: tuple[str, ...], what: str) -> tuple[
 @click.option("--waves", "waves_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="Roll in these waves (a YAML list of waves) instead of the catalog's.")
 @click.option("--no-waves", is_flag=True, help="Ignore the catalog's waves: every node at once (quorum rules hold).")
+@discovery_cmd.select_option
+@discovery_cmd.expect_option
 @json_option
 @pass_ctx
 @handle_errors
 def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_failures: str | None,
-           waves_file: str | None, no_waves: bool, as_json: bool) -> None:
+           waves_file: str | None, no_waves: bool, select: str | None, expect: str | None, as_json: bool) -> None:
     """Queue rollouts of SERVICE[@VERSION]... in dependency order.
 
     Without @VERSION the most recently staged version is deployed.  Refused
@@ -275,7 +278,9 @@ def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_f
     A service with `waves:` in the catalog (or --waves FILE) rolls in waves,
     resolved now against the labels of the nodes that run it; a selector that
     matches no node, or overlapping waves, refuse the deploy
-    (docs/controlled-deployment.md).
+    (docs/controlled-deployment.md).  With --select EXPR only the nodes it
+    discovers (by facts, labels, classes) restart, and --expect N|MIN..MAX
+    refuses the deploy when their count differs (docs/discovery.md).
     Exit codes: 0 done (or queued without --wait), 2 refused, 3 ZooKeeper
     unreachable, 4 the rollout halted, was aborted or timed out.
     """
@@ -286,8 +291,14 @@ def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_f
         raise ConfigError("give --waves FILE or --no-waves, not both")
     override = load_waves(waves_file) if waves_file else None
     catalog, resolved = resolve_targets(store, targets, "deploy")
+    chosen = discovery_cmd.discover_for_deploy(store, [s for s, _ in resolved], select, expect)
     plans = wave_plans(store, catalog, [s for s, _ in resolved], override=override, no_waves=no_waves)
-    entries = make_entries(store, catalog, resolved, max_failures=max_failures, waves=plans)
+    entries = make_entries(store, catalog, resolved, max_failures=max_failures,
+                           waves=discovery_cmd.restrict_waves(plans, chosen) if chosen else plans)
+    if chosen and select is not None:  # only the discovered nodes restart for these deploys
+        entries = [e.evolve(nodes=chosen[e.service], select=select) for e in entries]
+        if not as_json:
+            discovery_cmd.say_discovered(chosen, select)
     names = store.enqueue(entries)
     store.prune_deploys(keep=DEPLOYS_KEPT)
     _report_queued(ctx, names, entries, wait, timeout, as_json)

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from zkdeploy.cli import discovery_cmd
 from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
 from zkdeploy.cli.output import console, emit_json, say, table
 from zkdeploy.cli.views import fleet_status, nodes_view
@@ -142,9 +143,10 @@ def status(ctx: Ctx, watch: bool, interval: float, as_json: bool) -> None:
 
 
 @click.group("nodes", invoke_without_command=True)
+@discovery_cmd.select_option
 @json_option
 @click.pass_context
-def nodes(click_ctx: click.Context, as_json: bool) -> None:
+def nodes(click_ctx: click.Context, select: str | None, as_json: bool) -> None:
     """List the nodes: the registered agents, their labels, what each runs and its pins, and
     the absent members of each service with when they were last seen.
 
@@ -152,8 +154,15 @@ def nodes(click_ctx: click.Context, as_json: bool) -> None:
     until `zkdeploy nodes forget NODE`: an absent member counts as down, and
     a percentage quorum is a share of the members.
     """
-    if click_ctx.invoked_subcommand is None:
+    if click_ctx.invoked_subcommand is None and select is not None:
+        _list_selected(click_ctx.find_object(Ctx), select, as_json)
+    elif click_ctx.invoked_subcommand is None:
         _list_nodes(click_ctx.find_object(Ctx), as_json)
+
+
+@handle_errors
+def _list_selected(ctx: Ctx, select: str, as_json: bool) -> None:
+    discovery_cmd.print_selected(ctx.store(), select, as_json)
 
 
 @handle_errors

@@ -115,6 +115,30 @@ class WaveSpec(_Strict):
         return parse_duration(value, info.field_name or "duration")
 
 
+class LoadBalancerSpec(_Strict):
+    """How a service sits behind HAProxy (docs in conf/haproxy.cfg).
+
+    With this key the restart drains the node first and puts it back last,
+    both as journaled steps: the agent answers HAProxy's agent-check (its
+    ``lb_agent`` port; the server line sends ``agent-send "<service>\\n"``)
+    with ``drain_state`` (``drain`` or ``maint``), then waits until the balancer
+    reports the server ``backend``/``server`` drained with no current session,
+    read through the runtime API ``socket``, or ``drain_timeout`` passed.
+    Without ``socket`` the drain waits ``agent_interval`` twice (HAProxy
+    polls the agent that often) and cannot confirm.  ``ready_timeout`` bounds
+    the wait for the balancer to take the server back (UP, not drained).
+    ``server`` is a template (``{node}``, ``{service}`` and the agent's vars).
+    """
+
+    backend: str
+    server: str = "{node}"
+    socket: str | None = None
+    drain_state: Literal["drain", "maint"] = "drain"
+    drain_timeout: float = Field(30.0, gt=0, le=3600)
+    ready_timeout: float = Field(30.0, gt=0, le=3600)
+    agent_interval: float = Field(2.0, gt=0, le=600)
+
+
 class ServiceSpec(_Strict):
     """One service of the fleet catalog.
 
@@ -143,6 +167,7 @@ class ServiceSpec(_Strict):
     start_timeout: float = Field(60.0, gt=0)
     stop_timeout: float = Field(30.0, gt=0)
     hook_timeout: float = Field(60.0, gt=0)
+    load_balancer: LoadBalancerSpec | None = None
 
     @field_validator("quorum", "max_failures", mode="before")
     @classmethod
@@ -219,6 +244,22 @@ class Labels(BaseModel):
     env: str | None = None
 
 
+class FactsSettings(_Strict):
+    """Site facts (zkdeploy.agent.facts): a YAML ``file`` of facts and a ``dir`` of executables that
+    each print a YAML mapping or ``key=value`` lines, each run for at most ``timeout`` seconds."""
+
+    file: str | None = None
+    dir: str | None = None
+    timeout: float = Field(5.0, gt=0, le=300)
+
+
+class LbAgentSettings(_Strict):
+    """The agent's answer to HAProxy's agent-check (zkdeploy.agent.lbcheck): ``listen``:``port``."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(..., ge=0, le=65535)
+
+
 class AgentConfig(_Strict):
     """One agent's file: who this node is and what it runs."""
 
@@ -233,6 +274,8 @@ class AgentConfig(_Strict):
     cycle_interval: float = Field(2.0, gt=0, le=300)
     monitor_interval: float = Field(2.0, gt=0, le=300)
     log_format: Literal["plain", "json"] = "plain"
+    facts: FactsSettings | None = None
+    lb_agent: LbAgentSettings | None = None
 
     @field_validator("node")
     @classmethod

@@ -1,8 +1,8 @@
-"""Node selectors: which nodes a wave (or a discovery) takes, from their name and labels.
+"""Node selectors: which nodes a wave (or a discovery) takes, from their name, labels and facts.
 
 The language, in the spirit of mcollective's compound filters::
 
-    env=prod                      equality (strings compare as text)
+    env=prod   env==prod          equality (strings compare as text)
     env!=dev                      inequality
     env in (qa, int)              one of
     rack=~/^r1[0-9]$/             regular expression (search)
@@ -10,8 +10,17 @@ The language, in the spirit of mcollective's compound filters::
     node=web-a01                  the node's name is the key ``node``
     slice(0%, 50%)                a stable slice of the fleet by a hash of the node's name
     has(gpu)                      the label is present
-    not X   X and Y   X or Y  (X)  the usual precedence: not, then and, then or
+    class=web   /^web/            the node has this class (bare /re/: a class matching it)
+    os.family=debian  cpus>=8     facts are keys like labels (dotted names: ``os.family``)
+    not X  !X  X and Y  X or Y  (X)  the usual precedence: not, then and, then or
     *                             every node
+
+The mapping a selector reads is whatever the caller gives: for a wave, the
+node's labels; for discovery (zkdeploy.policy.discovery), its facts with its
+labels over them, its ``classes`` and each service's ``<service>.version``.
+A value that is a list (``classes``) matches ``=`` when it holds the value,
+``!=`` when it does not, ``=~`` when any element matches, ``in (..)`` when
+any element is one of them.  ``class`` is another name for ``classes``.
 
 ``slice(a%, b%)`` keeps a node when a stable hash of its name, as a
 percentage, falls in [a, b): the same node always lands in the same slice, on
@@ -35,8 +44,9 @@ Test = Callable[[str, Labels], bool]
 _TOKEN = re.compile(r"""
     \s*(?:
       (?P<regex>=~\s*/(?:\\.|[^/])*/)
-    | (?P<op><=|>=|!=|=|<|>)
-    | (?P<punct>[(),*])
+    | (?P<op><=|>=|!=|==|=|<|>)
+    | (?P<bare>/(?:\\.|[^/])*/)
+    | (?P<punct>[(),*!])
     | (?P<pct>\d+(?:\.\d+)?%)
     | (?P<word>[A-Za-z0-9_.:+@-]+|"[^"]*"|'[^']*')
     )""", re.VERBOSE)
@@ -131,7 +141,7 @@ class _Parser:
         return left
 
     def negation(self) -> Test:
-        if self.peek("not"):
+        if self.peek("not") or self.peek("!", kind="punct"):
             self.pos += 1
             inner = self.negation()
             return lambda n, labels: not inner(n, labels)
@@ -146,13 +156,16 @@ class _Parser:
         if self.peek("*"):
             self.pos += 1
             return lambda n, labels: True
+        if self.peek(kind="bare"):
+            pattern = self._regex(self.take(kind="bare")[1:-1])
+            return lambda n, labels: any(pattern.search(c) for c in _items(labels.get("classes")))
         if self.peek("slice") and self.pos + 1 < len(self.tokens) and self.tokens[self.pos + 1][1] == "(":
             return self.slice()
         if self.peek("has") and self.pos + 1 < len(self.tokens) and self.tokens[self.pos + 1][1] == "(":
             self.pos += 2
             key = self.take(kind="word", expected="a label name")
             self.take(")", expected="')'")
-            return lambda n, labels: key == "node" or key in labels
+            return lambda n, labels: key == "node" or _key(key) in labels
         key = self.take(kind="word", expected="a label name, '(', 'not', 'slice(...)' or '*'")
         return self.comparison(key)
 
@@ -171,8 +184,10 @@ class _Parser:
         return float(self.take(kind="pct", expected="a percentage like 50%")[:-1])
 
     def comparison(self, key: str) -> Test:
+        name = _key(key)
+
         def value_of(node: str, labels: Labels) -> Any:
-            return node if key == "node" else labels.get(key)
+            return node if key == "node" else labels.get(name)
 
         if self.peek("in"):
             self.pos += 1
@@ -182,19 +197,15 @@ class _Parser:
                 self.pos += 1
                 values.add(self._value())
             self.take(")", expected="')'")
-            return lambda n, labels: _text(value_of(n, labels)) in values
+            return lambda n, labels: any(v in values for v in _items(value_of(n, labels)))
         if self.peek(kind="regex"):
-            source = self.take(kind="regex")[2:].strip()[1:-1]
-            try:
-                pattern = re.compile(source)
-            except re.error as exc:
-                raise ConfigError(f"selector {self.text!r}: bad regular expression /{source}/: {exc}") from None
-            return lambda n, labels: (v := value_of(n, labels)) is not None and bool(pattern.search(_text(v)))
+            pattern = self._regex(self.take(kind="regex")[2:].strip()[1:-1])
+            return lambda n, labels: any(pattern.search(v) for v in _items(value_of(n, labels)))
         op = self.take(kind="op", expected=f"an operator after {key!r} (=, !=, in, =~, <, <=, >, >=)")
         value = self._value()
-        if op in ("=", "!="):
-            equal = op == "="
-            return lambda n, labels: (_text(value_of(n, labels)) == value) == equal
+        if op in ("=", "==", "!="):
+            equal = op != "!="
+            return lambda n, labels: (value in _items(value_of(n, labels))) == equal
         try:
             number = float(value)
         except ValueError:
@@ -208,12 +219,31 @@ class _Parser:
                 return False
         return numeric
 
+    def _regex(self, source: str) -> re.Pattern[str]:
+        try:
+            return re.compile(source)
+        except re.error as exc:
+            raise ConfigError(f"selector {self.text!r}: bad regular expression /{source}/: {exc}") from None
+
     def _value(self) -> str:
         if self.peek(kind="string"):
             return self.take(kind="string")
         if self.peek(kind="pct"):
             return self.take(kind="pct")
         return self.take(kind="word", expected="a value")
+
+
+def _key(key: str) -> str:
+    return "classes" if key == "class" else key
+
+
+def _items(value: Any) -> list[str]:
+    """A value as the texts it matches: every element of a list, else the value itself (none for None)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_text(v) for v in value]
+    return [_text(value)]
 
 
 def _text(value: Any) -> str:
