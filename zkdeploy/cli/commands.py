@@ -442,6 +442,9 @@ def resume(ctx: Ctx, deploy_name: str) -> None:
     entry = store.deploy(deploy_name)
     if entry is None:
         raise ConfigError(f"no deploy {deploy_name}")
+    if entry.state == PENDING:  # pending -> pending is an operator's move too (promote), but not a resume
+        raise ConfigError(f"deploy {deploy_name} ({entry.service}@{entry.version}) is pending: only a paused or "
+                          f"halted deploy resumes; nothing was changed")
     budget = len(entry.failures) if entry.state == HALTED else entry.max_failures
     store.update_deploy(transition(entry, PENDING, by=Actor.OPERATOR, message=f"resumed by {who()}",
                                    max_failures=budget))
