@@ -187,7 +187,7 @@ def test_nodes_lists_registered_agents(run, store: Store) -> None:
     store.publish_current("db", CurrentEntry(node="n1", version="7", state=ONLINE))
     rows = json.loads(run("nodes", "--json").output)
     assert rows == [{"node": "n1", "present": True, "address": "198.18.0.1", "labels": {"rack": "r1"},
-                     "agent_version": "0.1.0", "last_seen": None,
+                     "agent_version": "0.1.0", "last_seen": None, "pins": {},
                      "services": {"db": {"version": "7", "state": "online", "phase": "idle"}, "web": None}}]
 
 

@@ -60,7 +60,7 @@ def waves_view(store: Store, head: DeployEntry, current: Mapping[str, CurrentEnt
     if head.state != PENDING:
         reason = f"the deploy is {head.state}"
     elif moved is not None:
-        reason = f"due now: {why} (the agents write it at their next cycle)"
+        reason = f"due now: {why}"
     else:
         reason = why
     log = [dict(x) for x in head.wave_log] + [{} for _ in range(len(head.waves) - len(head.wave_log))]
