@@ -105,7 +105,7 @@ class Injector:
         #: every signal and every restart happens under it
         self.lock = threading.Lock()
         self._busy: dict[str, float] = {}  # host -> busy until (inf while its fault lasts)
-        self._health_busy: set[tuple[str, str]] = set()  # (host, service) whose /health is broken now
+        self.health_busy: set[tuple[str, str]] = set()  # (host, service) whose /health is broken now
         self._threads: list[threading.Thread] = []
         self.t0 = 0.0
 
@@ -460,9 +460,9 @@ def break_health(injector: Injector, fault: PlannedFault) -> None:
             host = restarting[fault.pick % len(restarting)]
             service = injector.slot_of(host.name) or service
     with injector.lock:
-        if injector.cancelled() or (host.name, service) in injector._health_busy:
+        if injector.cancelled() or (host.name, service) in injector.health_busy:
             return
-        injector._health_busy.add((host.name, service))
+        injector.health_busy.add((host.name, service))
         phases = injector._phases(host.name)
         record = FaultRecord(fault.kind, host.name, time.time(), None, fault.hold, detail=phases, service=service)
         set_health_fault(host, service, HEALTH_WORDS[fault.kind])
@@ -473,7 +473,7 @@ def break_health(injector: Injector, fault: PlannedFault) -> None:
     finally:
         with injector.lock:
             set_health_fault(host, service, None)
-            injector._health_busy.discard((host.name, service))
+            injector.health_busy.discard((host.name, service))
             record.resumed = time.time()
     injector.log.say(f"{fault.kind} {host.name} {service}: mended")
 
