@@ -7,6 +7,10 @@ release is healthy unless the world marks it bad.  ``SimWorld`` holds what
 runs where, so a test can judge the fleet the way an outside observer would,
 and calls ``on_step(node, service, step)`` before every step that changes a
 service, so a test can check at that instant that the step was allowed.
+
+For benchmarks, ``SimWorld.durations`` can make a stop, a start and the
+health check take a fixed time (``{"stop": 0.2, "start": 0.5, "health":
+0.3}``; instant when absent), and ``timeline`` records when each step began.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +42,17 @@ class SimWorld:
     on_step: Callable[[str, str, str], None] = lambda node, service, step: None
     pending_start: str | None = None  # the version being started while ``on_step(..., "start")`` runs
     steps: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    #: seconds a "stop", a "start" and the "health" check take (absent: instant)
+    durations: dict[str, float] = field(default_factory=dict)
+    #: (time.time(), node, service, step) when each step began: stop, start, health, or a hook's name
+    timeline: list[tuple[float, str, str, str]] = field(default_factory=list)
+
+    def begin(self, node: str, service: str, step: str) -> None:
+        """Record that ``step`` begins now, then take its simulated duration."""
+        self.timeline.append((time.time(), node, service, step))
+        delay = self.durations.get(step, 0.0)
+        if delay > 0:
+            time.sleep(delay)
 
     def healthy(self, node: str, service: str) -> bool:
         version = self.running.get((node, service))
@@ -63,6 +79,7 @@ class _SimAction(ActionHandler):
         key = (self.node, service)
         if self.kind == STOP:
             self.world.on_step(self.node, service, "stop")
+            self.world.begin(self.node, service, "stop")
             self.world.steps.append((self.node, service, "stop", self.world.running.get(key)))
             self.world.running.pop(key, None)
         elif self.kind == START:
@@ -70,12 +87,14 @@ class _SimAction(ActionHandler):
             self.world.pending_start = version
             self.world.on_step(self.node, service, "start")
             self.world.pending_start = None
+            self.world.begin(self.node, service, "start")
             self.world.steps.append((self.node, service, "start", version))
             self.world.running[key] = version
             if params.get("checks") and (service, version) in self.world.bad:
                 raise HealthCheckError(f"{service}@{version} fails its checks (simulated)")
         else:
             self.world.on_step(self.node, service, params.get("hook", "hook"))
+            self.world.begin(self.node, service, params.get("hook", "hook"))
         return None
 
     def manual_steps(self, params: dict[str, Any]) -> list[str]:
@@ -83,13 +102,15 @@ class _SimAction(ActionHandler):
 
 
 class SimHost(Host):
-    """A ``Host`` whose services are simulated in ``world``; journal and releases are real files."""
+    """A ``Host`` whose services are simulated in ``world``; journal and releases are real files.
+    The journal is not fsynced unless ``durable_journal`` (a benchmark of the real agent's costs)."""
 
     durable_journal = False
 
-    def __init__(self, config: AgentConfig, world: SimWorld) -> None:
+    def __init__(self, config: AgentConfig, world: SimWorld, *, durable_journal: bool = False) -> None:
         super().__init__(config)
         self.world = world
+        self.durable_journal = durable_journal
         for kind in (START, STOP, HOOKS):
             self.registry.register(_SimAction(kind, world, self.node), replace=True)
 
@@ -105,6 +126,7 @@ class SimHost(Host):
         return None if self.world.healthy(self.node, svc.name) else "health check failed (simulated)"
 
     def wait_healthy(self, svc: HostService, version: str | None) -> None:
+        self.world.begin(self.node, svc.name, "health")
         if not self.world.healthy(self.node, svc.name):
             raise HealthCheckError(f"{svc.name}@{version} fails its checks (simulated)")
 

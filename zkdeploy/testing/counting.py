@@ -1,0 +1,230 @@
+"""A ``Session`` that counts what goes through it: requests, watch notifications, bytes read, time.
+
+``CountingSession`` wraps any other session (a ``ZooKeeperSession`` in the
+scale benchmark) and passes every call through unchanged; the ``Store``
+above it cannot tell the difference.  What it counts, per operation kind:
+
+- a request for every primitive call (get, children, exists, create, set,
+  delete, ensure_path, commit, ACL calls), with the wall time it took;
+- for a persistent watch (``watch_children``, ``watch_data``): setting it is
+  one request (its initial read); every later call of its callback is one
+  notification plus the one read that the client library makes to re-arm
+  it (a request of kind ``rewatch``);
+- a notification for every one-shot watch that fires;
+- bytes read: the data of every ``get``, the names of every ``children``.
+
+``ensure_path`` and ``commit`` count as one request each (kazoo may need
+more round trips for an ``ensure_path`` of a missing path).  ``on_call`` and
+``on_notify`` let a benchmark keep a timeline (e.g. when a /current entry
+went online, how long a watch took to arrive after the write).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from zkdeploy.coordination.session import Acl, Op, Session, Stat, Watcher
+
+#: ``on_call(kind, path, data, started, ended)`` after each request (data: what was written, or b"")
+CallHook = Callable[[str, str, bytes, float, float], None]
+#: ``on_notify(kind, path, when)`` when a watch is delivered
+NotifyHook = Callable[[str, str, float], None]
+
+
+class Counts:
+    """Thread-safe counters: requests and seconds by kind, notifications, bytes read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.notifications = 0
+        self.bytes_read = 0
+
+    def request(self, kind: str, seconds: float, read: int = 0) -> None:
+        with self._lock:
+            self.requests[kind] += 1
+            self.seconds[kind] += seconds
+            self.bytes_read += read
+
+    def read(self, size: int) -> None:
+        with self._lock:
+            self.bytes_read += size
+
+    def notify(self, read: int = 0) -> None:
+        with self._lock:
+            self.notifications += 1
+            self.bytes_read += read
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy as plain data (picklable)."""
+        with self._lock:
+            return {"requests": dict(self.requests), "seconds": dict(self.seconds),
+                    "notifications": self.notifications, "bytes_read": self.bytes_read}
+
+    @staticmethod
+    def delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+        """What happened between two snapshots."""
+        return {"requests": {k: v - before["requests"].get(k, 0) for k, v in after["requests"].items()},
+                "seconds": {k: v - before["seconds"].get(k, 0.0) for k, v in after["seconds"].items()},
+                "notifications": after["notifications"] - before["notifications"],
+                "bytes_read": after["bytes_read"] - before["bytes_read"]}
+
+    @staticmethod
+    def total(snapshot: dict[str, Any]) -> int:
+        return int(sum(snapshot["requests"].values()))
+
+
+class CountingSession(Session):
+    """Every call of ``inner``, counted in ``counts`` (shared between sessions if given)."""
+
+    def __init__(self, inner: Session, counts: Counts | None = None, *, on_call: CallHook | None = None,
+                 on_notify: NotifyHook | None = None) -> None:
+        self.inner = inner
+        self.hosts = inner.hosts
+        self.counts = counts or Counts()
+        self.on_call = on_call
+        self.on_notify = on_notify
+
+    # -- bookkeeping -----------------------------------------------------------
+    def _timed(self, kind: str, path: str, fn: Callable[[], Any], data: bytes = b"",
+               read: Callable[[Any], int] = lambda _r: 0) -> Any:
+        started = time.monotonic()
+        wall = time.time()
+        try:
+            result = fn()
+        finally:
+            elapsed = time.monotonic() - started
+            self.counts.request(kind, elapsed)
+        self.counts.read(read(result))
+        if self.on_call is not None:
+            self.on_call(kind, path, data, wall, wall + elapsed)
+        return result
+
+    def _watcher(self, watch: Watcher | None) -> Watcher | None:
+        if watch is None:
+            return None
+
+        def fire(kind: str, path: str) -> Any:
+            self.counts.notify()
+            if self.on_notify is not None:
+                self.on_notify(kind, path, time.time())
+            return watch(kind, path)
+        return fire
+
+    # -- lifecycle and state: passed through ------------------------------------------
+    def start(self) -> CountingSession:
+        self.inner.start()
+        return self
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def state(self) -> str:
+        return self.inner.state
+
+    @property
+    def generation(self) -> int:
+        return self.inner.generation
+
+    @property
+    def session_id(self) -> int | None:
+        return self.inner.session_id
+
+    @property
+    def negotiated_timeout(self) -> float:
+        return self.inner.negotiated_timeout
+
+    @property
+    def operation_timeout(self) -> float:
+        return self.inner.operation_timeout
+
+    def add_listener(self, fn: Callable[[str], None]) -> None:
+        self.inner.add_listener(fn)
+
+    def require_connected(self) -> int:
+        return self.inner.require_connected()
+
+    def expire(self) -> None:
+        expire = getattr(self.inner, "expire", None)
+        if expire is not None:
+            expire()
+
+    # -- reads ---------------------------------------------------------------------------
+    def get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
+        return self._timed("get", path, lambda: self.inner.get(path, self._watcher(watch)),  # type: ignore[no-any-return]
+                           read=lambda r: len(r[0]) if r else 0)
+
+    def children(self, path: str, watch: Watcher | None = None) -> list[str]:
+        return self._timed("children", path,  # type: ignore[no-any-return]
+                           lambda: self.inner.children(path, self._watcher(watch)),
+                           read=lambda r: sum(len(c) for c in r))
+
+    def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
+        return self._timed("exists", path, lambda: self.inner.exists(path, self._watcher(watch)))  # type: ignore[no-any-return]
+
+    # -- writes ------------------------------------------------------------------------
+    def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
+               makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:
+        return self._timed("create", path, lambda: self.inner.create(  # type: ignore[no-any-return]
+            path, data, ephemeral=ephemeral, sequence=sequence, makepath=makepath, acl=acl), data)
+
+    def set(self, path: str, data: bytes, version: int = -1) -> Stat:
+        return self._timed("set", path, lambda: self.inner.set(path, data, version), data)  # type: ignore[no-any-return]
+
+    def delete(self, path: str, version: int = -1) -> None:
+        self._timed("delete", path, lambda: self.inner.delete(path, version))
+
+    def ensure_path(self, path: str) -> None:
+        self._timed("ensure_path", path, lambda: self.inner.ensure_path(path))
+
+    def get_acl(self, path: str) -> tuple[list[Acl], Stat] | None:
+        return self._timed("get_acl", path, lambda: self.inner.get_acl(path))  # type: ignore[no-any-return]
+
+    def set_acl(self, path: str, acl: Sequence[Acl], version: int = -1) -> None:
+        self._timed("set_acl", path, lambda: self.inner.set_acl(path, acl, version))
+
+    def commit(self, ops: Sequence[Op]) -> list[str | Stat | None]:
+        data = b"".join(getattr(op, "data", b"") for op in ops)
+        return self._timed("commit", ops[0].path if ops else "",  # type: ignore[no-any-return]
+                           lambda: self.inner.commit(ops), data)
+
+    # -- persistent watches ------------------------------------------------------------------
+    def watch_children(self, path: str, callback: Callable[[list[str]], Any]) -> None:
+        first = [True]
+
+        def relay(children: list[str]) -> Any:
+            size = sum(len(c) for c in children)
+            if first[0]:  # the initial read, counted with the call that set the watch
+                first[0] = False
+                self.counts.read(size)
+            else:
+                self.counts.notify()
+                self.counts.request("rewatch", 0.0, size)
+                if self.on_notify is not None:
+                    self.on_notify("child", path, time.time())
+            return callback(children)
+
+        self._timed("watch_children", path, lambda: self.inner.watch_children(path, relay))
+
+    def watch_data(self, path: str, callback: Callable[[bytes | None], bool | None]) -> None:
+        first = [True]
+
+        def relay(data: bytes | None) -> bool | None:
+            size = len(data or b"")
+            if first[0]:  # the initial read, counted with the call that set the watch
+                first[0] = False
+                self.counts.read(size)
+            else:
+                self.counts.notify()
+                self.counts.request("rewatch", 0.0, size)
+                if self.on_notify is not None:
+                    self.on_notify("changed", path, time.time())
+            return callback(data)
+
+        self._timed("watch_data", path, lambda: self.inner.watch_data(path, relay))
