@@ -187,7 +187,7 @@ def test_without_credentials_nothing_can_be_read_or_written(fleet: dict[str, Sto
 def test_a_credentials_file_others_can_read_is_refused(tmp_path: Path) -> None:
     path = _creds(tmp_path, "agent", "a")
     os.chmod(path, 0o644)
-    with pytest.raises(ConfigError, match="accessible to other users.*chmod 600"):
+    with pytest.raises(ConfigError, match=r"accessible to other users.*chmod 600"):
         Credentials.load(path)
     assert "agent-secret" not in repr(Credentials.load(_fix(path)))
 

@@ -27,6 +27,7 @@ from zkdeploy.agent.payloads import Payloads
 from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.recovery import settle_at_start
 from zkdeploy.agent.reports import Reports
+from zkdeploy.agent.signatures import ReleaseGuard
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
 from zkdeploy.errors import CoordinationError, ZkdeployError
@@ -69,6 +70,8 @@ class Agent:
         self.transport.attach(store)
         self.payloads = Payloads(store, self.host, self.presence, self.transport, self.wake.set,
                                  threaded=threaded)
+        if self.config.signing.trusted_keys:
+            self.payloads.guard = ReleaseGuard.from_files(store, self.host, list(self.config.signing.trusted_keys))
         self.reports = Reports(store, self.host, self.presence, self.payloads, self.transport.fetch,
                                self.stopping)
         self.cycle = Cycle(store, self.host, self.presence, self.payloads, self.reports, self.wake,
@@ -92,7 +95,7 @@ class Agent:
         store: Store | None = None
         while not self.stopping.is_set() and store is None:
             try:
-                store = Store.connect(zk.hosts, zk.root, session_timeout=zk.session_timeout,
+                store = Store.connect(zk.hosts, zk.root, zk.security(), session_timeout=zk.session_timeout,
                                       connect_timeout=zk.connect_timeout, operation_timeout=zk.operation_timeout)
             except CoordinationError as exc:
                 log.error("%s; retrying in 2s", exc)

@@ -14,14 +14,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zkdeploy.agent.host import Host
 from zkdeploy.agent.presence import Presence
+from zkdeploy.agent.releases import Fetcher
 from zkdeploy.agent.states import Phase
 from zkdeploy.coordination import Store
-from zkdeploy.errors import CoordinationError, PayloadError, ZkdeployError
+from zkdeploy.errors import CoordinationError, PayloadError, SignatureError, ZkdeployError
 from zkdeploy.model import Release
 from zkdeploy.transfer.transport import Transport
+
+if TYPE_CHECKING:
+    from zkdeploy.agent.signatures import ReleaseGuard
+    from zkdeploy.signing import ReleaseRecord
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,10 @@ class Payloads:
     With ``threaded=False`` (unit and model-based tests) ``want`` installs at
     once in the caller's thread.
     """
+
+    #: set by the agent when it has trusted keys: every release is checked before it is fetched,
+    #: again before it is unpacked, and before a restart into it (zkdeploy.agent.signatures)
+    guard: ReleaseGuard | None = None
 
     def __init__(self, store: Store, host: Host, presence: Presence, transport: Transport,
                  on_ready: Callable[[], None], *, threaded: bool = True) -> None:
@@ -75,8 +86,16 @@ class Payloads:
         return newest.version
 
     def ready(self, service: str, version: str) -> bool:
-        """True when ``version`` is unpacked here: a restart into it needs no download."""
-        return self.host.releases[service].has(version)
+        """True when ``version`` is unpacked here (and, with trusted keys, its signed record is still
+        accepted: not replaced by a forgery, not older than what this node installed since): a restart
+        into it needs no download."""
+        return self.host.releases[service].has(version) and self._accepted(service, version)
+
+    def _accepted(self, service: str, version: str) -> bool:
+        if self.guard is None:
+            return True
+        release = self.release(service, version)
+        return release is not None and self.guard.allows(release)
 
     # -- what the cycle wants ----------------------------------------------------
     def want(self, service: str, versions: list[str]) -> None:
@@ -140,14 +159,27 @@ class Payloads:
         """Make sure ``version`` is unpacked here, fetching it if it is staged; False if it cannot be."""
         rel_dir = self.host.releases[service]
         if rel_dir.has(version):
-            return True
+            if self._accepted(service, version):
+                return True
+            self._failures[(service, version)] = time.monotonic()
+            return False
         release = self.release(service, version)
         if release is None:
             return False
+        checked: list[ReleaseRecord] = []
+        fetch: Fetcher = self.transport.fetch
+        if self.guard is not None:
+            try:
+                checked.append(self.guard.check(release))  # before fetching
+            except SignatureError as exc:
+                self._failures[(service, version)] = time.monotonic()
+                self.presence.publish(service, detail=f"refused {version}: {exc}")
+                return False
+            fetch = self._fetch_then_check(self.guard, checked)
         machine = self.presence.machines[service]
         machine.to_from({Phase.IDLE, Phase.STAGED}, Phase.FETCHING, f"fetching {version}")
         try:
-            rel_dir.install(release, self.transport.fetch)
+            rel_dir.install(release, fetch)
         except PayloadError as exc:
             log.error("%s@%s: %s (retrying in %ds)", service, version, exc, FETCH_RETRY_SECONDS)
             self._failures[(service, version)] = time.monotonic()
@@ -156,6 +188,8 @@ class Payloads:
                 self.presence.publish(service, detail=why)
             return False
         self._failures.pop((service, version), None)
+        if self.guard is not None and checked:
+            self.guard.installed(checked[-1])
         try:
             self.store.add_holder(service, version, self.host.node)
         except CoordinationError as exc:
@@ -163,6 +197,19 @@ class Payloads:
         machine.to_from({Phase.FETCHING}, Phase.STAGED, f"{version} ready")
         self._prune(service)
         return True
+
+    def _fetch_then_check(self, guard: ReleaseGuard, checked: list[ReleaseRecord]) -> Fetcher:
+        """The transport's fetch, then the signature check again on a fresh read, before anything is
+        unpacked; a payload whose release is refused by then is deleted."""
+        def fetch(release: Release, dest: Path) -> Path:
+            got = self.transport.fetch(release, dest)
+            try:
+                checked.append(guard.check(release))
+            except SignatureError:
+                dest.unlink(missing_ok=True)
+                raise
+            return got
+        return fetch
 
     def _prune(self, service: str) -> None:
         """Remove the releases beyond the catalog's ``keep_releases``: one change set in the journal,

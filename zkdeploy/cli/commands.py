@@ -20,6 +20,7 @@ import click
 from zkdeploy.cli import discovery_cmd
 from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
 from zkdeploy.cli.output import emit_json, say, table
+from zkdeploy.cli.security_cmd import release_signature
 from zkdeploy.cli.seeding import seed_in_foreground
 from zkdeploy.cli.views import deploy_dict, fleet_status
 from zkdeploy.cli.waveplan import load_waves, wave_plans
@@ -44,6 +45,7 @@ from zkdeploy.policy.lifecycle import TERMINAL, Actor, can, transition
 from zkdeploy.policy.order import dependency_order
 from zkdeploy.policy.quorum import failure_budget, required_online
 from zkdeploy.policy.versions import most_popular
+from zkdeploy.signing import SIGNATURE_BLOB, load_private
 from zkdeploy.transfer.fetch import is_url, open_origin, payload_digest
 from zkdeploy.transfer.torrent import make_torrent
 from zkdeploy.transfer.transport import TORRENT_BLOB
@@ -139,11 +141,13 @@ def services_list(ctx: Ctx, as_json: bool) -> None:
               help="With --seed-until: where this seeder listens (an address the agents reach).")
 @click.option("--seed-timeout", type=float, default=3600.0, show_default=True,
               help="With --seed-until: give up after this many seconds (exit 5).")
+@click.option("--sign", "sign_key", metavar="KEYFILE", type=click.Path(exists=True, dir_okay=False),
+              help="Sign the release record with this key (zkdeploy keys generate).")
 @json_option
 @pass_ctx
 @handle_errors
 def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, seed_until: int | None,
-          listen: str, seed_timeout: float, as_json: bool) -> None:
+          listen: str, seed_timeout: float, sign_key: str | None, as_json: bool) -> None:
     """Stage VERSION of SERVICE: hash PAYLOAD, make its torrent, record the release.
 
     PAYLOAD is a tar archive (optionally compressed), given as a path that the
@@ -157,6 +161,7 @@ def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, 
     """
     check_name("service", service)
     check_name("version", version)
+    key = load_private(sign_key) if sign_key else None
     store = ctx.store()
     catalog, _ = store.catalog()
     if service not in (catalog or {}).get("services", {}):
@@ -174,7 +179,10 @@ def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, 
         origin = payload if is_url(payload) else str(Path(payload).resolve())
         release = Release(service=service, version=version, sha256=sha, size=size, origin=origin,
                           staged_by=who(), staged_at=time.time(), info_hash=meta.info_hash if meta else None)
-        store.put_release(release, {TORRENT_BLOB: meta.metainfo} if meta else None)
+        blobs = {TORRENT_BLOB: meta.metainfo} if meta else {}
+        if key is not None:
+            blobs[SIGNATURE_BLOB] = release_signature(store, key, service, version, sha, size)
+        store.put_release(release, blobs or None)
         if as_json:
             emit_json({"service": service, "version": version, "sha256": sha, "size": size, "origin": origin,
                        "info_hash": release.info_hash})

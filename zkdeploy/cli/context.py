@@ -12,7 +12,8 @@ import click
 
 from zkdeploy.cli.output import error
 from zkdeploy.coordination import Store
-from zkdeploy.errors import ZkdeployError
+from zkdeploy.coordination.credentials import Credentials, Security, TlsOptions
+from zkdeploy.errors import ConfigError, ZkdeployError
 
 
 @dataclass
@@ -20,12 +21,23 @@ class Ctx:
     zk: str
     root: str
     timeout: float
+    auth_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     _store: Store | None = field(default=None, repr=False)
+
+    def security(self) -> Security:
+        """The credentials (``--zk-auth-file``) and TLS options (``--zk-tls-*``) to connect with."""
+        if (self.tls_cert or self.tls_key) and not self.tls_ca:
+            raise ConfigError("--zk-tls-cert and --zk-tls-key need --zk-tls-ca")
+        tls = TlsOptions(self.tls_ca, self.tls_cert, self.tls_key) if self.tls_ca else None
+        return Security(Credentials.load(self.auth_file) if self.auth_file else None, tls)
 
     def store(self) -> Store:
         """Connect on first use (bounded by ``--zk-timeout``)."""
         if self._store is None:
-            self._store = Store.connect(self.zk, self.root, connect_timeout=self.timeout,
+            self._store = Store.connect(self.zk, self.root, self.security(), connect_timeout=self.timeout,
                                         operation_timeout=self.timeout, session_timeout=max(10.0, self.timeout))
         return self._store
 

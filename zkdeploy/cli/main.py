@@ -14,6 +14,7 @@ from zkdeploy.cli.controls_cmd import mark, pin, promote, unmark, unpin
 from zkdeploy.cli.demo_cmd import demo
 from zkdeploy.cli.journal_cmd import journal
 from zkdeploy.cli.reports_cmd import history, plan, undo
+from zkdeploy.cli.security_cmd import acl, keys
 from zkdeploy.cli.seeding import seed, swarm
 
 
@@ -25,9 +26,19 @@ from zkdeploy.cli.seeding import seed, swarm
 @click.option("--zk-timeout", type=float, default=10.0, show_default=True,
               help="Seconds to wait for ZooKeeper to connect or answer.")
 @click.option("--verbose", "-v", is_flag=True, help="Log what the libraries do too (ZooKeeper retries...).")
+@click.option("--zk-auth-file", envvar="ZKDEPLOY_ZK_AUTH_FILE", metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False),
+              help="ZooKeeper credentials file, mode 600 (env ZKDEPLOY_ZK_AUTH_FILE); see docs/security.md.")
+@click.option("--zk-tls-ca", envvar="ZKDEPLOY_ZK_TLS_CA", metavar="PEM", type=click.Path(exists=True, dir_okay=False),
+              help="Connect with TLS, trusting this CA (env ZKDEPLOY_ZK_TLS_CA); --zk names the secure port.")
+@click.option("--zk-tls-cert", envvar="ZKDEPLOY_ZK_TLS_CERT", metavar="PEM",
+              type=click.Path(exists=True, dir_okay=False), help="TLS client certificate (env ZKDEPLOY_ZK_TLS_CERT).")
+@click.option("--zk-tls-key", envvar="ZKDEPLOY_ZK_TLS_KEY", metavar="PEM",
+              type=click.Path(exists=True, dir_okay=False), help="Its private key, mode 600 (env ZKDEPLOY_ZK_TLS_KEY).")
 @click.version_option(__version__, prog_name="zkdeploy")
 @click.pass_context
-def cli(ctx: click.Context, zk: str, root: str, zk_timeout: float, verbose: bool) -> None:
+def cli(ctx: click.Context, zk: str, root: str, zk_timeout: float, verbose: bool, zk_auth_file: str | None,
+        zk_tls_ca: str | None, zk_tls_cert: str | None, zk_tls_key: str | None) -> None:
     """zkdeploy: rolling deploys coordinated through ZooKeeper.
 
     Agents on every node restart their services one safe slot at a time, in
@@ -46,7 +57,8 @@ def cli(ctx: click.Context, zk: str, root: str, zk_timeout: float, verbose: bool
     """
     if ctx.invoked_subcommand not in ("agent", "seed"):  # those set up their own logging from their file
         logs.setup(node="cli", level=logging.DEBUG if verbose else logging.WARNING, cli=True)
-    ctx.obj = Ctx(zk=zk, root=root, timeout=zk_timeout)
+    ctx.obj = Ctx(zk=zk, root=root, timeout=zk_timeout, auth_file=zk_auth_file, tls_ca=zk_tls_ca,
+                  tls_cert=zk_tls_cert, tls_key=zk_tls_key)
 
 
 cli.add_command(commands.services_group)
@@ -75,6 +87,8 @@ cli.add_command(swarm)
 
 
 cli.add_command(journal)
+cli.add_command(acl)
+cli.add_command(keys)
 
 
 def main() -> None:

@@ -137,7 +137,7 @@ def run_seeder(config: Any, transport: Any) -> None:
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     zk = config.zookeeper
     transport.start()
-    store = Store.connect(zk.hosts, zk.root, session_timeout=zk.session_timeout,
+    store = Store.connect(zk.hosts, zk.root, zk.security(), session_timeout=zk.session_timeout,
                           connect_timeout=zk.connect_timeout, operation_timeout=zk.operation_timeout)
     transport.attach(store)
     wake = threading.Event()

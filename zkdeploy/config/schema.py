@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from zkdeploy.coordination.credentials import Credentials, Security, TlsOptions
 from zkdeploy.errors import ZkdeployError
 from zkdeploy.names import check_name
 from zkdeploy.policy.quorum import parse_quorum
@@ -204,12 +205,30 @@ class Catalog(_Strict):
         return {name: spec.depends_on for name, spec in self.services.items()}
 
 
+class ZooKeeperTls(_Strict):
+    """TLS to the ensemble's secure port: the CA to trust and, optionally, a client certificate
+    (its subject is then this node's identity in ACLs).  Verification and host name checks are
+    always on."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    key_password_file: str | None = None
+
+
 class ZooKeeperSettings(_Strict):
     hosts: str = "127.0.0.1:2181"
     root: str = "/dc"
     session_timeout: float = Field(10.0, ge=1, le=600)
     connect_timeout: float = Field(15.0, gt=0, le=600)
     operation_timeout: float = Field(10.0, gt=0, le=600)
+    auth_file: str | None = None  # credentials (zkdeploy.coordination.credentials); mode 600
+    tls: ZooKeeperTls | None = None
+
+    def security(self) -> Security:
+        """The credentials and TLS options these settings name (files read and checked now)."""
+        tls = TlsOptions(**self.tls.model_dump()) if self.tls is not None else None
+        return Security(Credentials.load(self.auth_file) if self.auth_file else None, tls)
 
     @field_validator("root")
     @classmethod
@@ -260,6 +279,14 @@ class LbAgentSettings(_Strict):
     port: int = Field(..., ge=0, le=65535)
 
 
+class SigningSettings(_Strict):
+    """Signed releases: with trusted public keys (several, for rotation), the agent never fetches,
+    unpacks or switches to a release that is unsigned, signed by another key, tampered with, or
+    older than one it installed without a new (rollback) signature."""
+
+    trusted_keys: tuple[str, ...] = ()
+
+
 class AgentConfig(_Strict):
     """One agent's file: who this node is and what it runs."""
 
@@ -274,6 +301,7 @@ class AgentConfig(_Strict):
     cycle_interval: float = Field(2.0, gt=0, le=300)
     monitor_interval: float = Field(2.0, gt=0, le=300)
     log_format: Literal["plain", "json"] = "plain"
+    signing: SigningSettings = SigningSettings()
     facts: FactsSettings | None = None
     lb_agent: LbAgentSettings | None = None
 

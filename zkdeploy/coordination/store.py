@@ -444,6 +444,14 @@ class Store:
         got = self._get(self._layout.release(service, version) + "/" + name)
         return got[0] if got else None
 
+    def put_release_blob(self, service: str, version: str, name: str, data: bytes) -> None:
+        """Create or replace one blob beside a staged release (its signature, signed again for a rollback)."""
+        path = self._layout.release(service, version) + "/" + name
+        try:
+            self._session.create(path, data)
+        except NodeExistsError:
+            self._session.set(path, data)
+
     def holders(self, service: str, version: str) -> list[str]:
         return self._children(self._layout.holders(service, version))
 
