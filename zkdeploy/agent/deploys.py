@@ -14,7 +14,7 @@ import time
 from tenacity import RetryError, retry, retry_if_exception_type, stop_after_attempt, wait_random
 
 from zkdeploy.coordination import Store
-from zkdeploy.errors import ConflictError, DeployTransitionError
+from zkdeploy.errors import AccessDeniedError, ConflictError, DeployTransitionError
 from zkdeploy.model import ABORTED, DONE, FAILED, HALTED, PENDING, ROLLED_BACK, DeployEntry, Mark
 from zkdeploy.policy.discovery import answers
 from zkdeploy.policy.lifecycle import Actor, can, transition
@@ -58,10 +58,14 @@ def _record_failure(store: Store, node: str, name: str, error: str) -> None:
     over_budget = len(failures) > failure_budget(entry.max_failures, len(fleet))  # a share of the members
     summary = f"{len(failures)} node(s) failed (max_failures {entry.max_failures})"
     if over_budget and entry.on_failure == "rollback" and entry.previous and entry.previous != entry.version:
-        _roll_back(store, node, transition(
-            entry, ROLLED_BACK, by=Actor.AGENT, failures=failures,
-            message=f"{summary}; rolling back to {entry.previous}; last: {node}: {error}"), entry.previous)
-        return
+        try:
+            _roll_back(store, node, transition(
+                entry, ROLLED_BACK, by=Actor.AGENT, failures=failures,
+                message=f"{summary}; rolling back to {entry.previous}; last: {node}: {error}"), entry.previous)
+            return
+        except AccessDeniedError:  # ACL roles: agents may not queue deploys; the rollback is the operator's
+            summary += (f"; on_failure rollback: an operator must queue it (zkdeploy rollback {entry.service}): "
+                        "agents may not queue deploys under ACL roles")
     if over_budget:
         updated = transition(entry, HALTED, by=Actor.AGENT, failures=failures,
                              message=f"{summary}; last: {node}: {error}")

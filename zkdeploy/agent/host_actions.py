@@ -19,6 +19,8 @@ from zkdeploy.runner.process import ManagedProcess
 START = "zkdeploy.service_start"
 STOP = "zkdeploy.service_stop"
 HOOKS = "zkdeploy.hooks"
+LB_DRAIN = "zkdeploy.lb_drain"
+LB_READY = "zkdeploy.lb_ready"
 
 
 def _process(params: dict[str, Any]) -> ManagedProcess:
@@ -100,9 +102,38 @@ class HooksHandler(ActionHandler):
         return list(params["commands"])
 
 
+class LoadBalancerHandler(ActionHandler):
+    """Drain a node from its load balancer, or put it back (zkdeploy.agent.lbcheck): the agent's
+    agent-check answer changes, then the balancer's own view is awaited (bounded by a timeout)."""
+
+    kind = LB_DRAIN
+
+    def describe(self, params: dict[str, Any]) -> str:
+        return f"load balancer: {params['state']} {params['backend']}/{params['server']} ({params['service']})"
+
+    def execute(self, params: dict[str, Any], noaction: bool) -> Any:
+        if noaction:
+            return None
+        from zkdeploy.agent import lbcheck  # the agent's module; imported here to keep this one light
+
+        return lbcheck.apply(params)
+
+    def manual_steps(self, params: dict[str, Any]) -> list[str]:
+        steps = [f"echo {params['state']} > {params['dir']}/{params['service']}"]
+        if params.get("socket"):
+            steps.append(f"echo 'set server {params['backend']}/{params['server']} state {params['state']}' "
+                         f"| socat stdio {params['socket']}")
+        return steps
+
+
+class LoadBalancerReadyHandler(LoadBalancerHandler):
+    kind = LB_READY
+
+
 def agent_registry() -> Registry:
     """The journal's default actions plus the agent's service actions."""
     registry = default_registry()
-    for handler in (StartHandler(), StopHandler(), HooksHandler()):
+    for handler in (StartHandler(), StopHandler(), HooksHandler(), LoadBalancerHandler(),
+                    LoadBalancerReadyHandler()):
         registry.register(handler, replace=True)
     return registry

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zkdeploy.agent.host import Host
-from zkdeploy.agent.host_actions import HOOKS, START, STOP
+from zkdeploy.agent.host_actions import HOOKS, LB_DRAIN, LB_READY, START, STOP
+from zkdeploy.agent.lbcheck import lb_params
 from zkdeploy.agent.releases import ReleaseDir
 from zkdeploy.agent.slots import fence
 from zkdeploy.agent.states import Phase, ServiceMachine
@@ -47,10 +48,17 @@ def restart_tasks(cs: ChangeSetBuilder, svc: HostService, releases: ReleaseDir, 
 
     The one code path of a restart: run live under a slot, and in NoAction
     mode (``zkdeploy plan``) to list exactly what the live run would change.
+    A service with ``load_balancer:`` in the catalog is drained first (before
+    its pre-stop hooks) and put back last (after its post-start hooks).
     ``enter(phase, detail, fenced=True)`` is called before each step.
     """
+    drain, ready = lb_params(svc, svc.spec.load_balancer.drain_state if svc.spec.load_balancer else "drain"), \
+        lb_params(svc, "ready")
     if was_running:
-        enter(Phase.DRAINING, "pre-stop hooks")
+        lb = drain is not None and ready is not None
+        enter(Phase.DRAINING, "load balancer drain, pre-stop hooks" if lb else "pre-stop hooks")
+        if drain is not None and ready is not None:
+            cs.task(LB_DRAIN, drain, undo=(LB_READY, ready))
         cs.task(HOOKS, svc.hook_params("pre_stop", old), undo=(HOOKS, svc.hook_params("post_start", old)))
         enter(Phase.STOPPING, f"stopping {old}")
         cs.task(STOP, svc.stop_params(old), undo=(START, svc.start_params(old, wait_healthy=True)))
@@ -63,6 +71,8 @@ def restart_tasks(cs: ChangeSetBuilder, svc: HostService, releases: ReleaseDir, 
     if check is not None:
         check()
     cs.task(HOOKS, svc.hook_params("post_start", target), undo=NOTHING_TO_UNDO)
+    if drain is not None and ready is not None:
+        cs.task(LB_READY, ready, undo=(LB_DRAIN, drain))
 
 
 @dataclass

@@ -26,6 +26,7 @@ def agent(config_path: str, verbose: bool) -> None:
     conf/zkdeploy-agent.service.
     """
     from zkdeploy.agent.daemon import Agent
+    from zkdeploy.agent.lbcheck import serve_agent_checks
 
     try:
         config = load_agent_config(config_path)
@@ -33,7 +34,12 @@ def agent(config_path: str, verbose: bool) -> None:
         daemon = Agent(config)
         signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
         signal.signal(signal.SIGINT, lambda *_: daemon.stop())
-        daemon.run()
+        checks = serve_agent_checks(config)
+        try:
+            daemon.run()
+        finally:
+            if checks is not None:
+                checks.close()
     except ZkdeployError as exc:
         error(str(exc))
         sys.exit(exc.exit_code)

@@ -1,0 +1,1 @@
+"""Load balancers zkdeploy drains and reads: HAProxy's runtime API (runtime.py)."""
