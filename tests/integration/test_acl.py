@@ -195,3 +195,16 @@ def test_a_credentials_file_others_can_read_is_refused(tmp_path: Path) -> None:
 def _fix(path: Path) -> Path:
     os.chmod(path, 0o600)
     return path
+
+
+def test_an_automatic_rollback_under_roles_halts_and_says_the_operator_must_queue_it(
+        fleet: dict[str, Store]) -> None:
+    from zkdeploy.agent.deploys import report_failure
+
+    op, a = fleet["operator"], fleet["a"]
+    [name] = op.enqueue([DeployEntry(service="web", version="2", previous="1", on_failure="rollback")])
+    report_failure(a, "a", name, "health checks failed")
+    entry = op.deploy(name)
+    assert entry is not None and entry.state == "halted"
+    assert "an operator must queue it (zkdeploy rollback web)" in entry.message
+    assert [d.name for d in op.deploys()] == [name]  # nothing was queued
