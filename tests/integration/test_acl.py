@@ -208,3 +208,29 @@ def test_an_automatic_rollback_under_roles_halts_and_says_the_operator_must_queu
     assert entry is not None and entry.state == "halted"
     assert "an operator must queue it (zkdeploy rollback web)" in entry.message
     assert [d.name for d in op.deploys()] == [name]  # nothing was queued
+
+
+def test_the_cli_applies_the_policy_and_an_agent_credential_is_refused_with_exit_2(
+        zk_hosts: str, zk_root: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from zkdeploy.cli.main import cli
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(cli, ["--zk", zk_hosts, "--root", zk_root, "--zk-timeout", "5", *args])
+        return result.exit_code, result.output
+
+    op, agent = _creds(tmp_path, "operator"), _creds(tmp_path, "agent", "a")
+    code, out = run("acl", "id", "--auth-file", str(agent), "--json")
+    assert code == 0 and "agent-secret" not in out and "a-secret" not in out
+    policy = tmp_path / "acl.yaml"
+    policy.write_text(yaml.safe_dump({role: [f"{scheme}:{ident}" for scheme, ident in getattr(_roles(), role)]
+                                      for role in ("operator", "agent", "viewer")}))
+    code, out = run("--zk-auth-file", str(op), "acl", "apply", str(policy))
+    assert code == 0, out
+    code, out = run("--zk-auth-file", str(agent), "killswitch", "on", "-m", "pwned")
+    assert code == 2 and "not allowed with this client's credentials" in out
+    code, out = run("--zk-auth-file", str(op), "killswitch", "on", "-m", "maintenance")
+    assert code == 0, out
+    code, out = run("--zk-auth-file", str(op), "acl", "apply", str(policy), "--json")
+    assert code == 0 and '"repaired": []' in out
