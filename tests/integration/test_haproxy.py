@@ -155,3 +155,22 @@ def test_a_load_balanced_restart_drains_first_and_undrains_last(tmp_path: Path) 
     assert kinds == [("zkdeploy.lb_drain", "drain"), ("zkdeploy.hooks", "pre_stop"),
                      ("zkdeploy.service_stop", ""), ("swap", ""), ("zkdeploy.service_start", ""),
                      ("zkdeploy.hooks", "post_start"), ("zkdeploy.lb_ready", "ready")]
+
+
+def test_scenario_checks_read_the_balancers_own_view(lb) -> None:
+    from zkdeploy.agent.scenario_checks import ScenarioCheckError, run_check
+
+    proxy, _agent, state = lb
+    check = {"step": "block", "socket": proxy.socket, "backend": "web", "server": "s1",
+             "timeout": 2, "retries": 2, "interval": 0.2}
+    with pytest.raises(ScenarioCheckError, match=r"step 'block': check traffic_blocked failed after 2 .*web/s1 UP"):
+        run_check({**check, "check": "traffic_blocked"})  # nothing drained it: the balancer still sends traffic
+    assert "web/s1 UP" in run_check({**check, "check": "traffic_flows"})
+    apply(_params(proxy, state, "drain"))
+    assert "DRAIN" in run_check({**check, "check": "traffic_blocked"})
+    with pytest.raises(ScenarioCheckError, match="traffic_flows failed"):
+        run_check({**check, "check": "traffic_flows"})
+    assert run_check({**check, "check": "version_answers", "url": f"http://127.0.0.1:{proxy.port('web')}/",
+                      "version": "s2"}).endswith("answered 's2'")
+    with pytest.raises(ScenarioCheckError, match="exit 3"):
+        run_check({**check, "check": "command", "check_command": "exit 3", "retries": 1})
