@@ -75,6 +75,18 @@ def handoffs(report: dict[str, Any], services: list[str], k: int) -> tuple[list[
     return within, between
 
 
+def in_restart(report: dict[str, Any]) -> list[float]:
+    """For each restart, its drain (pre_stop) -> its /current entry online on the same node."""
+    out = []
+    for when, node, service, step in report["timeline"]:
+        if step == "pre_stop":
+            after = [t for t, n, s, state in report["transitions"]
+                     if n == node and s == service and state == ONLINE and t > when]
+            if after:
+                out.append(min(after) - when)
+    return out
+
+
 def watch_delivery(report: dict[str, Any]) -> list[float]:
     """For each notification an agent received, the time since the write that caused it began
     (the latest write on that path, or under it for a child watch, by another node's session)."""
@@ -164,6 +176,7 @@ def main() -> int:
     ideal = steps * step_time
     within, between = handoffs(report, services, k)
     delivery = watch_delivery(report)
+    restart_times = in_restart(report)
     polls = [p[2] for p in report["polls"]]
     granted = [p[2] for p in report["polls"] if p[3]]
 
@@ -188,6 +201,8 @@ def main() -> int:
     print(f"handoff_ms median={statistics.median(within) * 1000:.1f} p95={pct(within, 0.95) * 1000:.1f} "
           f"max={max(within) * 1000:.1f} n={len(within)}; between services: "
           + ", ".join(f"{b * 1000:.1f}" for b in between))
+    print(f"restart_ms (drain -> online on the same node) median={statistics.median(restart_times) * 1000:.1f} "
+          f"p95={pct(restart_times, 0.95) * 1000:.1f} (service steps {step_time * 1000:.0f} ms)")
     if delivery:
         print(f"watch_delivery_ms median={statistics.median(delivery) * 1000:.1f} "
               f"p95={pct(delivery, 0.95) * 1000:.1f} n={len(delivery)}")

@@ -295,7 +295,7 @@ class AgentGroup:
         marked = getattr(self, "_marked", {n: Counts().snapshot() for n in self.counts})
         paths_marked = getattr(self, "_paths_marked", {n: Counter() for n in self.paths})
         profile, breakdown = "", {}
-        if self.profiler is not None:
+        if self.profiler is not None and self.profiler.getstats():
             out = io.StringIO()
             stats = pstats.Stats(self.profiler, stream=out)
             stats.sort_stats("cumulative").print_stats(60)

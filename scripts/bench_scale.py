@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Benchmark: one rollout at N = 50, 150 and 500 agents on one real ZooKeeper.
+
+Each size runs N real agents (zkdeploy.testing.simagents: the agent's code,
+its coordination, decisions and journal, with a simulated service behind the
+host seam) spread over a few processes, each agent with its own ZooKeeper
+session and its own loop, against one private ZooKeeper server
+(``maxClientCnxns=0``).  One service, quorum N - k with k = N/20 down at once;
+a restart's stop, start and health check take ``--step`` seconds in all.
+Payloads are staged and fetched before the clock starts; the clock runs from
+queueing the deploy to the entry done.  Sizes run one after the other, each
+under its own root, in the same run, so the columns are side by side.
+
+Per size:
+- rollout efficiency: ceil(N/k) x step / measured;
+- ZooKeeper requests and watch notifications per node for the rollout
+  (counted by a CountingSession under each agent's Store; the server's own
+  count of packets received is printed beside it), and bytes read per node;
+- the quorum decision: p50/p95 of the time in SlotRequest.poll (every poll,
+  and the polls that took the slot);
+- how long ``zkdeploy status`` (cli.views.fleet_status) takes, mid-rollout and
+  after, and how many requests it makes.
+
+Last line: scale_n=<N> efficiency=<e> zk_requests_per_node=<r> notifications_per_node=<w> (the largest N)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from zkdeploy.cli.views import fleet_status
+from zkdeploy.demo.scenario import wait_deploys
+from zkdeploy.errors import ZkdeployError
+from zkdeploy.model import ONLINE
+from zkdeploy.testing.counting import Counts
+from zkdeploy.testing.simagents import AgentProcesses, GroupSpec, Operator, merge, split
+from zkdeploy.testing.zkserver import ZkCluster
+
+SERVICE = "app"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def server_packets(port: int) -> int:
+    """The server's count of packets received (``mntr``), -1 if it does not say."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"mntr")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("zk_packets_received"):
+            return int(line.split()[-1])
+    return -1
+
+
+def timed_status(operator: Operator) -> tuple[float, int]:
+    """Seconds one ``zkdeploy status`` view took, and the requests it made."""
+    before = operator.counts.snapshot()
+    started = time.monotonic()
+    fleet_status(operator.store)
+    seconds = time.monotonic() - started
+    return seconds, Counts.total(Counts.delta(operator.counts.snapshot(), before))
+
+
+def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, timeout: float) -> dict[str, Any]:
+    k = max(1, n // 20)
+    root = f"/scale{n}"
+    durations = {"stop": step * 0.2, "start": step * 0.5, "health": step * 0.3}
+    operator = Operator(zk.hosts, root)
+    operator.put_catalog({"services": {SERVICE: {"quorum": n - k, "start": f"run {SERVICE}"}}})
+    operator.stage(SERVICE, "1", at=1.0)
+    nodes = [f"n{i:04d}" for i in range(1, n + 1)]
+    specs = [GroupSpec(zk.hosts, root, group, [SERVICE], str(workdir / f"n{n}"), {SERVICE: "1"}, durations,
+                       session_timeout=15.0) for group in split(nodes, processes)]
+    out: dict[str, Any] = {"n": n, "k": k, "processes": len(specs)}
+    setup = time.monotonic()
+    fleet = AgentProcesses(specs)
+    try:
+        fleet.call("start", timeout=600)
+        operator.wait(lambda: sum(e.state == ONLINE for e in operator.store.current(SERVICE).values()) == n,
+                      300, interval=1.0, why=f"{n} nodes online")
+        operator.stage(SERVICE, "2")
+        operator.wait(lambda: len(operator.store.holders(SERVICE, "2")) == n, 300, interval=1.0,
+                      why=f"{n} nodes holding version 2")
+        out["setup_seconds"] = time.monotonic() - setup
+        time.sleep(2.0)
+        out["status_idle"] = timed_status(operator)
+        fleet.call("mark")
+        packets = server_packets(zk.servers[0].client_port)
+        mid: list[tuple[float, int]] = []
+        started = time.time()
+        name = operator.deploy((SERVICE, "2"))[0]
+        ideal = math.ceil(n / k) * step
+        timer = threading.Timer(ideal / 2, lambda: mid.append(timed_status(operator)))
+        timer.start()
+        try:
+            finished = wait_deploys(operator.store, [name], timeout)
+            out["wall"] = finished - started
+        except ZkdeployError as exc:
+            out["error"] = str(exc)
+            out["wall"] = float("nan")
+        timer.cancel()
+        out["server_packets"] = server_packets(zk.servers[0].client_port) - packets
+        report = merge(fleet.call("report", timeout=600))
+        out["status_mid"] = mid[0] if mid else (float("nan"), 0)
+        out["status_after"] = timed_status(operator)
+    finally:
+        fleet.stop()
+        operator.close()
+    counts = report["counts"]
+    out["ideal"] = ideal
+    out["efficiency"] = ideal / out["wall"]
+    out["requests"] = sum(sum(c["requests"].values()) for c in counts.values()) / n
+    out["notifications"] = sum(c["notifications"] for c in counts.values()) / n
+    out["bytes"] = sum(c["bytes_read"] for c in counts.values()) / n
+    out["server_per_node"] = out["server_packets"] / n
+    kinds: Counter[str] = Counter()
+    for c in counts.values():
+        kinds.update(c["requests"])
+    out["kinds"] = {kd: v / n for kd, v in kinds.most_common()}
+    paths: Counter[str] = Counter()
+    for p in report["paths"].values():
+        paths.update(p)
+    out["paths"] = {kd: v / n for kd, v in paths.most_common(12)}
+    polls = [p[2] for p in report["polls"]]
+    granted = [p[2] for p in report["polls"] if p[3]]
+    out["polls"] = len(polls) / n
+    out["poll_p50"], out["poll_p95"] = statistics.median(polls) if polls else float("nan"), pct(polls, 0.95)
+    out["granted_p50"], out["granted_p95"] = (statistics.median(granted) if granted else float("nan"),
+                                              pct(granted, 0.95))
+    out["cycles"] = sum(len(c) for c in report["cycles"].values()) / n
+    out["restarted"] = sum(1 for v in report["versions"].values() if v == "2")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="50,150,500")
+    parser.add_argument("--step", type=float, default=1.0, help="seconds of stop+start+health per restart")
+    parser.add_argument("--processes", default="2,4,6", help="agent processes per size")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one rollout may take at most")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    procs = [int(p) for p in args.processes.split(",")]
+    procs += [procs[-1]] * (len(sizes) - len(procs))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="zkdeploy-scale-") as tmp, ZkCluster() as zk:
+        for n, p in zip(sizes, procs, strict=False):
+            print(f"N={n}: {p} processes ...", flush=True)
+            res = one_size(zk, Path(tmp), n, p, args.step, args.timeout)
+            print(f"N={n}: done in {res['wall']:.1f}s (setup {res['setup_seconds']:.0f}s), "
+                  f"{res['restarted']}/{n} at version 2 {res.get('error', '')}", flush=True)
+            results.append(res)
+
+    def row(label: str, fmt: str, key: Any) -> None:
+        cells = [fmt.format(key(r)) if callable(key) else fmt.format(r[key]) for r in results]
+        print(f"{label:<44}" + "".join(f"{c:>14}" for c in cells))
+
+    print()
+    row("N", "{}", "n")
+    row("k (down at once), quorum N-k", "{}", "k")
+    row("agent processes", "{}", "processes")
+    row("ideal seconds (ceil(N/k) x step)", "{:.1f}", "ideal")
+    row("measured seconds", "{:.1f}", "wall")
+    row("rollout efficiency", "{:.3f}", "efficiency")
+    row("zk requests per node (client count)", "{:.1f}", "requests")
+    row("zk packets per node (server's count)", "{:.1f}", "server_per_node")
+    row("watch notifications per node", "{:.1f}", "notifications")
+    row("bytes read per node", "{:.0f}", "bytes")
+    row("cycles per node", "{:.1f}", "cycles")
+    row("slot polls per node", "{:.1f}", "polls")
+    row("quorum decision p50 ms (every poll)", "{:.1f}", lambda r: r["poll_p50"] * 1000)
+    row("quorum decision p95 ms (every poll)", "{:.1f}", lambda r: r["poll_p95"] * 1000)
+    row("quorum decision p95 ms (polls that took it)", "{:.1f}", lambda r: r["granted_p95"] * 1000)
+    row("zkdeploy status ms, idle", "{:.0f}", lambda r: r["status_idle"][0] * 1000)
+    row("zkdeploy status ms, mid-rollout", "{:.0f}", lambda r: r["status_mid"][0] * 1000)
+    row("zkdeploy status requests", "{}", lambda r: r["status_idle"][1])
+    print("\nrequests per node by kind:")
+    for kind in sorted({k for r in results for k in r["kinds"]}):
+        print(f"  {kind:<42}" + "".join(f"{r['kinds'].get(kind, 0):>14.1f}" for r in results))
+    print("requests per node by kind and path (the most frequent):")
+    for kind in sorted({k for r in results for k in r["paths"]}, key=lambda k: -results[-1]["paths"].get(k, 0)):
+        print(f"  {kind:<42}" + "".join(f"{r['paths'].get(kind, 0):>14.1f}" for r in results))
+    last = results[-1]
+    print(f"scale_n={last['n']} efficiency={last['efficiency']:.3f} zk_requests_per_node={last['requests']:.1f} "
+          f"notifications_per_node={last['notifications']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
