@@ -10,11 +10,14 @@ import; :meth:`ProxiedFleet.stop` stops the agents first, then the proxies.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
-from zkdeploy.demo.fleet import DemoService, LocalFleet
+from zkdeploy.demo.fleet import DemoService, Host, LocalFleet
 from zkdeploy.testing.tcpproxy import ProxyGroup, ProxyLoop, parse_hosts
 
 
@@ -36,6 +39,25 @@ class ProxiedFleet(LocalFleet):
             config = yaml.safe_load(host.config.read_text())
             config["zookeeper"]["hosts"] = self.links[host.name].hosts
             host.config.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    # ``python -m`` puts the working directory first on sys.path, ahead of PYTHONPATH: run the agents
+    # and the CLI from the fleet's own directories, so that a code snapshot (--snapshot) is what runs
+    # even when the runner is started from a source tree
+    def start_agent(self, host: Host, extra_env: dict[str, str] | None = None) -> None:
+        with open(host.log, "ab") as log:
+            host.process = subprocess.Popen(
+                [sys.executable, "-m", "zkdeploy", "agent", "--config", str(host.config)],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env, **(extra_env or {})},
+                start_new_session=True, cwd=host.root,
+            )
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "zkdeploy", "--zk", self.zk_hosts, "--root", self.zk_root, *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **self.env}, cwd=self.workdir)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
 
     def stop(self) -> None:
         """Stop the agents and their services (through LocalFleet.stop), then every proxy."""
