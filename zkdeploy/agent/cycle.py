@@ -58,13 +58,12 @@ class Cycle:
         self.node = host.node
         self.deferred_recovery = deferred_recovery
         self.pending: dict[str, Pending] = {}
-        self.rule = Rule(store, presence, payloads)
+        self.view = payloads.view
+        self.rule = Rule(store, presence, payloads, self.view)
         self.recovering: set[str] = set()  # services whose interrupted change waits for a slot to be undone
         self._failed: set[tuple[str, str]] = set()  # (deploy, service) whose release failed here
         self._closed: dict[str, DeployEntry] = {}   # deploy entries seen closed (never read again)
         self._catalog_version = -2
-        self._watching = False
-        self._watched_head: str | None = None
         self._last_summary = ""
 
     # -- one cycle ------------------------------------------------------------------
@@ -80,7 +79,7 @@ class Cycle:
             self.rule.returning.update(self.host.services())
         if not self.presence.registered:
             return
-        switch = self.store.killswitch()
+        switch = self.view.killswitch()
         if switch is not None:
             self.cancel_all("killswitch is on")
             self._summary(f"killswitch on: {switch.message}")
@@ -90,7 +89,6 @@ class Cycle:
             self.deferred_recovery = False
         entries = self._open_deploys()
         head = self._head(entries)
-        self._watch_head(head)
         services = self.host.services()
         known = [*self._closed.values(), *entries]
         wants: dict[str, Want | None] = {}
@@ -229,7 +227,7 @@ class Cycle:
 
     # -- reading the snapshot ----------------------------------------------------------------
     def _load_catalog(self) -> bool:
-        data, version = self.store.catalog()
+        data, version = self.view.catalog()
         if version == self._catalog_version:
             return self.host.catalog is not None
         self._catalog_version = version
@@ -252,7 +250,7 @@ class Cycle:
     def _open_deploys(self) -> list[DeployEntry]:
         """The open deploy entries.  A closed entry never opens again, so once seen closed it is
         not read again: a cycle costs one read per open entry, not one per entry kept."""
-        entries = self.store.deploys(skip=self._closed)
+        entries = self.view.deploys(skip=self._closed)
         self._closed.update((e.name, e) for e in entries if not e.is_open)
         return [e for e in entries if e.is_open]
 
@@ -311,28 +309,7 @@ class Cycle:
 
     # -- watches --------------------------------------------------------------------------------
     def _ensure_watches(self) -> None:
-        if self._watching:
-            return
-        def fire(*_: object) -> None:
-            self.wake.set()
-
-        self.store.watch_deploy_queue(fire)
-        self.store.watch_killswitch(fire)
-        self.store.watch_catalog(fire)
-        for service in self.host.names:
-            self.store.watch_releases(service, fire)
-        self._watching = True
-
-    def _watch_head(self, head: DeployEntry | None) -> None:
-        if head is None or head.name == self._watched_head:
-            return
-        self._watched_head = name = head.name
-
-        def on_change(data: bytes | None) -> bool | None:
-            self.wake.set()
-            return False if self._watched_head != name or data is None else None
-
-        self.store.watch_deploy(name, on_change)
+        self.view.start()
 
     # -- the summary line ------------------------------------------------------------------------
     def _describe(self, head: DeployEntry | None) -> str:

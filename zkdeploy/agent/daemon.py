@@ -28,6 +28,7 @@ from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.recovery import settle_at_start
 from zkdeploy.agent.reports import Reports
 from zkdeploy.agent.signatures import ReleaseGuard
+from zkdeploy.agent.view import View
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
 from zkdeploy.errors import CoordinationError, ZkdeployError
@@ -68,8 +69,9 @@ class Agent:
         self.store = store
         self.presence.attach(store)
         self.transport.attach(store)
+        view = View(store, self.node, self.host.names, self.wake)
         self.payloads = Payloads(store, self.host, self.presence, self.transport, self.wake.set,
-                                 threaded=threaded)
+                                 threaded=threaded, view=view)
         if self.config.signing.trusted_keys:
             self.payloads.guard = ReleaseGuard.from_files(store, self.host, list(self.config.signing.trusted_keys))
         self.reports = Reports(store, self.host, self.presence, self.payloads, self.transport.fetch,

@@ -21,6 +21,7 @@ from zkdeploy.agent.host import Host
 from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.releases import Fetcher
 from zkdeploy.agent.states import Phase
+from zkdeploy.agent.view import View
 from zkdeploy.coordination import Store
 from zkdeploy.errors import CoordinationError, PayloadError, SignatureError, ZkdeployError
 from zkdeploy.model import Release
@@ -48,8 +49,10 @@ class Payloads:
     guard: ReleaseGuard | None = None
 
     def __init__(self, store: Store, host: Host, presence: Presence, transport: Transport,
-                 on_ready: Callable[[], None], *, threaded: bool = True) -> None:
+                 on_ready: Callable[[], None], *, threaded: bool = True, view: View | None = None) -> None:
         self.store = store
+        #: cached reads of what is staged (the decision cycle shares it)
+        self.view = view or View(store, host.node, host.names, threading.Event())
         self.host = host
         self.presence = presence
         self.transport = transport
@@ -75,7 +78,7 @@ class Payloads:
 
     def newest(self, service: str) -> str | None:
         """The most recently staged version of ``service`` if it is newer than the one running here."""
-        staged = [r for r in (self.release(service, v) for v in self.store.staged_versions(service)) if r]
+        staged = [r for r in (self.release(service, v) for v in self.view.staged_versions(service)) if r]
         if not staged:
             return None
         newest = max(staged, key=lambda r: r.staged_at)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from zkdeploy.agent.payloads import Payloads
 from zkdeploy.agent.presence import Presence
+from zkdeploy.agent.view import View
 from zkdeploy.coordination import Store
 from zkdeploy.model import ONLINE, PENDING, STOPPED, DeployEntry, Mark
 from zkdeploy.policy import marks as rules
@@ -43,8 +44,9 @@ class Want:
 class Rule:
     """Evaluates the rule for this node's services; keeps the append-only marks it has read."""
 
-    def __init__(self, store: Store, presence: Presence, payloads: Payloads) -> None:
+    def __init__(self, store: Store, presence: Presence, payloads: Payloads, view: View) -> None:
         self.store = store
+        self.view = view
         self.presence = presence
         self.payloads = payloads
         self.node = presence.node
@@ -57,11 +59,11 @@ class Rule:
     def marks(self, service: str) -> dict[str, Mark]:
         """The marks that count for ``service`` (each record is read once: they are never rewritten)."""
         seen = self._marks.setdefault(service, {})
-        seen.update(self.store.marks(service, skip=seen))
+        seen.update(self.view.marks(service, skip=seen))
         return rules.effective(seen.values())
 
     def staged(self, service: str) -> dict[str, float]:
-        return {v: r.staged_at for v in self.store.staged_versions(service)
+        return {v: r.staged_at for v in self.view.staged_versions(service)
                 if (r := self.payloads.release(service, v))}
 
     def evaluate(self, service: str, head: DeployEntry | None, known: list[DeployEntry],
@@ -71,7 +73,7 @@ class Rule:
         rec = self.presence.local[service]
         marks = self.marks(service)
         running = rec.version if rec.state in (ONLINE, "failed") else None
-        pin = self.store.pin(self.node, service)
+        pin = self.view.pin(service)
         if pin is not None and pin.active(time.time()):
             self._pinned.add(service)
         elif service in self._pinned:  # unpinned, or the pin lapsed: converge like a node that returns

@@ -685,8 +685,9 @@ class Store:
     def remove_pin(self, node: str, service: str) -> bool:
         return self._delete(self._layout.pin(node, service))
 
-    def watch_pins(self, node: str, fn: Callable[..., Any]) -> None:
-        self._session.watch_children(self._layout.node_pins(node), fn)
+    def watch_pin(self, node: str, service: str, fn: Callable[..., Any]) -> None:
+        """``fn(data)`` now and whenever ``node``'s pin of ``service`` is set, changed or removed."""
+        self._session.watch_data(self._layout.pin(node, service), fn)
 
     # -- control: undo requests and the killswitch ------------------------------------
     def request_undo(self, node: str, request: dict[str, Any]) -> str:
