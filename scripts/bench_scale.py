@@ -127,27 +127,33 @@ def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, 
         operator.close()
     counts = report["counts"]
     out["ideal"] = ideal
-    out["efficiency"] = ideal / out["wall"]
-    out["requests"] = sum(sum(c["requests"].values()) for c in counts.values()) / n
-    out["notifications"] = sum(c["notifications"] for c in counts.values()) / n
-    out["bytes"] = sum(c["bytes_read"] for c in counts.values()) / n
-    out["server_per_node"] = out["server_packets"] / n
+    out["restarted"] = sum(1 for v in report["versions"].values() if v == "2")
+    if "error" in out:  # not done in time: the efficiency of the progress made (restarts done / time)
+        out["efficiency"] = out["restarted"] / n * ideal / timeout
+    else:
+        out["efficiency"] = ideal / out["wall"]
+    # per node per rollout: every node restarts once, so the totals divided by the restarts made (N when
+    # the rollout finished; fewer when it timed out, which extrapolates from the part that was made)
+    per = max(1, out["restarted"])
+    out["requests"] = sum(sum(c["requests"].values()) for c in counts.values()) / per
+    out["notifications"] = sum(c["notifications"] for c in counts.values()) / per
+    out["bytes"] = sum(c["bytes_read"] for c in counts.values()) / per
+    out["server_per_node"] = out["server_packets"] / per
     kinds: Counter[str] = Counter()
     for c in counts.values():
         kinds.update(c["requests"])
-    out["kinds"] = {kd: v / n for kd, v in kinds.most_common()}
+    out["kinds"] = {kd: v / per for kd, v in kinds.most_common()}
     paths: Counter[str] = Counter()
     for p in report["paths"].values():
         paths.update(p)
-    out["paths"] = {kd: v / n for kd, v in paths.most_common(12)}
+    out["paths"] = {kd: v / per for kd, v in paths.most_common(12)}
     polls = [p[2] for p in report["polls"]]
     granted = [p[2] for p in report["polls"] if p[3]]
-    out["polls"] = len(polls) / n
+    out["polls"] = len(polls) / per
     out["poll_p50"], out["poll_p95"] = statistics.median(polls) if polls else float("nan"), pct(polls, 0.95)
     out["granted_p50"], out["granted_p95"] = (statistics.median(granted) if granted else float("nan"),
                                               pct(granted, 0.95))
-    out["cycles"] = sum(len(c) for c in report["cycles"].values()) / n
-    out["restarted"] = sum(1 for v in report["versions"].values() if v == "2")
+    out["cycles"] = sum(len(c) for c in report["cycles"].values()) / per
     return out
 
 
@@ -156,7 +162,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="50,150,500")
     parser.add_argument("--step", type=float, default=1.0, help="seconds of stop+start+health per restart")
     parser.add_argument("--processes", default="2,4,6", help="agent processes per size")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one rollout may take at most")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds one rollout may take at most")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     procs = [int(p) for p in args.processes.split(",")]
@@ -166,7 +172,7 @@ def main() -> int:
         for n, p in zip(sizes, procs, strict=False):
             print(f"N={n}: {p} processes ...", flush=True)
             res = one_size(zk, Path(tmp), n, p, args.step, args.timeout)
-            print(f"N={n}: done in {res['wall']:.1f}s (setup {res['setup_seconds']:.0f}s), "
+            print(f"N={n}: done in {res['wall']:.1f}s (setup {res.get('setup_seconds', float('nan')):.0f}s), "
                   f"{res['restarted']}/{n} at version 2 {res.get('error', '')}", flush=True)
             results.append(res)
 
@@ -180,25 +186,31 @@ def main() -> int:
     row("agent processes", "{}", "processes")
     row("ideal seconds (ceil(N/k) x step)", "{:.1f}", "ideal")
     row("measured seconds", "{:.1f}", "wall")
+    row("nodes at the new version", "{}", "restarted")
     row("rollout efficiency", "{:.3f}", "efficiency")
-    row("zk requests per node (client count)", "{:.1f}", "requests")
-    row("zk packets per node (server's count)", "{:.1f}", "server_per_node")
-    row("watch notifications per node", "{:.1f}", "notifications")
-    row("bytes read per node", "{:.0f}", "bytes")
-    row("cycles per node", "{:.1f}", "cycles")
-    row("slot polls per node", "{:.1f}", "polls")
+    print("per node per rollout (fleet totals / restarts made):")
+    row("  zk requests (client count)", "{:.1f}", "requests")
+    row("  zk packets (server's count)", "{:.1f}", "server_per_node")
+    row("  watch notifications", "{:.1f}", "notifications")
+    row("  bytes read", "{:.0f}", "bytes")
+    row("  cycles", "{:.1f}", "cycles")
+    row("  slot polls", "{:.1f}", "polls")
     row("quorum decision p50 ms (every poll)", "{:.1f}", lambda r: r["poll_p50"] * 1000)
     row("quorum decision p95 ms (every poll)", "{:.1f}", lambda r: r["poll_p95"] * 1000)
     row("quorum decision p95 ms (polls that took it)", "{:.1f}", lambda r: r["granted_p95"] * 1000)
     row("zkdeploy status ms, idle", "{:.0f}", lambda r: r["status_idle"][0] * 1000)
     row("zkdeploy status ms, mid-rollout", "{:.0f}", lambda r: r["status_mid"][0] * 1000)
     row("zkdeploy status requests", "{}", lambda r: r["status_idle"][1])
-    print("\nrequests per node by kind:")
+    print("\nrequests per node per rollout by kind:")
     for kind in sorted({k for r in results for k in r["kinds"]}):
         print(f"  {kind:<42}" + "".join(f"{r['kinds'].get(kind, 0):>14.1f}" for r in results))
-    print("requests per node by kind and path (the most frequent):")
+    print("requests per node per rollout by kind and path (the most frequent):")
     for kind in sorted({k for r in results for k in r["paths"]}, key=lambda k: -results[-1]["paths"].get(k, 0)):
         print(f"  {kind:<42}" + "".join(f"{r['paths'].get(kind, 0):>14.1f}" for r in results))
+    for r in results:
+        if "error" in r:
+            print(f"N={r['n']}: {r['error']}; its efficiency is that of the progress made "
+                  f"({r['restarted']}/{r['n']} restarted in {args.timeout:g}s), and its counts are for that part")
     last = results[-1]
     print(f"scale_n={last['n']} efficiency={last['efficiency']:.3f} zk_requests_per_node={last['requests']:.1f} "
           f"notifications_per_node={last['notifications']:.1f}")
