@@ -107,8 +107,10 @@ def main() -> int:
     bare = import_rss("pass")
     imports = {
         "kazoo": import_rss("import kazoo.client"),
-        "the agent without libtorrent (zkdeploy.agent.daemon)": import_rss(
-            "import zkdeploy.agent.daemon, sys; print('libtorrent' in sys.modules)"),
+        "pydantic": import_rss("import pydantic"),
+        "the config models (zkdeploy.config.schema)": import_rss("import zkdeploy.config.schema"),
+        "the agent's modules (zkdeploy.agent.daemon; loads libtorrent through transfer/)": import_rss(
+            "import zkdeploy.agent.daemon"),
         "libtorrent": import_rss("import libtorrent"),
         "the CLI entry point (zkdeploy.cli.main)": import_rss("import zkdeploy.cli.main"),
     }
