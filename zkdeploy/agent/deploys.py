@@ -14,10 +14,11 @@ import time
 from tenacity import RetryError, retry, retry_if_exception_type, stop_after_attempt, wait_random
 
 from zkdeploy.coordination import Store
-from zkdeploy.errors import AccessDeniedError, ConflictError, DeployTransitionError
+from zkdeploy.errors import AccessDeniedError, ConflictError, CoordinationError, DeployTransitionError
 from zkdeploy.model import ABORTED, DONE, FAILED, HALTED, PENDING, ROLLED_BACK, DeployEntry, Mark
 from zkdeploy.policy.discovery import answers
 from zkdeploy.policy.lifecycle import Actor, can, transition
+from zkdeploy.policy.marks import effective
 from zkdeploy.policy.progress import explain, is_complete
 from zkdeploy.policy.quorum import failure_budget
 from zkdeploy.policy.waves import advance
@@ -69,12 +70,24 @@ def _record_failure(store: Store, node: str, name: str, error: str) -> None:
     if over_budget:
         updated = transition(entry, HALTED, by=Actor.AGENT, failures=failures,
                              message=f"{summary}; last: {node}: {error}")
-        if entry.on_failure == "mark_bad":  # the service's policy: a failed gate marks the release bad
-            store.add_mark(Mark(service=entry.service, version=entry.version, mark="bad", by=f"zkdeploy on {node}",
-                                at=time.time(), why=f"deploy {entry.name}: {summary}"))
     else:
         updated = transition(entry, entry.state, by=Actor.AGENT, failures=failures, message=entry.message)
-    store.update_deploy(updated)
+    store.update_deploy(updated)  # the halt first: a refused or failed mark must not keep the deploy going
+    if over_budget and entry.on_failure == "mark_bad":  # the service's policy: a failed gate marks it bad
+        _mark_bad(store, node, entry, summary)
+
+
+def _mark_bad(store: Store, node: str, entry: DeployEntry, summary: str) -> None:
+    """Append a bad mark of the entry's release unless its latest mark already says bad."""
+    latest = effective(store.marks(entry.service).values()).get(entry.version)
+    if latest is not None and latest.mark == "bad":
+        return
+    try:
+        store.add_mark(Mark(service=entry.service, version=entry.version, mark="bad", by=f"zkdeploy on {node}",
+                            at=time.time(), why=f"deploy {entry.name}: {summary}"))
+        log.error("%s@%s marked bad (on_failure: mark_bad): %s", entry.service, entry.version, summary)
+    except CoordinationError as exc:
+        log.error("could not mark %s@%s bad: %s", entry.service, entry.version, exc)
 
 
 def _roll_back(store: Store, node: str, failed: DeployEntry, previous: str) -> None:

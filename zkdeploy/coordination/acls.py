@@ -68,6 +68,8 @@ _RULES: list[tuple[tuple[str, ...], Rule]] = [
     (("staging",), Rule(RC)),  # an agent watching a service not staged yet creates its (empty) parent
     (("staging", "*", "*", "holders"), Rule(RCD)), (("staging", "*", "*", "holders", "*"), OWNED),
     (("deploy", "*"), Rule(RW)),
+    # a failed gate marks the release bad by the service's policy (on_failure: mark_bad): marks are append-only
+    (("marks",), Rule(RC)), (("marks", "*"), Rule(RC)), (("marks", "*", "*"), OWNED),
     (("locks",), Rule(RC)), (("locks", "*"), Rule(RC)),
     (("locks", "*", "queue"), Rule(RCD)), (("locks", "*", "queue", "*"), OWNED),
     (("locks", "*", "slots"), Rule(RCD)), (("locks", "*", "slots", "*"), OWNED),
