@@ -2,6 +2,7 @@
 
 ::
 
+    <root>/acl                              persistent  who holds each role (written by ``zkdeploy acl apply``)
     <root>/catalog                          persistent  the fleet catalog (JSON of conf/services.yaml)
     <root>/nodes/<node>                     ephemeral   agent presence (NodeRecord)
     <root>/current/<service>/<node>         ephemeral   version and state of a service on a node (CurrentEntry)
@@ -11,6 +12,8 @@
                                                         stays, present or not, until ``zkdeploy nodes forget``
     <root>/staging/<service>/<version>      persistent  release metadata (Release)
     <root>/staging/<service>/<version>/holders/<node>  ephemeral  nodes holding the verified payload
+    <root>/staging/<service>/<version>/torrent    persistent  the payload's torrent metainfo
+    <root>/staging/<service>/<version>/signature  persistent  the release record's Ed25519 signature
     <root>/deploy/d-<seq>                   persistent-sequential  the deploy queue (DeployEntry)
     <root>/locks/<service>/queue/q-<uuid>__<seq>  ephemeral-sequential  FIFO of agents waiting to restart
     <root>/locks/<service>/slots/<node>     ephemeral   a restart in progress (proof of permission)
