@@ -189,6 +189,9 @@ class DeployEntry(Record):
     #: it completes when they do (empty: every node of the service)
     nodes: tuple[str, ...] = ()
     select: str = ""
+    #: a tested scenario (zkdeploy.config.scenario): its name and the steps each host runs, checked
+    scenario: str = ""
+    steps: tuple[dict[str, Any], ...] = ()
 
     @property
     def is_open(self) -> bool:

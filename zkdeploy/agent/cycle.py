@@ -182,7 +182,9 @@ class Cycle:
         old = releases.current_version()
         restart = Restart(self.store, self.host, svc, self.presence.machines[service], target,
                           deploy_id=deploy.name if deploy else None, free=pending.request.free,
-                          on_failure=(lambda error: deploys.report_failure(self.store, self.node, deploy.name, error))
+                          steps=tuple(deploy.steps) if deploy else (),
+                          on_failure=(lambda error: deploys.report_failure(
+                              self.store, self.node, deploy.name, error, halt=bool(deploy.steps)))
                           if deploy else None)
         try:
             outcome = restart.run(old, self.host.running(svc))
@@ -197,6 +199,12 @@ class Cycle:
             log.info("%s: online at %s", service, target)
             return
         current = releases.current_version()
+        if outcome.held:  # out of the load balancer, counted as down, until its next restart or an undo
+            self.presence.publish(service, version=current or "", state=FAILED, detail=f"held: {outcome.error}",
+                                  target="")
+            if deploy is not None:
+                self._failed.add((deploy.name, service))
+            return
         healthy = outcome.healthy and self.host.probe(svc, current) is None
         self.presence.publish(service, version=current or "", state=ONLINE if healthy else FAILED,
                               detail=outcome.error, target="")

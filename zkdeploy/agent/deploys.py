@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 RETRIES = 10
 
 
-def report_failure(store: Store, node: str, name: str, error: str) -> None:
+def report_failure(store: Store, node: str, name: str, error: str, *, halt: bool = False) -> None:
     """Record ``node``'s failed restart on deploy ``name``; past its budget, halt it or roll it back.
+    ``halt``: halt it whatever the budget (a scenario's failed check bails out the deploy).
 
     ``on_failure: rollback`` closes the deploy, aborts the open deploys of the
     same request (they depend on it) and queues a rollback deploy to the
@@ -38,7 +39,7 @@ def report_failure(store: Store, node: str, name: str, error: str) -> None:
     operator resumes or aborts it.
     """
     try:
-        _record_failure(store, node, name, error)
+        _record_failure(store, node, name, error, halt)
     except RetryError:
         log.error("could not record the failure on deploy %s: it kept changing under %d attempts", name, RETRIES)
     except DeployTransitionError as exc:  # the entry holds what the table does not expect: say so, go on
@@ -47,7 +48,7 @@ def report_failure(store: Store, node: str, name: str, error: str) -> None:
 
 @retry(retry=retry_if_exception_type(ConflictError), stop=stop_after_attempt(RETRIES),
        wait=wait_random(0, 0.2))
-def _record_failure(store: Store, node: str, name: str, error: str) -> None:
+def _record_failure(store: Store, node: str, name: str, error: str, halt: bool = False) -> None:
     """One conditional attempt; ConflictError when another agent changed the entry first."""
     entry = store.deploy(name)
     if entry is None or not can(entry, entry.state, by=Actor.AGENT):
@@ -56,13 +57,15 @@ def _record_failure(store: Store, node: str, name: str, error: str) -> None:
         return  # recorded already (by this node before a restart): the budget counts nodes, not events
     failures = (*entry.failures, {"node": node, "error": error, "at": time.time()})
     fleet = set(store.member_nodes(entry.service)) | set(store.current_nodes(entry.service))
-    over_budget = len(failures) > failure_budget(entry.max_failures, len(fleet))  # a share of the members
-    summary = f"{len(failures)} node(s) failed (max_failures {entry.max_failures})"
-    if over_budget and entry.on_failure == "rollback" and entry.previous and entry.previous != entry.version:
+    over_budget = len(failures) > failure_budget(entry.max_failures, len(fleet)) or halt  # a share of the members
+    summary = (f"a scenario check failed on {node}" if halt
+               else f"{len(failures)} node(s) failed (max_failures {entry.max_failures})")
+    previous = entry.previous if entry.on_failure == "rollback" and entry.previous != entry.version else None
+    if over_budget and not halt and previous:
         try:
             _roll_back(store, node, transition(
                 entry, ROLLED_BACK, by=Actor.AGENT, failures=failures,
-                message=f"{summary}; rolling back to {entry.previous}; last: {node}: {error}"), entry.previous)
+                message=f"{summary}; rolling back to {previous}; last: {node}: {error}"), previous)
             return
         except AccessDeniedError:  # ACL roles: agents may not queue deploys; the rollback is the operator's
             summary += (f"; on_failure rollback: an operator must queue it (zkdeploy rollback {entry.service}): "

@@ -14,10 +14,11 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from zkdeploy.agent.host_actions import agent_registry
 from zkdeploy.agent.releases import ReleaseDir
+from zkdeploy.agent.scenario_checks import run_check
 from zkdeploy.config.schema import AgentConfig, Catalog
 from zkdeploy.errors import ConfigError, JournalError, ServiceError
 from zkdeploy.hostlayout import HostLayout
@@ -126,6 +127,11 @@ class Host:
     def wait_healthy(self, svc: HostService, version: str | None) -> None:
         """HealthCheckError (or ServiceError) unless ``svc`` passes its checks within their retries."""
         svc.wait_healthy(version)
+
+    def scenario_check(self, params: dict[str, Any]) -> str:
+        """One scenario step's check with its retries (zkdeploy.agent.scenario_checks): what the
+        passing attempt saw; ScenarioCheckError when it does not pass."""
+        return run_check(params)
 
     def change_left_running(self, change: ChangeSet) -> bool:
         """Whether a service that an interrupted change set started or stopped runs now.

@@ -14,6 +14,7 @@ import threading
 
 from zkdeploy.agent.host import Host
 from zkdeploy.agent.presence import Presence
+from zkdeploy.agent.states import Phase
 from zkdeploy.model import FAILED, ONLINE
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ class HealthMonitor:
         for service, svc in self.host.services().items():
             machine = self.presence.machines[service]
             rec = self.presence.local[service]
-            if machine.restarting or rec.state not in (ONLINE, FAILED):
-                continue
+            if machine.restarting or machine.phase == Phase.HELD or rec.state not in (ONLINE, FAILED):
+                continue  # a held node stays failed (out of the load balancer) whatever it answers
             version = rec.version
             reason = self.host.probe(svc, version)
             new = FAILED if reason else ONLINE

@@ -94,8 +94,8 @@ class Rule:
             if head.state != PENDING or rules.is_bad(marks, head.version) or (head.name, service) in failed \
                     or any(f.get("node") == self.node for f in head.failures):
                 return None  # paused, halted, marked bad; or its release failed here
-            if rec.version == head.version and rec.state == ONLINE:
-                return None
+            if rec.version == head.version and rec.state != STOPPED:
+                return None  # at the target: a failing service there is the monitor's news, not a restart
             if head.nodes and self.node not in head.nodes:
                 self._say(service, f"not selected by deploy {head.name} ({head.select})")
                 return None

@@ -7,6 +7,12 @@ Every phase and every allowed transition is listed here, and nowhere else::
                 ▼          ▼         ▼           └───────────┴───────────┴────────────┴───────────┴─► rolling_back ─► idle (online at the old version, or failed)
               idle       idle      idle (aborted: deploy changed, killswitch, agent stopping, lock lost)
 
+A restart run as a tested scenario whose check fails moves to ``held``
+instead of rolling back: the node stays as the failed step left it (out of
+the load balancer), is published ``failed`` so it keeps counting against the
+quorum, and the health monitor leaves it alone until the next restart or an
+operator's undo.
+
 A node whose service is not running skips draining and stopping
 (``waiting ─► switching``).  Payloads are fetched beside the decision cycle:
 a node may queue for a restart into a release it holds while it still
@@ -36,6 +42,7 @@ class Phase(str, Enum):  # noqa: UP042 (StrEnum would change str(Phase.IDLE) fro
     STARTING = "starting"
     CHECKING = "checking"
     ROLLING_BACK = "rolling_back"
+    HELD = "held"  # a scenario's check failed: the node stays as it is, out of the load balancer
 
 
 P = Phase
@@ -44,12 +51,13 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     P.FETCHING: frozenset({P.STAGED, P.IDLE, P.WAITING}),
     P.STAGED: frozenset({P.WAITING, P.FETCHING, P.IDLE}),
     P.WAITING: frozenset({P.DRAINING, P.SWITCHING, P.STAGED, P.IDLE}),
-    P.DRAINING: frozenset({P.STOPPING, P.ROLLING_BACK}),
-    P.STOPPING: frozenset({P.SWITCHING, P.ROLLING_BACK}),
-    P.SWITCHING: frozenset({P.STARTING, P.ROLLING_BACK}),
-    P.STARTING: frozenset({P.CHECKING, P.ROLLING_BACK}),
-    P.CHECKING: frozenset({P.IDLE, P.ROLLING_BACK}),
+    P.DRAINING: frozenset({P.STOPPING, P.ROLLING_BACK, P.HELD}),
+    P.STOPPING: frozenset({P.SWITCHING, P.ROLLING_BACK, P.HELD}),
+    P.SWITCHING: frozenset({P.STARTING, P.ROLLING_BACK, P.HELD}),
+    P.STARTING: frozenset({P.CHECKING, P.ROLLING_BACK, P.HELD}),
+    P.CHECKING: frozenset({P.IDLE, P.ROLLING_BACK, P.HELD}),
     P.ROLLING_BACK: frozenset({P.IDLE}),
+    P.HELD: frozenset({P.IDLE, P.WAITING}),
 }
 
 #: phases in which the service is (or may be) out of service for a restart

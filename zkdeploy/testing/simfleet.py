@@ -153,14 +153,15 @@ class SimFleet:
 
     # -- what the operator sees --------------------------------------------------------------
     def deploy(self, *targets: tuple[str, str], max_failures: int | str = 0, on_failure: str = "pause",
-               previous: dict[str, str] | None = None, kind: str = "deploy", waves: bool = False) -> list[str]:
+               previous: dict[str, str] | None = None, kind: str = "deploy", waves: bool = False,
+               steps: tuple[dict[str, Any], ...] = ()) -> list[str]:
         """Queue deploys as the CLI does; ``waves``: with each service's wave plan from the catalog,
         resolved against the nodes' labels now."""
         group = f"g-{len(self.operator.deploys())}"
         labels = {n: dict(sim.config.labels.model_dump(exclude_none=True)) for n, sim in self.agents.items()}
         entries = [DeployEntry(service=s, version=v, group=group, requested_by="test", created=time.time(),
                                max_failures=max_failures, on_failure=on_failure, kind=kind,
-                               previous=(previous or {}).get(s),
+                               previous=(previous or {}).get(s), steps=steps, scenario="test" if steps else "",
                                waves=tuple(resolve(self.catalog["services"][s].get("waves", ()), labels))
                                if waves else ()) for s, v in targets]
         return self.operator.enqueue(entries)

@@ -26,6 +26,7 @@ from typing import Any
 
 from zkdeploy.agent.host import Host
 from zkdeploy.agent.host_actions import HOOKS, START, STOP
+from zkdeploy.agent.scenario_checks import ScenarioCheckError
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.errors import HealthCheckError, PayloadError
 from zkdeploy.journal import ActionHandler, ChangeSet
@@ -41,6 +42,7 @@ class SimWorld:
     bad: set[tuple[str, str]] = field(default_factory=set)  # (service, version) that fail their checks
     on_step: Callable[[str, str, str], None] = lambda node, service, step: None
     pending_start: str | None = None  # the version being started while ``on_step(..., "start")`` runs
+    failing_checks: set[tuple[str, str]] = field(default_factory=set)  # (node, scenario step) whose check fails
     steps: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     #: seconds a "stop", a "start" and the "health" check take (absent: instant)
     durations: dict[str, float] = field(default_factory=dict)
@@ -124,6 +126,12 @@ class SimHost(Host):
         if not self.running(svc):
             return "process is not running"
         return None if self.world.healthy(self.node, svc.name) else "health check failed (simulated)"
+
+    def scenario_check(self, params: dict[str, Any]) -> str:
+        self.world.steps.append((self.node, params.get("service", ""), f"check:{params['step']}", None))
+        if (self.node, params["step"]) in self.world.failing_checks:
+            raise ScenarioCheckError(f"step {params['step']!r}: check {params['check']} failed (simulated)")
+        return "passed (simulated)"
 
     def wait_healthy(self, svc: HostService, version: str | None) -> None:
         self.world.begin(self.node, svc.name, "health")

@@ -1,0 +1,69 @@
+"""Deploys as tested scenarios on real agents over the in-memory store: checked steps, and a bail-out."""
+
+from __future__ import annotations
+
+from zkdeploy.config.scenario import Scenario
+from zkdeploy.model import DONE, FAILED, HALTED
+from zkdeploy.testing.simfleet import SimFleet
+
+SCENARIO = Scenario.model_validate({
+    "scenario": "db-2", "deploy": "db@2",
+    "steps": [
+        {"name": "block", "do": "lb_block", "check": "traffic_blocked"},
+        {"name": "install", "do": "install", "check": "version_answers", "url": "http://127.0.0.1:1/version"},
+        {"name": "load", "do": "command", "command": "true", "check": "command", "check_command": "true"},
+        {"name": "unblock", "do": "lb_unblock", "check": "traffic_flows"},
+    ]})
+STEPS = tuple(step.model_dump(exclude_none=True) for step in SCENARIO.steps)
+
+
+def make_fleet() -> SimFleet:
+    fleet = SimFleet(["n1", "n2", "n3", "n4"], {"services": {"db": {"quorum": 2, "start": "run db"}}})
+    fleet.stage("db", "1", at=1.0)
+    for node in fleet.agents:
+        fleet.install(node, "db", "1")
+    fleet.start_all()
+    fleet.rounds(1)
+    fleet.stage("db", "2", at=2.0)
+    return fleet
+
+
+def checks(fleet: SimFleet, node: str) -> list[str]:
+    return [step.split(":", 1)[1] for n, _, step, _ in fleet.world.steps if n == node and step.startswith("check:")]
+
+
+def test_every_host_runs_every_step_and_its_check_in_order() -> None:
+    fleet = make_fleet()
+    try:
+        name = fleet.deploy(("db", "2"), steps=STEPS)[0]
+        for _ in range(10):
+            fleet.rounds(1)
+        assert fleet.operator.deploy(name).state == DONE
+        assert set(fleet.versions("db").values()) == {"2"}
+        for node in fleet.agents:
+            assert checks(fleet, node) == ["block", "install", "load", "unblock"]
+        fleet.rounds(3)  # a second look changes nothing on hosts that are done
+        assert all(checks(fleet, node) == ["block", "install", "load", "unblock"] for node in fleet.agents)
+    finally:
+        fleet.close()
+
+
+def test_a_failed_check_holds_the_host_before_its_service_is_touched_and_halts_the_deploy() -> None:
+    fleet = make_fleet()
+    try:
+        fleet.world.failing_checks.add(("n2", "block"))  # n2's balancer never shows it blocked
+        name = fleet.deploy(("db", "2"), steps=STEPS)[0]
+        for _ in range(10):
+            fleet.rounds(1)
+            for node in fleet.agents:
+                fleet.monitor(node)
+        entry = fleet.operator.deploy(name)
+        assert entry is not None and entry.state == HALTED and "scenario check failed" in entry.message
+        assert ("n2", "db", "stop", "1") not in fleet.world.steps  # bailed out before its service was touched
+        assert fleet.versions("db")["n2"] == "1"
+        assert checks(fleet, "n2") == ["block"]
+        n2 = fleet.operator.current("db")["n2"]
+        assert n2.state == FAILED and n2.detail.startswith("held:")  # keeps counting against the quorum
+        assert "n2" not in fleet.online("db")
+    finally:
+        fleet.close()
