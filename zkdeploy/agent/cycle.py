@@ -193,7 +193,7 @@ class Cycle:
             raise
         self._give_back(pending)  # not on a BaseException (a simulated kill): a dead process cleans nothing
         if outcome.change_id is not None:
-            self.reports.push_history(outcome.change_id)
+            self.reports.push_history(outcome.change_id, steps=restart.step_results)
         if outcome.ok:
             self.presence.publish(service, version=target, state=ONLINE, detail=f"online at {target}", target="")
             log.info("%s: online at %s", service, target)

@@ -133,8 +133,9 @@ class Reports:
             log.info("answered plan request %s: %d action(s)", name, sum(len(s["actions"]) for s in answers))
 
     # -- history ------------------------------------------------------------------------
-    def push_history(self, change_id: int) -> None:
-        """Report one live change set to the central history (best effort: the journal is the record)."""
+    def push_history(self, change_id: int, steps: list[dict[str, Any]] | None = None) -> None:
+        """Report one live change set to the central history (best effort: the journal is the record);
+        ``steps``: a scenario's checked steps and their results (``zkdeploy scenario run`` reads them)."""
         try:
             change = self.host.journal.get_change(change_id)
             self.store.record_history({
@@ -144,6 +145,7 @@ class Reports:
                 "services": sorted({t.execute.params.get("service") for t in change.tasks
                                     if t.execute.params.get("service")}),
                 "tasks": [t.execute.description for t in change.tasks],
+                **({"steps": steps} if steps else {}),
             })
         except ZkdeployError as exc:
             log.warning("could not report change set %d to the history: %s", change_id, exc)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from zkdeploy.agent.host import Host
@@ -145,6 +145,8 @@ class Restart:
     on_failure: Callable[[str], None] | None = None
     free: bool = False  # the slot was granted at no quorum cost (the service did not answer then)
     steps: tuple[dict[str, Any], ...] = ()  # run as a tested scenario (zkdeploy.config.scenario)
+    #: each checked step's result, in order (``step``, ``check``, ``ok``, ``seen``): pushed to the history
+    step_results: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def service(self) -> str:
@@ -197,7 +199,12 @@ class Restart:
                   "check_command": self.svc.command(step["check_command"], self.target)
                   if step.get("check_command") else None,
                   "socket": lb.get("socket"), "backend": lb.get("backend"), "server": lb.get("server")}
-        seen = self.host.scenario_check(params)
+        try:
+            seen = self.host.scenario_check(params)
+        except ScenarioCheckError as exc:
+            self.step_results.append({"step": step["name"], "check": step["check"], "ok": False, "seen": str(exc)})
+            raise
+        self.step_results.append({"step": step["name"], "check": step["check"], "ok": True, "seen": seen[-200:]})
         log.info("%s: step %s: check %s passed: %s", self.service, step["name"], step["check"], seen)
 
     def _hold(self, exc: ScenarioCheckError, change_id: int | None) -> Outcome:
