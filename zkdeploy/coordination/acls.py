@@ -39,10 +39,10 @@ from zkdeploy.coordination.session import (
     PERM_WRITE,
     Acl,
     Create,
+    ForwardingSession,
     Op,
     Session,
     Stat,
-    Watcher,
 )
 from zkdeploy.errors import ConfigError, NodeExistsError, NoNodeError
 
@@ -180,7 +180,7 @@ class AclPolicy:
                              if (a.scheme, a.id) not in roles and a.scheme != "world" and a.perms & PERM_WRITE}))
 
 
-class AclSession(Session):
+class AclSession(ForwardingSession):
     """A session that gives every node it creates the ACL its path calls for (``AclPolicy``).
 
     Wraps the session that talks to ZooKeeper, so the Store, the restart
@@ -190,62 +190,12 @@ class AclSession(Session):
     """
 
     def __init__(self, inner: Session, policy: AclPolicy) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.policy = policy
-        self.hosts = inner.hosts
 
-    def __getattr__(self, name: str) -> Any:  # fault injection (expire) and the like: the inner session's
-        return getattr(self.inner, name)
-
-    # lifecycle and state: the inner session's
     def start(self) -> AclSession:
         self.inner.start()
         return self
-
-    def close(self) -> None:
-        self.inner.close()
-
-    @property
-    def state(self) -> str:
-        return self.inner.state
-
-    @property
-    def generation(self) -> int:
-        return self.inner.generation
-
-    @property
-    def session_id(self) -> int | None:
-        return self.inner.session_id
-
-    @property
-    def negotiated_timeout(self) -> float:
-        return self.inner.negotiated_timeout
-
-    @property
-    def operation_timeout(self) -> float:
-        return self.inner.operation_timeout
-
-    def add_listener(self, fn: Callable[[str], None]) -> None:
-        self.inner.add_listener(fn)
-
-    def require_connected(self) -> int:
-        return self.inner.require_connected()
-
-    # reads
-    def get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
-        return self.inner.get(path, watch)
-
-    def children(self, path: str, watch: Watcher | None = None) -> list[str]:
-        return self.inner.children(path, watch)
-
-    def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
-        return self.inner.exists(path, watch)
-
-    def get_acl(self, path: str) -> tuple[list[Acl], Stat] | None:
-        return self.inner.get_acl(path)
-
-    def set_acl(self, path: str, acl: Sequence[Acl], version: int = -1) -> None:
-        self.inner.set_acl(path, acl, version)
 
     # writes: every create gets its ACL
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
@@ -254,12 +204,6 @@ class AclSession(Session):
             self.ensure_path(path.rsplit("/", 1)[0])
         return self.inner.create(path, data, ephemeral=ephemeral, sequence=sequence,
                                  acl=self.policy.acl_for(path) if acl is None else acl)
-
-    def set(self, path: str, data: bytes, version: int = -1) -> Stat:
-        return self.inner.set(path, data, version)
-
-    def delete(self, path: str, version: int = -1) -> None:
-        self.inner.delete(path, version)
 
     def ensure_path(self, path: str) -> None:
         """Create the missing nodes of ``path`` top down, each with its own ACL."""
@@ -282,9 +226,6 @@ class AclSession(Session):
     def watch_children(self, path: str, callback: Callable[[list[str]], Any]) -> None:
         self.ensure_path(path)
         self.inner.watch_children(path, callback)
-
-    def watch_data(self, path: str, callback: Callable[[bytes | None], bool | None]) -> None:
-        self.inner.watch_data(path, callback)
 
 
 def load_roles(session: Session, root: str) -> RoleIds | None:

@@ -237,3 +237,86 @@ class Session(ABC):
     def watch_data(self, path: str, callback: Callable[[bytes | None], bool | None]) -> None:
         """Call ``callback(data)`` now and after every change of ``path`` (None when absent), for
         as long as the client lives, until the callback returns False."""
+
+
+class ForwardingSession(Session):
+    """A session that passes every call to ``inner``; a subclass overrides the calls it changes
+    (the ACL layer gives every create its ACL; a test's counting layer counts requests).  What
+    the inner session has besides the seam (``expire`` for tests) is reached through it too."""
+
+    def __init__(self, inner: Session) -> None:
+        self.inner = inner
+        self.hosts = inner.hosts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def start(self) -> Session:
+        self.inner.start()
+        return self
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def state(self) -> str:
+        return self.inner.state
+
+    @property
+    def generation(self) -> int:
+        return self.inner.generation
+
+    @property
+    def session_id(self) -> int | None:
+        return self.inner.session_id
+
+    @property
+    def negotiated_timeout(self) -> float:
+        return self.inner.negotiated_timeout
+
+    @property
+    def operation_timeout(self) -> float:
+        return self.inner.operation_timeout
+
+    def add_listener(self, fn: Callable[[str], None]) -> None:
+        self.inner.add_listener(fn)
+
+    def require_connected(self) -> int:
+        return self.inner.require_connected()
+
+    def get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
+        return self.inner.get(path, watch)
+
+    def children(self, path: str, watch: Watcher | None = None) -> list[str]:
+        return self.inner.children(path, watch)
+
+    def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
+        return self.inner.exists(path, watch)
+
+    def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
+               makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:
+        return self.inner.create(path, data, ephemeral=ephemeral, sequence=sequence, makepath=makepath, acl=acl)
+
+    def set(self, path: str, data: bytes, version: int = -1) -> Stat:
+        return self.inner.set(path, data, version)
+
+    def delete(self, path: str, version: int = -1) -> None:
+        self.inner.delete(path, version)
+
+    def ensure_path(self, path: str) -> None:
+        self.inner.ensure_path(path)
+
+    def get_acl(self, path: str) -> tuple[list[Acl], Stat] | None:
+        return self.inner.get_acl(path)
+
+    def set_acl(self, path: str, acl: Sequence[Acl], version: int = -1) -> None:
+        self.inner.set_acl(path, acl, version)
+
+    def commit(self, ops: Sequence[Op]) -> list[str | Stat | None]:
+        return self.inner.commit(ops)
+
+    def watch_children(self, path: str, callback: Callable[[list[str]], Any]) -> None:
+        self.inner.watch_children(path, callback)
+
+    def watch_data(self, path: str, callback: Callable[[bytes | None], bool | None]) -> None:
+        self.inner.watch_data(path, callback)
