@@ -14,6 +14,7 @@ from zkdeploy.cli.controls_cmd import mark, pin, promote, unmark, unpin
 from zkdeploy.cli.demo_cmd import demo
 from zkdeploy.cli.journal_cmd import journal
 from zkdeploy.cli.reports_cmd import history, plan, undo
+from zkdeploy.cli.scenario_cmd import scenario_group
 from zkdeploy.cli.security_cmd import acl, keys
 from zkdeploy.cli.seeding import seed, swarm
 
@@ -64,6 +65,7 @@ def cli(ctx: click.Context, zk: str, root: str, zk_timeout: float, verbose: bool
 cli.add_command(commands.services_group)
 cli.add_command(commands.stage)
 cli.add_command(commands.deploy)
+cli.add_command(scenario_group)
 cli.add_command(commands.abort)
 cli.add_command(commands.resume)
 cli.add_command(commands.pause)
