@@ -182,7 +182,7 @@ def summarize(entry: DeployEntry, steps: Sequence[Mapping[str, Any]], hosts: Seq
         for step in steps:
             result: Mapping[str, Any] | None = results.get(step["name"])
             if status == ALREADY:
-                cell = {"status": "already done", "seen": ""}
+                cell = {"status": "already", "seen": f"at {entry.version} before the run"}
             elif result is not None:
                 cell = {"status": "passed" if result.get("ok") else "FAILED", "seen": result.get("seen", "")}
             elif status == DONE_HERE:

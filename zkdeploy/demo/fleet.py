@@ -4,6 +4,13 @@ Used by ``zkdeploy demo``, the end-to-end tests and the benchmark.  Agents
 run as separate processes (``python -m zkdeploy agent``); their services are
 the tiny HTTP server of ``payload_server.py``, shipped inside real payload
 archives.  ``stop()`` ends the agents and the services they started.
+
+With ``lb=FleetLb(socket)`` every host's agent answers HAProxy's agent-check
+on a port of its own and every service sits behind the balancer
+(``load_balancer:`` in the catalog); ``lb_backends()`` gives the backends to
+start zkdeploy.testing.haproxy.HAProxy with.  Agents and the CLI run from
+the fleet's own directories: ``python -m`` puts the working directory ahead
+of PYTHONPATH, so a copy of the code on PYTHONPATH is what runs.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from zkdeploy.testing.haproxy import Backend, Server
 from zkdeploy.testing.zkserver import free_port
 
 SERVER_SOURCE = Path(__file__).with_name("payload_server.py")
@@ -45,6 +53,20 @@ class DemoService:
     health_retries: int = 100
     on_failure: str = "pause"
     progress_deadline: float = 600.0
+    response_delay: tuple[float, float] = (0.0, 0.0)  # each GET / answers after a random delay in this range
+
+
+@dataclass(frozen=True)
+class FleetLb:
+    """The fleet behind HAProxy: the runtime API ``socket`` the agents read the balancer's view from,
+    and the catalog's load_balancer timings.  ``drain_state: none`` leaves the key out of the catalog
+    (the services are behind the balancer, but nothing drains them: the benchmark's control run)."""
+
+    socket: str
+    agent_interval: float = 0.3
+    drain_timeout: float = 10.0
+    ready_timeout: float = 10.0
+    drain_state: str = "drain"
 
 
 def build_payload(path: Path, service: str, version: str, *, fail_health: bool = False,
@@ -69,10 +91,12 @@ def build_payload(path: Path, service: str, version: str, *, fail_health: bool =
     return path
 
 
-def catalog_for(services: list[DemoService]) -> dict[str, Any]:
+def catalog_for(services: list[DemoService], lb: FleetLb | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"services": {}}
     for svc in services:
         port = "{" + svc.name + "_port}"
+        delay = (f" --response-delay {svc.response_delay[0]} {svc.response_delay[1]}"
+                 if svc.response_delay != (0.0, 0.0) else "")
         out["services"][svc.name] = {
             "quorum": svc.quorum,
             "depends_on": list(svc.depends_on),
@@ -80,7 +104,7 @@ def catalog_for(services: list[DemoService]) -> dict[str, Any]:
                       f"--port {port} --start-delay {svc.timing.start_delay} --stop-delay {svc.timing.stop_delay}"
                       # absent unless a test breaks /health on purpose (health_fault_file)
                       " --fault-file {data}/faults/{service}.health"
-                      " $(cat {release}/FLAGS 2>/dev/null)"),
+                      f"{delay} $(cat {{release}}/FLAGS 2>/dev/null)"),
             # stand-ins for taking the node out of a load balancer and back
             "pre_stop": ["echo drain {service} {version} >> {data}/logs/lb.log"],
             "post_start": ["echo undrain {service} {version} >> {data}/logs/lb.log"],
@@ -91,6 +115,11 @@ def catalog_for(services: list[DemoService]) -> dict[str, Any]:
             "keep_releases": 3,
             "stop_timeout": 10 + svc.timing.stop_delay,
         }
+        if lb is not None and lb.drain_state != "none":
+            out["services"][svc.name]["load_balancer"] = {
+                "backend": svc.name, "server": "{node}", "socket": lb.socket, "drain_state": lb.drain_state,
+                "agent_interval": lb.agent_interval, "drain_timeout": lb.drain_timeout,
+                "ready_timeout": lb.ready_timeout}
     return out
 
 
@@ -106,6 +135,7 @@ class Host:
     root: Path
     ports: dict[str, int]
     swarm_port: int = 0
+    lb_port: int = 0  # where its agent answers HAProxy's agent-check (with the fleet's ``lb``)
     process: subprocess.Popen[bytes] | None = None
     swarm_settings: dict[str, Any] = field(default_factory=dict)  # overrides for this host's agent file
 
@@ -122,16 +152,18 @@ class LocalFleet:
     """``size`` hosts under ``workdir``, agents connected to ``zk_hosts``."""
 
     def __init__(self, workdir: Path, zk_hosts: str, services: list[DemoService], size: int = 6,
-                 root: str = "/dc", session_timeout: float = 4.0, env: dict[str, str] | None = None) -> None:
+                 root: str = "/dc", session_timeout: float = 4.0, env: dict[str, str] | None = None,
+                 lb: FleetLb | None = None) -> None:
         self.workdir = Path(workdir)
         self.zk_hosts = zk_hosts
         self.zk_root = root
         self.services = services
         self.session_timeout = session_timeout
         self.env = dict(env or {})
+        self.lb = lb
         self.hosts = [
             Host(f"node{i + 1:02d}", self.workdir / f"node{i + 1:02d}",
-                 {svc.name: free_port() for svc in services}, free_port())
+                 {svc.name: free_port() for svc in services}, free_port(), free_port() if lb else 0)
             for i in range(size)
         ]
         self.catalog_file = self.workdir / "services.yaml"
@@ -139,7 +171,7 @@ class LocalFleet:
 
     def write_configs(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.catalog_file.write_text(yaml.safe_dump(catalog_for(self.services), sort_keys=False))
+        self.catalog_file.write_text(yaml.safe_dump(catalog_for(self.services, self.lb), sort_keys=False))
         for host in self.hosts:
             host.root.mkdir(parents=True, exist_ok=True)
             config = {
@@ -157,6 +189,8 @@ class LocalFleet:
                 "swarm": {"listen_port": host.swarm_port, "allow_multiple_connections_per_ip": True,
                           "stall_timeout": 10, **host.swarm_settings},
             }
+            if self.lb is not None:
+                config["lb_agent"] = {"listen": "127.0.0.1", "port": host.lb_port}
             host.config.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def payload(self, service: str, version: str, *, fail_health: bool = False,
@@ -165,13 +199,20 @@ class LocalFleet:
         build_payload(path, service, version, fail_health=fail_health, fail_health_on=fail_health_on)
         return path
 
+    def lb_backends(self, deaf: tuple[str, ...] = ()) -> list[Backend]:
+        """One HAProxy backend per service, a server per host (named for it) with an agent-check on its
+        agent's port; the hosts in ``deaf`` get no agent-check (the balancer never hears their drain)."""
+        return [Backend(svc.name, [Server(h.name, h.ports[svc.name], None if h.name in deaf else h.lb_port,
+                                          service=svc.name) for h in self.hosts])
+                for svc in self.services]
+
     # -- processes ------------------------------------------------------------
     def start_agent(self, host: Host, extra_env: dict[str, str] | None = None) -> None:
         with open(host.log, "ab") as log:
             host.process = subprocess.Popen(
                 [sys.executable, "-m", "zkdeploy", "agent", "--config", str(host.config)],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env, **(extra_env or {})},
-                start_new_session=True,
+                start_new_session=True, cwd=host.root,
             )
 
     def start(self) -> None:
@@ -214,7 +255,9 @@ class LocalFleet:
     # -- the operator's side (through the real CLI) ------------------------------
     def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "zkdeploy", "--zk", self.zk_hosts, "--root", self.zk_root, *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **self.env})
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **self.env},
+                              cwd=self.workdir)
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc

@@ -2,7 +2,8 @@
 
 GET /health answers 200 once started (or 500 with --fail-health); GET /
 answers JSON with the service, version and node.  --start-delay and
---stop-delay make start and stop take fixed, known times.
+--stop-delay make start and stop take fixed, known times; --response-delay MIN MAX makes each
+GET / answer after a random delay in that range (the zero-downtime benchmark's 20-50 ms).
 
 --fault-file PATH is a switch for fault injection (the chaos suite): while
 that file holds ``malformed``, /health answers bytes that are not HTTP and
@@ -13,6 +14,7 @@ file changes nothing, and GET / is never affected.
 
 import argparse
 import json
+import random
 import signal
 import sys
 import threading
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--start-delay", type=float, default=0.0)
     parser.add_argument("--stop-delay", type=float, default=0.0)
+    parser.add_argument("--response-delay", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"))
     parser.add_argument("--fail-health", action="store_true")
     parser.add_argument("--fail-health-on", action="append", default=[], metavar="NODE",
                         help="answer 500 on /health only on this node (repeatable)")
@@ -71,6 +74,8 @@ def main() -> None:
                 failing = args.fail_health or (fault == "flap" and flaps[0] % 2 == 1)
                 code, data = (500, b"unhealthy\n") if failing else (200, b"ok\n")
             else:
+                if args.response_delay[1] > 0:
+                    time.sleep(random.uniform(*args.response_delay))
                 code, data = 200, body
             self.send_response(code)
             self.send_header("Content-Length", str(len(data)))
