@@ -186,3 +186,41 @@ def test_a_host_whose_balancer_never_shows_it_blocked_bails_out_before_its_servi
     assert fleet.service_pids(node03) == pids
     assert all(s.answers[("db", "node03")] == "1.0" for s in observer.samples)
     assert observer.min_answering("db") >= QUORUM
+
+
+EDGE = ("node02", "node03", "node05", "node08")
+
+
+def test_select_takes_exactly_the_4_hosts_it_discovers_and_a_wrong_count_changes_nothing(
+        make_fleet, tmp_path: Path) -> None:
+    harness = make_fleet([DemoService("app", quorum=6, timing=FAST)], size=9, start=False)
+    fleet, store = harness.fleet, harness.store
+    for host in fleet.hosts:  # four of the nine are tier=edge
+        config = yaml.safe_load(host.config.read_text())
+        config["labels"]["tier"] = "edge" if host.name in EDGE else "core"
+        host.config.write_text(yaml.safe_dump(config, sort_keys=False))
+        fleet.start_agent(host)
+    harness.wait_registered()
+    harness.install("1.0")
+    harness.stage("app", "2.0")
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({
+        "scenario": "edge-2", "deploy": "app@2.0", "select": "tier=edge and env=demo", "expect": "4",
+        "steps": [{"name": "install", "do": "install", "check": "version_answers",
+                   "url": "http://127.0.0.1:{app_port}/", "timeout": 5}]}))
+    queued = len(store.deploys())
+    wrong = fleet.cli("scenario", "run", str(path), "--expect", "5", check=False)
+    assert wrong.returncode == 2 and "found 4 node(s), expected 5; nothing changed" in wrong.stderr
+    assert len(store.deploys()) == queued  # nothing was queued
+
+    pids = {h.name: fleet.service_pids(h) for h in fleet.hosts}
+    run = fleet.cli("scenario", "run", str(path), "--timeout", "120", "--json", check=False, timeout=180)
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["queued"]["hosts"] == list(EDGE) and [r["node"] for r in summary["hosts"]] == list(EDGE)
+    assert summary["green"] and summary["unexpected"] == [] and summary["no_response"] == []
+    versions = {n: e.version for n, e in store.current("app").items()}
+    assert {n for n, v in versions.items() if v == "2.0"} == set(EDGE)
+    for host in fleet.hosts:
+        if host.name not in EDGE:  # untouched: the same service process, still at 1.0
+            assert versions[host.name] == "1.0" and fleet.service_pids(host) == pids[host.name]
