@@ -1,7 +1,8 @@
 """A ``Session`` that counts what goes through it: requests, watch notifications, bytes read, time.
 
 ``CountingSession`` wraps any other session (a ``ZooKeeperSession`` in the
-scale benchmark) and passes every call through unchanged; the ``Store``
+scale benchmark) and passes every call through unchanged (a
+``ForwardingSession`` that overrides the calls it counts); the ``Store``
 above it cannot tell the difference.  What it counts, per operation kind:
 
 - a request for every primitive call (get, children, exists, create, set,
@@ -27,7 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from zkdeploy.coordination.session import Acl, Op, Session, Stat, Watcher
+from zkdeploy.coordination.session import Acl, ForwardingSession, Op, Session, Stat, Watcher
 
 #: ``on_call(kind, path, data, started, ended)`` after each request (data: what was written, or b"")
 CallHook = Callable[[str, str, bytes, float, float], None]
@@ -79,13 +80,12 @@ class Counts:
         return int(sum(snapshot["requests"].values()))
 
 
-class CountingSession(Session):
+class CountingSession(ForwardingSession):
     """Every call of ``inner``, counted in ``counts`` (shared between sessions if given)."""
 
     def __init__(self, inner: Session, counts: Counts | None = None, *, on_call: CallHook | None = None,
                  on_notify: NotifyHook | None = None) -> None:
-        self.inner = inner
-        self.hosts = inner.hosts
+        super().__init__(inner)
         self.counts = counts or Counts()
         self.on_call = on_call
         self.on_notify = on_notify
@@ -116,44 +116,9 @@ class CountingSession(Session):
             return watch(kind, path)
         return fire
 
-    # -- lifecycle and state: passed through ------------------------------------------
     def start(self) -> CountingSession:
         self.inner.start()
         return self
-
-    def close(self) -> None:
-        self.inner.close()
-
-    @property
-    def state(self) -> str:
-        return self.inner.state
-
-    @property
-    def generation(self) -> int:
-        return self.inner.generation
-
-    @property
-    def session_id(self) -> int | None:
-        return self.inner.session_id
-
-    @property
-    def negotiated_timeout(self) -> float:
-        return self.inner.negotiated_timeout
-
-    @property
-    def operation_timeout(self) -> float:
-        return self.inner.operation_timeout
-
-    def add_listener(self, fn: Callable[[str], None]) -> None:
-        self.inner.add_listener(fn)
-
-    def require_connected(self) -> int:
-        return self.inner.require_connected()
-
-    def expire(self) -> None:
-        expire = getattr(self.inner, "expire", None)
-        if expire is not None:
-            expire()
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
