@@ -15,10 +15,13 @@ from zkdeploy.coordination import Store
 @click.option("--keep", is_flag=True, help="Keep the hosts' directories (agent logs, releases) afterwards.")
 @click.option("--use-zk", "use_zk", is_flag=True,
               help="Use the ZooKeeper given by --zk instead of starting a private one.")
+@click.option("--lb", is_flag=True,
+              help="Put the services behind a real HAProxy (Debian's haproxy): agents drain each server before "
+                   "its restart, and load through the balancer shows how many requests failed.")
 @json_option
 @click.pass_context
 @handle_errors
-def demo(ctx: click.Context, size: int, keep: bool, use_zk: bool, as_json: bool) -> None:
+def demo(ctx: click.Context, size: int, keep: bool, use_zk: bool, lb: bool, as_json: bool) -> None:
     """Run a real rolling deploy on a local fleet, then clean up.
 
     Starts a private ZooKeeper on a free loopback port (or uses --zk with
@@ -28,7 +31,9 @@ def demo(ctx: click.Context, size: int, keep: bool, use_zk: bool, as_json: bool)
     both, deploys it with live progress, and prints a summary: the total
     time, and for each service the most nodes that were unavailable at once
     (measured by probing the services' HTTP ports) against what its quorum
-    allows.
+    allows.  With --lb the fleet sits behind HAProxy on loopback and the
+    summary adds the requests sent through it during the rollout, and how
+    many failed.
     """
     from zkdeploy.demo.scenario import run_demo
 
@@ -48,7 +53,7 @@ def demo(ctx: click.Context, size: int, keep: bool, use_zk: bool, as_json: bool)
             printer(text + "\n")
             last["text"] = text
 
-    summary = run_demo(ctx.obj.zk if use_zk else None, size=size, keep=keep, say=printer, progress=progress)
+    summary = run_demo(ctx.obj.zk if use_zk else None, size=size, keep=keep, say=printer, progress=progress, lb=lb)
     if as_json:
         emit_json(summary)
         return
@@ -59,3 +64,6 @@ def demo(ctx: click.Context, size: int, keep: bool, use_zk: bool, as_json: bool)
            for s in summary["services"]])
     say("web restarted only after every db node ran version 2: "
         + ("yes" if summary["dependency_order_respected"] else "NO"))
+    if "load" in summary:
+        say(f"through HAProxy during the rollout: {summary['load']['requests']} requests, "
+            f"{summary['load']['failed']} failed")

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from zkdeploy.coordination import Store
-from zkdeploy.demo.fleet import DemoService, LocalFleet
+from zkdeploy.demo.fleet import DemoService, FleetLb, LocalFleet
+from zkdeploy.demo.load import Load
 from zkdeploy.demo.observer import Observer
 from zkdeploy.errors import RolloutError, ZkdeployError
 from zkdeploy.model import DONE, OPEN_DEPLOY_STATES
@@ -43,13 +44,20 @@ def wait_deploys(store: Store, names: list[str], timeout: float,
 
 def run_demo(zk_hosts: str | None = None, size: int = 6, keep: bool = False,
              say: Callable[[str], None] = print, progress: Callable[[Store], None] | None = None,
-             timeout: float = 300.0) -> dict[str, Any]:
-    """Run the whole scenario and return the summary; everything started is cleaned up."""
+             timeout: float = 300.0, lb: bool = False) -> dict[str, Any]:
+    """Run the whole scenario and return the summary; everything started is cleaned up.
+
+    With ``lb`` the services sit behind a real HAProxy (Debian's ``haproxy``): each agent drains its
+    server before a restart and puts it back after, and a few clients send load through the balancer
+    during the rollout; the summary says how many of their requests failed."""
     workdir = Path(tempfile.mkdtemp(prefix="zkdeploy-demo-"))
     cluster = None
     fleet = None
     observer = None
     store = None
+    proxy = None
+    load = None
+    lbdir = Path(tempfile.mkdtemp(prefix="zkh-")) if lb else None  # short: a UNIX socket path is short
     root = f"/zkdeploy-demo-{int(time.time())}"
     try:
         if zk_hosts is None:
@@ -57,7 +65,17 @@ def run_demo(zk_hosts: str | None = None, size: int = 6, keep: bool = False,
             cluster = ZkCluster(size=1).start()
             zk_hosts = cluster.hosts
         say(f"ZooKeeper at {zk_hosts}, fleet root {root}, hosts under {workdir}")
-        fleet = LocalFleet(workdir, zk_hosts, DEMO_SERVICES, size=size, root=root)
+        if lbdir is not None:
+            from zkdeploy.testing.haproxy import HAProxy
+
+            proxy = HAProxy(lbdir, [])
+        fleet = LocalFleet(workdir, zk_hosts, DEMO_SERVICES, size=size, root=root,
+                           lb=FleetLb(proxy.socket) if proxy else None)
+        if proxy is not None:
+            proxy.backends = fleet.lb_backends()
+            proxy.start()
+            say("HAProxy in front of the fleet: " + ", ".join(
+                f"{b.name} on 127.0.0.1:{b.port}" for b in proxy.backends))
         fleet.write_configs()
         fleet.cli("services", "apply", str(fleet.catalog_file))
         for svc in DEMO_SERVICES:
@@ -78,6 +96,10 @@ def run_demo(zk_hosts: str | None = None, size: int = 6, keep: bool = False,
         time.sleep(0.5)
         for svc in DEMO_SERVICES:
             fleet.cli("stage", svc.name, "2", str(fleet.payload_dir / f"{svc.name}-2.tar.gz"))
+        if proxy is not None:
+            _wait_serving(proxy, timeout=60)
+            load = Load([b.port for b in proxy.backends], clients=4).start()
+            say("4 clients send requests through HAProxy during the rollout ...")
         say("rolling db and web to version 2 ...")
         started = time.time()
         out = fleet.cli("deploy", "db@2", "web@2", "--json").stdout
@@ -85,8 +107,15 @@ def run_demo(zk_hosts: str | None = None, size: int = 6, keep: bool = False,
         finished = wait_deploys(store, names, timeout, on_tick=(lambda: progress(store)) if progress else None)
         time.sleep(0.5)
         observer.stop()
-        return summarize(observer, fleet, started, finished)
+        summary = summarize(observer, fleet, started, finished)
+        if load is not None:
+            load.stop()
+            summary["load"] = {"requests": load.total, "failed": load.failed,
+                               "errors": [list(e) for e in load.errors()]}
+        return summary
     finally:
+        if load is not None:
+            load.stop()
         if observer:
             observer.stop()
         if fleet:
@@ -97,6 +126,10 @@ def run_demo(zk_hosts: str | None = None, size: int = 6, keep: bool = False,
             except ZkdeployError as exc:
                 say(f"could not remove {root} from ZooKeeper: {exc}")
             store.close()
+        if proxy is not None:
+            proxy.stop()
+        if lbdir is not None:
+            shutil.rmtree(lbdir, ignore_errors=True)
         if cluster:
             cluster.stop()
         if keep:
@@ -129,6 +162,16 @@ def summarize(observer: Observer, fleet: LocalFleet, started: float, finished: f
         "dependency_order_respected": web_first >= db_done,
         "samples": len(observer.samples),
     }
+
+
+def _wait_serving(proxy: Any, timeout: float) -> None:
+    """Until HAProxy sends traffic to every server (the services of version 1 are up and checked)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(v.serving for b in proxy.backends for v in proxy.backend(b.name).values()):
+            return
+        time.sleep(0.2)
+    raise RolloutError(f"HAProxy did not take every server within {timeout:g}s (see {proxy.workdir}/haproxy.log)")
 
 
 def _wait_registered(store: Store, fleet: LocalFleet, timeout: float) -> None:
