@@ -42,6 +42,8 @@ FAILED_HERE = "failed"          # the restart failed otherwise (rolled back)
 NO_RESPONSE = "no response"     # discovered, absent from /current now
 WAITING = "not done"            # never got there (the deploy halted or timed out first)
 GREEN = (DONE_HERE, ALREADY)
+#: the agent's phases (zkdeploy.agent.states) of a restart under way: its report is still to come
+RESTARTING_PHASES = frozenset({"draining", "stopping", "switching", "starting", "checking", "rolling_back"})
 
 
 @click.group("scenario")
@@ -144,7 +146,7 @@ def _follow(store: Store, name: str, service: str, hosts: Sequence[str], timeout
     while time.monotonic() < settle:  # a halting host reports the failure before its history and /current
         reported = {r.get("node") for r in store.history() if r.get("deploy_id") == name}
         entries = store.current(service)
-        if failed <= reported and not any(e.phase not in ("idle", "held") for n, e in entries.items() if n in hosts):
+        if failed <= reported and not any(e.phase in RESTARTING_PHASES for n, e in entries.items() if n in hosts):
             break
         time.sleep(0.3)
     return store.deploy(name) or entry
