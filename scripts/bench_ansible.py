@@ -53,7 +53,8 @@ PLAYBOOK = """\
       ansible.builtin.shell: |
         pid=$(cat {{{{ root }}}}/app.pid)
         kill $pid
-        while kill -0 $pid 2>/dev/null; do sleep 0.02; done
+        # stopped once gone, or a zombie whose parent has not reaped it yet
+        while kill -0 $pid 2>/dev/null && ! grep -q '^State:.*Z' /proc/$pid/status 2>/dev/null; do sleep 0.02; done
     - name: switch the release
       ansible.builtin.file:
         src: "{{{{ root }}}}/releases/{{{{ new }}}}"
