@@ -29,6 +29,7 @@ import yaml
 
 from zkdeploy import __version__
 from zkdeploy.config.schema import FactsSettings
+from zkdeploy.strictyaml import load_yaml
 
 #: the longest text kept for one fact value (facts travel in the presence znode)
 MAX_VALUE = 512
@@ -86,7 +87,7 @@ def gather_site(settings: FactsSettings) -> Facts:
     if settings.file:
         path = Path(settings.file)
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(path.read_text())
         except (OSError, yaml.YAMLError) as exc:
             facts.errors.append(f"{path}: {_one_line(exc)}")
         else:
@@ -135,7 +136,7 @@ def parse_fact_output(text: str) -> dict[str, Any]:
     if lines and all("=" in line and ":" not in line.split("=", 1)[0] for line in lines):
         return {k.strip(): v.strip() for k, v in (line.split("=", 1) for line in lines)}
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise FactError(f"output is neither YAML nor key=value lines: {_one_line(exc)}") from None
     if data is None:

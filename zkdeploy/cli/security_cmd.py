@@ -19,6 +19,7 @@ from zkdeploy.coordination.credentials import Credentials, digest_id
 from zkdeploy.errors import ConfigError
 from zkdeploy.names import check_name
 from zkdeploy.signing import SIGNATURE_BLOB, generate, load_private, new_record, seq_of, sign
+from zkdeploy.strictyaml import load_yaml
 
 
 def release_signature(store: Store, key: Ed25519PrivateKey, service: str, version: str, sha256: str, size: int,
@@ -58,7 +59,7 @@ def acl_apply(ctx: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
     Idempotent: nodes whose ACL is right are left alone.
     """
     try:
-        roles = RoleIds.from_data(yaml.safe_load(Path(policy).read_text()), policy)
+        roles = RoleIds.from_data(load_yaml(Path(policy).read_text()), policy)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{policy}: {exc}") from None
     security = ctx.security()

@@ -13,6 +13,7 @@ from zkdeploy.config.schema import AgentConfig, Catalog
 from zkdeploy.errors import ConfigError
 from zkdeploy.names import check_name
 from zkdeploy.policy.order import find_cycle
+from zkdeploy.strictyaml import load_yaml
 
 #: template fields every agent provides
 BUILTIN_FIELDS = frozenset({"release", "version", "service", "node", "data"})
@@ -28,9 +29,9 @@ def _read_yaml(path: str | Path) -> Any:
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML text; a syntax error names ``source`` and the line."""
+    """Parse YAML text; a syntax error or a duplicate key names ``source`` and the line."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from zkdeploy.errors import ConfigError, ZkdeployError
 from zkdeploy.names import check_name
+from zkdeploy.strictyaml import load_yaml
 
 ACTIONS = ("lb_block", "install", "command", "lb_unblock")
 CHECKS = ("traffic_blocked", "version_answers", "command", "traffic_flows", "none")
@@ -167,7 +168,7 @@ class Scenario(_Strict):
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; ConfigError naming the file and every bad key at once."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = load_yaml(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:

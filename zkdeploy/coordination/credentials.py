@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from zkdeploy.errors import ConfigError
+from zkdeploy.strictyaml import load_yaml
 
 ROLES = ("operator", "agent", "viewer")
 _KEYS = {"role", "user", "password", "node_user", "node_password"}
@@ -74,7 +75,7 @@ class Credentials:
         p = Path(path).expanduser()
         check_private(p, "credentials file")
         try:
-            data = yaml.safe_load(p.read_text())
+            data = load_yaml(p.read_text())
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"credentials file {p}: cannot read it: {exc}") from None
         if not isinstance(data, dict):
