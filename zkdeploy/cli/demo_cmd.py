@@ -10,8 +10,8 @@ from zkdeploy.coordination import Store
 
 
 @click.command("demo")
-@click.option("--nodes", "size", type=click.IntRange(3, 30), default=6, show_default=True,
-              help="How many hosts (agents) to run.")
+@click.option("--nodes", "size", type=click.IntRange(5, 30), default=6, show_default=True,
+              help="How many hosts (agents) to run (db needs 4 online, so at least 5).")
 @click.option("--keep", is_flag=True, help="Keep the hosts' directories (agent logs, releases) afterwards.")
 @click.option("--use-zk", "use_zk", is_flag=True,
               help="Use the ZooKeeper given by --zk instead of starting a private one.")
