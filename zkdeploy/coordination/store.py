@@ -58,6 +58,8 @@ class Store:
     def __init__(self, session: Session, root: str = "/dc") -> None:
         self._session = session
         self._layout = Layout(root)
+        #: this session's own ephemeral records: path -> (session generation, znode version it last wrote)
+        self._written: dict[str, tuple[int, int]] = {}
 
     @classmethod
     def connect(cls, hosts: str, root: str = "/dc", security: Security | None = None,
@@ -193,10 +195,24 @@ class Store:
 
         A node of the same path owned by another (dead) session is left alone
         and reported as a ConflictError: it disappears when that session expires.
+
+        One request when this session wrote the node last: a write conditional on
+        the version it left (only the writer of that version can match it, and a
+        new session forgets what the old one wrote); three otherwise (create,
+        then the owner's check, then a conditional write).
         """
+        generation = self._session.generation
+        known = self._written.get(path)
+        if known is not None and known[0] == generation:
+            try:
+                self._written[path] = (generation, self._session.set(path, data, known[1]).version)
+                return
+            except (BadVersionError, NoNodeError):
+                self._written.pop(path, None)  # written meanwhile (the slot transaction) or gone: look again
         for _ in range(3):
             try:
                 self._session.create(path, data, ephemeral=True, makepath=True)
+                self._written[path] = (generation, 0)
                 return
             except NodeExistsError:
                 pass
@@ -206,7 +222,7 @@ class Store:
             if stat.owner != self._session.session_id:
                 raise ConflictError(f"{path} still belongs to an older session (it expires within the session timeout)")
             try:
-                self._session.set(path, data, stat.version)
+                self._written[path] = (generation, self._session.set(path, data, stat.version).version)
                 return
             except (BadVersionError, NoNodeError):
                 raise ConflictError(f"{path} changed while it was being written") from None
@@ -561,10 +577,13 @@ class Store:
         slot = self._layout.slot(service, entry.node)
         self._session.ensure_path(slots)
         generation = self._session.generation
+        current = self._layout.current_entry(service, entry.node)
+        self._written.pop(current, None)
         try:
-            self._session.commit([SetData(self._layout.current_entry(service, entry.node), entry.to_bytes(),
-                                          entry.zversion),
-                                  Create(slot, entry.to_bytes(), ephemeral=True)])
+            results = self._session.commit([SetData(current, entry.to_bytes(), entry.zversion),
+                                            Create(slot, entry.to_bytes(), ephemeral=True)])
+            if isinstance(results[0], Stat):
+                self._written[current] = (generation, results[0].version)
         except SessionLostError:
             if self.await_session(generation) and self._owns(slot):
                 log.warning("%s: the reply to taking the slot was lost; the slot is ours", service)
