@@ -48,10 +48,10 @@ def test_list_text_and_json(host: tuple[Path, Path]) -> None:
     assert [c["id"] for c in data] == [2] and data[0]["undoable"] is False
 
 
-def test_list_since_a_future_date_fails_with_the_journal_exit_code(host: tuple[Path, Path]) -> None:
+def test_list_since_a_future_date_is_a_bad_input(host: tuple[Path, Path]) -> None:
     _, db = host
     result = invoke(db, "list", "--since", "2999-01-01")
-    assert result.exit_code == 7 and "in the future" in result.stderr
+    assert result.exit_code == 2 and "in the future" in result.stderr
     assert invoke(db, "list", "--since", "1h").exit_code == 0
     bad = invoke(db, "list", "--since", "yesterday-ish")
     assert bad.exit_code == 2 and "not a date" in bad.stderr
@@ -119,7 +119,7 @@ def test_undo_needs_exactly_one_selector(host: tuple[Path, Path]) -> None:
     assert invoke(db, "undo").exit_code == 2
     assert invoke(db, "undo", "--last", "1", "--change", "1").exit_code == 2
     future = invoke(db, "undo", "--since", "2999-01-01T00:00:00Z", "--yes")
-    assert future.exit_code == 7 and "in the future" in future.stderr
+    assert future.exit_code == 2 and "in the future" in future.stderr
 
 
 def test_journal_location_from_env_and_data_dir(host: tuple[Path, Path], tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import getpass
 import json
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -18,10 +19,17 @@ from urllib.parse import urlparse
 import click
 
 from zkdeploy.cli import discovery_cmd
-from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
-from zkdeploy.cli.output import emit_json, say, table
+from zkdeploy.cli.context import (
+    EXIT_INTERRUPTED,
+    Ctx,
+    handle_errors,
+    json_option,
+    pass_ctx,
+    positive_seconds,
+)
+from zkdeploy.cli.output import emit_json, error, say, table
 from zkdeploy.cli.security_cmd import release_signature
-from zkdeploy.cli.seeding import seed_in_foreground
+from zkdeploy.cli.seeding import seed_endpoint, seed_in_foreground
 from zkdeploy.cli.views import deploy_dict, fleet_status
 from zkdeploy.cli.waveplan import load_waves, wave_plans
 from zkdeploy.config.loader import load_catalog, parse_catalog
@@ -41,9 +49,11 @@ from zkdeploy.model import (
     Release,
 )
 from zkdeploy.names import check_name
+from zkdeploy.policy.discovery import parse_expect
 from zkdeploy.policy.lifecycle import TERMINAL, Actor, can, transition
 from zkdeploy.policy.order import dependency_order
 from zkdeploy.policy.quorum import failure_budget, required_online
+from zkdeploy.policy.selector import parse as parse_selector
 from zkdeploy.policy.versions import most_popular
 from zkdeploy.signing import SIGNATURE_BLOB, load_private
 from zkdeploy.transfer.fetch import is_url, open_origin, payload_digest
@@ -161,11 +171,15 @@ def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, 
     """
     check_name("service", service)
     check_name("version", version)
+    if seed_until:
+        seed_endpoint(listen)  # a bad --listen refuses before anything is staged
+        positive_seconds("--seed-timeout", seed_timeout)
     key = load_private(sign_key) if sign_key else None
     store = ctx.store()
     catalog, _ = store.catalog()
     if service not in (catalog or {}).get("services", {}):
         raise ConfigError(f"unknown service {service!r}: it is not in the catalog (zkdeploy services apply)")
+    staged = store.release(service, version)
     with _local_copy(payload) as path:
         check_archive(path)
         if no_torrent:
@@ -182,7 +196,14 @@ def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, 
         blobs = {TORRENT_BLOB: meta.metainfo} if meta else {}
         if key is not None:
             blobs[SIGNATURE_BLOB] = release_signature(store, key, service, version, sha, size)
-        store.put_release(release, blobs or None)
+        if staged is not None and staged.sha256 != sha:
+            raise ConfigError(f"{service}@{version} is already staged with a different payload (sha256 "
+                              f"{staged.sha256[:12]}..., this one {sha[:12]}...); stage a new version instead; "
+                              f"nothing was changed")
+        try:
+            store.put_release(release, blobs or None)
+        except ConflictError as exc:  # staged meanwhile by someone else: refused, nothing of ours was written
+            raise ConfigError(f"{exc}; nothing was changed") from None
         if as_json:
             emit_json({"service": service, "version": version, "sha256": sha, "size": size, "origin": origin,
                        "info_hash": release.info_hash})
@@ -292,12 +313,22 @@ def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_f
     Exit codes: 0 done (or queued without --wait), 2 refused, 3 ZooKeeper
     unreachable, 4 the rollout halted, was aborted or timed out.
     """
-    store = ctx.store()
+    # every input is checked before connecting: a bad one exits 2 whether ZooKeeper answers or not
+    for spec in targets:
+        _parse_target(spec)
     if max_failures is not None:
-        failure_budget(max_failures, 1)  # validates
+        failure_budget(max_failures.strip(), 1)  # validates
     if waves_file and no_waves:
         raise ConfigError("give --waves FILE or --no-waves, not both")
+    if expect is not None and select is None:
+        raise DeployRefusedError("--expect needs --select EXPR (the set whose count it checks)")
+    if select is not None:
+        parse_selector(select)
+    if expect is not None:
+        parse_expect(expect)
+    positive_seconds("--timeout", timeout)
     override = load_waves(waves_file) if waves_file else None
+    store = ctx.store()
     catalog, resolved = resolve_targets(store, targets, "deploy")
     chosen = discovery_cmd.discover_for_deploy(store, [s for s, _ in resolved], select, expect)
     plans = wave_plans(store, catalog, [s for s, _ in resolved], override=override, no_waves=no_waves)
@@ -347,7 +378,13 @@ def _report_queued(ctx: Ctx, names: list[str], entries: list[DeployEntry], wait:
         return
     if not as_json:
         say("queued " + ", ".join(f"{q['service']}@{q['version']}" for q in queued))
-    final = _wait(ctx, names, timeout, quiet=as_json)
+    try:
+        final = _wait(ctx, names, timeout, quiet=as_json)
+    except KeyboardInterrupt:
+        follow = " ".join(names)
+        error(f"interrupted: stopped waiting; the rollout goes on. Follow it with "
+              f"`zkdeploy rollout status {follow}`, stop it with `zkdeploy abort {follow}`")
+        sys.exit(EXIT_INTERRUPTED)
     if as_json:
         emit_json({"queued": queued, "result": [deploy_dict(e) for e in final]})
     bad = [e for e in final if e.state != DONE]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import click
 from zkdeploy.cli.output import error
 from zkdeploy.coordination import Store
 from zkdeploy.coordination.credentials import Credentials, Security, TlsOptions
+from zkdeploy.coordination.layout import DEPLOY_PREFIX
 from zkdeploy.errors import ConfigError, ZkdeployError
 
 
@@ -50,6 +52,48 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+#: the one confirmation option of every destructive command: both spellings mean the same
+force_option = click.option("--force", "--yes", "-y", "force", is_flag=True, help="Do not ask for confirmation.")
+
+#: exit code of a command interrupted by Ctrl-C (128 + SIGINT), as shells report it
+EXIT_INTERRUPTED = 130
+
+_DEPLOY_NAME = re.compile(r"^(?:d-)?(\d{1,10})$")
+
+
+def deploy_name(text: str) -> str:
+    """The full name of the deploy ``text`` names: ``13``, ``d-13`` and ``d-0000000013`` all give
+    ``d-0000000013``.  Anything else is a ConfigError (exit 2), raised before connecting."""
+    match = _DEPLOY_NAME.match(text.strip())
+    if not match:
+        raise ConfigError(f"{text!r} is not a deploy name: give its number (13) or its name (d-0000000013); "
+                          f"`zkdeploy deploys` lists them")
+    return f"{DEPLOY_PREFIX}{int(match.group(1)):010d}"
+
+
+def check_root(root: str) -> str:
+    """``--root``: an absolute znode path without a trailing slash or empty segments; ConfigError if not."""
+    if not root.startswith("/") or (root != "/" and (root.endswith("/") or "//" in root)):
+        raise ConfigError(f"--root {root!r}: expected an absolute znode path such as /dc")
+    return root
+
+
+def positive_seconds(option: str, value: float) -> float:
+    """``value`` if it is a finite number of seconds above 0; ConfigError (exit 2) otherwise."""
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{option} {value:g}: expected a number of seconds greater than 0")
+    return value
+
+
+def check_globals(root: str, zk_timeout: float) -> None:
+    """The group's own options (``--root``, ``--zk-timeout``), checked before any command runs:
+    a bad one is a usage error (exit 2) with one line saying what is expected."""
+    try:
+        check_root(root)
+        positive_seconds("--zk-timeout", zk_timeout)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -46,6 +46,7 @@ def parse_since(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+# A date in the future is refused here, as a bad input (exit 2), before anything is opened.
 # click 8.4 made ParamType generic; ParamType[datetime] would fail at run time with the click 8.1-8.3 we allow.
 class SinceType(click.ParamType):  # type: ignore[type-arg]
     name = "DATE"
@@ -54,9 +55,12 @@ class SinceType(click.ParamType):  # type: ignore[type-arg]
         if isinstance(value, datetime):
             return value
         try:
-            return parse_since(str(value))
+            moment = parse_since(str(value))
         except click.BadParameter as exc:
             self.fail(exc.message, param, ctx)
+        if moment > datetime.now(UTC):  # the same refusal (exit 2) in every command that takes --since
+            self.fail(f"{value!r} is in the future ({moment.isoformat()})", param, ctx)
+        return moment
 
 
 SINCE = SinceType()

@@ -9,7 +9,7 @@ import click
 from zkdeploy import __version__, logs
 from zkdeploy.cli import commands, show
 from zkdeploy.cli.agent_cmd import agent
-from zkdeploy.cli.context import Ctx
+from zkdeploy.cli.context import Ctx, check_globals
 from zkdeploy.cli.controls_cmd import mark, pin, promote, unmark, unpin
 from zkdeploy.cli.demo_cmd import demo
 from zkdeploy.cli.journal_cmd import journal
@@ -52,10 +52,12 @@ def cli(ctx: click.Context, zk: str, root: str, zk_timeout: float, verbose: bool
       zkdeploy deploy web@2.0 --wait
       zkdeploy status
 
-    Exit codes: 0 ok, 2 bad input or refused, 3 ZooKeeper unreachable,
-    4 rollout failed or timed out, 5 payload problem, 6 service command
-    failed, 7 journal problem.
+    Exit codes: 0 ok, 2 bad input or refused (nothing changed), 3 ZooKeeper
+    unreachable, 4 rollout failed, halted, aborted or timed out, 5 payload
+    problem, 6 service command failed, 7 journal problem, 130 interrupted
+    (Ctrl-C; a rollout goes on).
     """
+    check_globals(root, zk_timeout)
     if ctx.invoked_subcommand not in ("agent", "seed"):  # those set up their own logging from their file
         logs.setup(node="cli", level=logging.DEBUG if verbose else logging.WARNING, cli=True)
     ctx.obj = Ctx(zk=zk, root=root, timeout=zk_timeout, auth_file=zk_auth_file, tls_ca=zk_tls_ca,

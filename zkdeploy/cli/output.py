@@ -13,6 +13,19 @@ from rich.table import Table
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
+#: the width output is laid out to when it does not go to a terminal (a file, a pipe, a CI log):
+#: wide enough that no line is ever wrapped; a terminal gets its own width
+UNWRAPPED = 100_000
+
+
+def _out(target: Console) -> Console:
+    """``target`` on a terminal (its own width); otherwise a console as wide as UNWRAPPED on the
+    same stream, so that no line is wrapped.  Decided at each print, because the stream a console
+    writes to can change (tests, redirections)."""
+    if target.is_terminal:
+        return target
+    return Console(stderr=target.stderr, highlight=False, soft_wrap=True, width=UNWRAPPED)
+
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
@@ -25,12 +38,12 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
         t.add_column(col)
     for row in rows:
         t.add_row(*["" if v is None else str(v) for v in row])
-    console.print(t)
+    _out(console).print(t)
 
 
 def say(text: str) -> None:
-    console.print(text, markup=False)
+    _out(console).print(text, markup=False)
 
 
 def error(text: str) -> None:
-    err_console.print(f"error: {text}", markup=False, style="red")
+    _out(err_console).print(f"error: {text}", markup=False, style="red")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import socket
@@ -29,17 +30,22 @@ def seeder_name() -> str:
     return check_name("node", f"seeder-{host or 'local'}"[:100])
 
 
-def _endpoint(text: str) -> tuple[str, int]:
+def seed_endpoint(text: str) -> tuple[str, int]:
+    """``--listen IP:PORT`` as (ip, port); ConfigError (exit 2) unless it is an IP address and a port."""
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--listen {text!r}: expected IP:PORT")
-    return host, int(port)
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ConfigError(f"--listen {text!r}: expected IP:PORT (an IP address, e.g. 0.0.0.0:6881)") from None
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--listen {text!r}: expected IP:PORT with a port from 0 to 65535")
+    return host.strip("[]"), int(port)
 
 
 def seed_in_foreground(store: Store, release: Release, meta: TorrentMeta, path: Path, until: int,
                        listen: str, timeout: float, quiet: bool = False) -> None:
     """Seed ``path`` until ``until`` hosts hold the verified payload; PayloadError after ``timeout``."""
-    ip, port = _endpoint(listen)
+    ip, port = seed_endpoint(listen)
     session = SwarmSession(SwarmConfig(listen_ip=ip, listen_port=port, allow_multiple_connections_per_ip=True))
     address, port = session.start()
     name = seeder_name()

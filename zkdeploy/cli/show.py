@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from zkdeploy.cli import discovery_cmd
-from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
+from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx, positive_seconds
 from zkdeploy.cli.output import console, emit_json, say, table
 from zkdeploy.cli.views import fleet_status, nodes_view
 
@@ -116,7 +116,8 @@ def _until(pin: dict[str, Any]) -> str:
 
 @click.command("status")
 @click.option("--watch", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")
-@click.option("--interval", type=float, default=1.0, show_default=True)
+@click.option("--interval", type=float, default=1.0, show_default=True, metavar="SECONDS",
+              help="With --watch: seconds between redraws (greater than 0).")
 @json_option
 @pass_ctx
 @handle_errors
@@ -124,22 +125,23 @@ def status(ctx: Ctx, watch: bool, interval: float, as_json: bool) -> None:
     """For each service: the target version, how many nodes run which version in which
     state, and in plain words what the rollout is waiting for; the waves of the active
     deploy (nodes, versions, verified/open/waiting and why), the release marks and the pins."""
+    positive_seconds("--interval", interval)
     store = ctx.store()
-    while True:
-        data = fleet_status(store)
-        if as_json:
-            emit_json(data)
-        else:
-            if watch:
-                console.clear()
-                say(time.strftime("%Y-%m-%d %H:%M:%S"))
-            _print_status(data)
-        if not watch:
-            return
-        try:
+    try:
+        while True:
+            data = fleet_status(store)
+            if as_json:
+                emit_json(data)
+            else:
+                if watch:
+                    console.clear()
+                    say(time.strftime("%Y-%m-%d %H:%M:%S"))
+                _print_status(data)
+            if not watch:
+                return
             time.sleep(interval)
-        except KeyboardInterrupt:
-            return
+    except KeyboardInterrupt:  # the way out of --watch: not an error
+        return
 
 
 @click.group("nodes", invoke_without_command=True)
