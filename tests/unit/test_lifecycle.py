@@ -229,6 +229,9 @@ class FakeStore:
     def pins(self) -> list:
         return []
 
+    def queue_length(self, service: str) -> int:
+        return 0
+
     def update_deploy(self, entry: DeployEntry) -> DeployEntry:
         self._check(entry)
         self.writes += 1

@@ -305,7 +305,7 @@ class Cycle:
             self.payloads.want(service, [v for v in versions if v != running])
 
     def _is_steward(self, service: str) -> bool:
-        nodes = self.store.current_nodes(service)
+        nodes = self.view.current_nodes(service) if service in self.host.names else self.store.current_nodes(service)
         return bool(nodes) and min(nodes) == self.node
 
     def _watch_progress(self, head: DeployEntry) -> None:

@@ -109,7 +109,8 @@ class Agent:
         cycle = self.attach(store)
         assert self.reports is not None and self.payloads is not None
         threading.Thread(target=self.monitor.run, name="health-monitor", daemon=True).start()
-        threading.Thread(target=self.reports.run, args=(self.config.cycle_interval * 5,), name="reports",
+        # plans and undo requests are watched: the reports thread's own look is a safety net, once a minute
+        threading.Thread(target=self.reports.run, args=(60.0,), name="reports",
                          daemon=True).start()
         log.info("agent %s started (zkdeploy %s), services: %s", self.node, __version__,
                  ", ".join(self.config.services))

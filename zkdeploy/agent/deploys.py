@@ -144,6 +144,8 @@ def maybe_complete(store: Store, head: DeployEntry) -> None:
     if head.waves and (head.wave < len(head.waves) - 1 or len(head.wave_log) < len(head.waves)
                        or not head.wave_log[-1].get("verified")):
         return  # with waves, done once the last wave is verified
+    if store.slots(head.service) or store.queue_length(head.service):
+        return  # restarts under way or queued: not done, and no need to read every entry to know it
     entries = store.current(head.service)
     failed = {f["node"] for f in head.failures}
     # a deploy of discovered nodes (--select) waits for those only: the others do not restart for it

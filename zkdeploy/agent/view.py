@@ -55,7 +55,8 @@ class View:
             plan += [(f"staged:{service}", self._registrar(self.store.watch_releases, service, "staged")),
                      (f"marks:{service}", self._registrar(self.store.watch_marks, service, "marks")),
                      (f"pin:{service}", self._registrar(
-                         lambda s, fn: self.store.watch_pin(self.node, s, fn), service, "pin"))]
+                         lambda s, fn: self.store.watch_pin(self.node, s, fn), service, "pin")),
+                     (f"present:{service}", self._registrar(self.store.watch_current_nodes, service, "present"))]
         if "session" not in self._registered:
             self.store.on_session_change(lambda _state: self.invalidate(None))
             self._registered.add("session")
@@ -159,6 +160,11 @@ class View:
             raise
         self._cache[key] = True
         return marks
+
+    def current_nodes(self, service: str) -> list[str]:
+        """The nodes present in /current/<service> (names only), re-read when one joins or leaves."""
+        result: list[str] = self._fresh(f"present:{service}", lambda: self.store.current_nodes(service))
+        return result
 
     def pin(self, service: str) -> Pin | None:
         result: Pin | None = self._fresh(f"pin:{service}", lambda: self.store.pin(self.node, service))

@@ -561,6 +561,14 @@ class Store:
                 out.append(got[0].decode(errors="replace"))
         return out
 
+    def queue_length(self, service: str) -> int:
+        """How many nodes wait in the restart queue of ``service`` (one read)."""
+        return len(self._children(self._layout.lock_queue(service)))
+
+    def watch_current_nodes(self, service: str, fn: Callable[..., Any]) -> None:
+        """``fn(children)`` now and whenever a node joins or leaves /current/<service>."""
+        self._session.watch_children(self._layout.current_service(service), fn)
+
     def slots(self, service: str) -> list[str]:
         return self._children(self._layout.slots(service))
 
