@@ -12,6 +12,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,12 +23,14 @@ from zkdeploy.cli import discovery_cmd
 from zkdeploy.cli.context import (
     EXIT_INTERRUPTED,
     Ctx,
+    deploy_name as full_deploy_name,
+    force_option,
     handle_errors,
     json_option,
     pass_ctx,
     positive_seconds,
 )
-from zkdeploy.cli.output import emit_json, error, say, table
+from zkdeploy.cli.output import emit_json, error, say, table, warn
 from zkdeploy.cli.security_cmd import release_signature
 from zkdeploy.cli.seeding import seed_endpoint, seed_in_foreground
 from zkdeploy.cli.views import deploy_dict, fleet_status
@@ -94,25 +97,40 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 @services_group.command("apply")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Validate and show the diff; store nothing.")
+@force_option
 @json_option
 @pass_ctx
 @handle_errors
-def services_apply(ctx: Ctx, file: str, dry_run: bool, as_json: bool) -> None:
+def services_apply(ctx: Ctx, file: str, dry_run: bool, force: bool, as_json: bool) -> None:
     """Validate FILE, show what changes, and store it as the catalog.
 
     Every problem in FILE is reported at once, with its key.  The write is
     conditional: if someone else changed the catalog meanwhile, nothing is
-    stored and you are asked to apply again.
+    stored and you are asked to apply again.  Removing services asks first
+    (--yes does not ask) when FILE empties the catalog or when agents still
+    run a removed service (it is in /current): they would no longer be
+    deployed, and a deploy of them is refused.
     """
     catalog = load_catalog(file)
     new = catalog.model_dump(mode="json", exclude_defaults=True)
     store = ctx.store()
     old, version = store.catalog()
     changes = _diff(old or {}, new)
+    removed = sorted(set((old or {}).get("services", {})) - set(new.get("services", {})))
+    running = {s: len(store.current(s)) for s in removed}
+    running = {s: n for s, n in running.items() if n}
+    risks = []
+    if removed and not new.get("services"):
+        risks.append(f"{file} has no service: this deletes the whole catalog ({len(removed)} service(s))")
+    risks += [f"{s} is removed but {n} node(s) still run it (in /current)" for s, n in running.items()]
+    for risk in risks:
+        warn(risk)
+    if risks and not dry_run and not force and not click.confirm("store this catalog?", err=True):
+        raise click.Abort()
     if not dry_run and changes:
         store.put_catalog(new, version)
     if as_json:
-        emit_json({"changes": changes, "stored": bool(changes) and not dry_run})
+        emit_json({"changes": changes, "stored": bool(changes) and not dry_run, "warnings": risks})
         return
     for line in changes or ["(no changes)"]:
         say(line)
@@ -340,7 +358,16 @@ def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_f
             discovery_cmd.say_discovered(chosen, select)
     names = store.enqueue(entries)
     store.prune_deploys(keep=DEPLOYS_KEPT)
+    _warn_killswitch(store)
     _report_queued(ctx, names, entries, wait, timeout, as_json)
+
+
+def _warn_killswitch(store: Store) -> None:
+    """Say on stderr that the killswitch is on: what was queued waits until it is off."""
+    switch = store.killswitch()
+    if switch is not None:
+        warn(f"the killswitch is on ({switch.message}, by {switch.by}): queued, but no agent starts "
+              f"until `zkdeploy killswitch off`")
 
 
 def make_entries(store: Store, catalog: Catalog, targets: list[tuple[str, str]], *,
@@ -381,9 +408,11 @@ def _report_queued(ctx: Ctx, names: list[str], entries: list[DeployEntry], wait:
     try:
         final = _wait(ctx, names, timeout, quiet=as_json)
     except KeyboardInterrupt:
-        follow = " ".join(names)
-        error(f"interrupted: stopped waiting; the rollout goes on. Follow it with "
-              f"`zkdeploy rollout status {follow}`, stop it with `zkdeploy abort {follow}`")
+        if len(names) == 1:
+            how = f"`zkdeploy rollout status {names[0]}`, stop it with `zkdeploy abort {names[0]}`"
+        else:
+            how = f"`zkdeploy rollout status DEPLOY` for each of {', '.join(names)}, or `zkdeploy deploys`"
+        error(f"interrupted: stopped waiting; the rollout goes on. Follow it with {how}")
         sys.exit(EXIT_INTERRUPTED)
     if as_json:
         emit_json({"queued": queued, "result": [deploy_dict(e) for e in final]})
@@ -429,10 +458,10 @@ def _set_state(ctx: Ctx, name: str | None, new: DeployState) -> list[str]:
     if name is not None:
         entry = store.deploy(name)
         if entry is None:
-            raise ConfigError(f"no deploy {name}")
+            raise ConfigError(f"no deploy {name} (`zkdeploy deploys --all` lists them)")
         entries = [entry]
     else:
-        entries = [e for e in store.deploys() if can(e, new, by=Actor.OPERATOR)]
+        entries = [e for e in store.deploys() if e.state != new and can(e, new, by=Actor.OPERATOR)]
     changed = []
     for entry in entries:
         store.update_deploy(transition(entry, new, by=Actor.OPERATOR, message=f"{new} by {who()}"))
@@ -443,74 +472,106 @@ def _set_state(ctx: Ctx, name: str | None, new: DeployState) -> list[str]:
 @click.command("abort")
 @click.argument("deploy_name", required=False, metavar="[DEPLOY]")
 @click.option("--all", "all_", is_flag=True, help="Abort every open deploy.")
-@click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+@force_option
+@json_option
 @pass_ctx
 @handle_errors
-def abort(ctx: Ctx, deploy_name: str | None, all_: bool, force: bool) -> None:
-    """Abort one deploy (by name, e.g. d-0000000003) or --all open ones.
+def abort(ctx: Ctx, deploy_name: str | None, all_: bool, force: bool, as_json: bool) -> None:
+    """Abort one deploy (by name or number: d-0000000003 or 3) or --all open ones.
 
     Nodes already restarted keep the new version; nodes not yet restarted
     keep the old one; a restart in progress finishes.
     """
-    if not deploy_name and not all_:
-        raise ConfigError("name a deploy or give --all")
-    if not force and not click.confirm(f"abort {deploy_name or 'every open deploy'}?"):
+    name = _one_or_all(deploy_name, all_)
+    if not force and not click.confirm(f"abort {name or 'every open deploy'}?"):
         raise click.Abort()
-    for name in _set_state(ctx, deploy_name, ABORTED):
-        say(f"aborted {name}")
+    _say_moved(_set_state(ctx, name, ABORTED), "aborted", as_json)
 
 
 @click.command("pause")
 @click.argument("deploy_name", required=False, metavar="[DEPLOY]")
 @click.option("--all", "all_", is_flag=True, help="Pause every pending deploy.")
+@json_option
 @pass_ctx
 @handle_errors
-def pause(ctx: Ctx, deploy_name: str | None, all_: bool) -> None:
-    """Pause one deploy (or --all): no node starts a new restart for it; restarts under way finish."""
-    if not deploy_name and not all_:
-        raise ConfigError("name a deploy or give --all")
-    for name in _set_state(ctx, deploy_name, PAUSED):
-        say(f"paused {name}")
+def pause(ctx: Ctx, deploy_name: str | None, all_: bool, as_json: bool) -> None:
+    """Pause one deploy (by name or number) or --all: no node starts a new restart for it;
+    restarts under way finish."""
+    _say_moved(_set_state(ctx, _one_or_all(deploy_name, all_), PAUSED), "paused", as_json)
 
 
 @click.command("resume")
-@click.argument("deploy_name", metavar="DEPLOY")
+@click.argument("deploy_name", required=False, metavar="[DEPLOY]")
+@click.option("--all", "all_", is_flag=True, help="Resume every paused deploy (halted ones are resumed by name).")
+@json_option
 @pass_ctx
 @handle_errors
-def resume(ctx: Ctx, deploy_name: str) -> None:
-    """Resume a paused or halted deploy.
+def resume(ctx: Ctx, deploy_name: str | None, all_: bool, as_json: bool) -> None:
+    """Resume a paused or halted deploy (by name or number), or --all paused ones.
 
     A halted deploy's failure budget is raised to the failures it already had,
     so one more failure halts it again.
     """
+    name = _one_or_all(deploy_name, all_)
     store = ctx.store()
-    entry = store.deploy(deploy_name)
-    if entry is None:
-        raise ConfigError(f"no deploy {deploy_name}")
-    if entry.state == PENDING:  # pending -> pending is an operator's move too (promote), but not a resume
-        raise ConfigError(f"deploy {deploy_name} ({entry.service}@{entry.version}) is pending: only a paused or "
-                          f"halted deploy resumes; nothing was changed")
-    budget = len(entry.failures) if entry.state == HALTED else entry.max_failures
-    store.update_deploy(transition(entry, PENDING, by=Actor.OPERATOR, message=f"resumed by {who()}",
-                                   max_failures=budget))
-    say(f"resumed {deploy_name}")
+    if name is None:
+        entries = [e for e in store.deploys() if e.state == PAUSED]
+    else:
+        entry = store.deploy(name)
+        if entry is None:
+            raise ConfigError(f"no deploy {name} (`zkdeploy deploys --all` lists them)")
+        if entry.state == PENDING:  # pending -> pending is an operator's move too (promote), but not a resume
+            raise ConfigError(f"deploy {name} ({entry.service}@{entry.version}) is pending: only a paused or "
+                              f"halted deploy resumes; nothing was changed")
+        entries = [entry]
+    moved = []
+    for entry in entries:
+        budget = len(entry.failures) if entry.state == HALTED else entry.max_failures
+        store.update_deploy(transition(entry, PENDING, by=Actor.OPERATOR, message=f"resumed by {who()}",
+                                       max_failures=budget))
+        moved.append(entry.name)
+    _say_moved(moved, "resumed", as_json)
+
+
+def _one_or_all(text: str | None, all_: bool) -> str | None:
+    """The full name of the one deploy named, or None for --all; ConfigError for neither or both."""
+    if (text is None) == (not all_):
+        raise ConfigError("name one deploy or give --all" if text is None else "name a deploy or give --all, not both")
+    return full_deploy_name(text) if text is not None else None
+
+
+def _say_moved(names: list[str], verb: str, as_json: bool) -> None:
+    if as_json:
+        emit_json({verb: names})
+        return
+    for name in names:
+        say(f"{verb} {name}")
+    if not names:
+        say(f"no deploy was {verb}")
 
 
 @click.command("rollback")
 @click.argument("service")
 @click.option("--to", "version", help="The version to go back to (default: the one the last deploy replaced).")
 @click.option("--wait", is_flag=True, help="Show progress and return only when the rollback ended.")
-@click.option("--timeout", type=float, default=3600.0, show_default=True)
+@click.option("--timeout", type=float, default=3600.0, show_default=True,
+              help="With --wait: give up waiting after this many seconds (the rollback goes on).")
+@force_option
 @json_option
 @pass_ctx
 @handle_errors
-def rollback(ctx: Ctx, service: str, version: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+def rollback(ctx: Ctx, service: str, version: str | None, wait: bool, timeout: float, force: bool,
+             as_json: bool) -> None:
     """Roll SERVICE back, as a deploy of its own, under the same quorum rules.
 
-    Open deploys of SERVICE are aborted first.  Without --to, the version
-    the last finished deploy of SERVICE replaced is used.
+    Open deploys of SERVICE are aborted first, after asking (--yes does not
+    ask).  Without --to, the version the last finished deploy of SERVICE
+    replaced is used.
     """
     check_name("service", service)
+    if version is not None:
+        check_name("version", version)
+    positive_seconds("--timeout", timeout)
     store = ctx.store()
     if version is None:
         done = [d for d in store.deploys() if d.service == service and d.state in TERMINAL
@@ -519,12 +580,16 @@ def rollback(ctx: Ctx, service: str, version: str | None, wait: bool, timeout: f
             raise DeployRefusedError(f"no earlier deploy of {service} says what it replaced; give --to VERSION")
         version = done[-1].previous
     catalog, targets = resolve_targets(store, (f"{service}@{version}",), "rollback")
-    for entry in store.deploys():
-        if entry.service == service and can(entry, ABORTED, by=Actor.OPERATOR):
-            store.update_deploy(transition(entry, ABORTED, by=Actor.OPERATOR,
-                                           message=f"aborted by rollback ({who()})"))
+    doomed = [e for e in store.deploys() if e.service == service and can(e, ABORTED, by=Actor.OPERATOR)]
+    if doomed and not force and not click.confirm(
+            f"roll {service} back to {version}: this aborts {', '.join(f'{e.name} ({e.state})' for e in doomed)}. "
+            f"Go on?"):
+        raise click.Abort()
+    for entry in doomed:
+        store.update_deploy(transition(entry, ABORTED, by=Actor.OPERATOR, message=f"aborted by rollback ({who()})"))
     entries = make_entries(store, catalog, targets, kind="rollback")
     names = store.enqueue(entries)
+    _warn_killswitch(store)
     _report_queued(ctx, names, entries, wait, timeout, as_json)
 
 
@@ -536,18 +601,39 @@ def rollback(ctx: Ctx, service: str, version: str | None, wait: bool, timeout: f
 @handle_errors
 def killswitch(ctx: Ctx, action: str, message: str, as_json: bool) -> None:
     """Stop (on) or allow (off) every agent's new steps, fleet-wide."""
+    if action == "on" and not message:
+        raise ConfigError("killswitch on needs --message TEXT")
     store = ctx.store()
+    earlier = store.killswitch()
     if action == "on":
-        if not message:
-            raise ConfigError("killswitch on needs --message TEXT")
         store.set_killswitch(Killswitch(message=message, by=who(), since=time.time()))
     elif action == "off":
         store.set_killswitch(None)
     switch = store.killswitch()
+    replaced = earlier if action == "on" and earlier is not None else None
     if as_json:
-        emit_json({"on": switch is not None, "message": switch.message if switch else None})
-    else:
-        say(f"killswitch on: {switch.message} (by {switch.by})" if switch else "killswitch off")
+        emit_json({**_killswitch_dict(switch), "replaced": _killswitch_dict(replaced) if replaced else None})
+        return
+    if replaced is not None:
+        say(f"replaced the earlier killswitch message: {replaced.message} (by {replaced.by}, "
+            f"since {_when(replaced.since)})")
+    say(f"killswitch on: {switch.message} (by {switch.by}, since {_when(switch.since)})" if switch
+        else "killswitch off")
+
+
+def _killswitch_dict(switch: Killswitch | None) -> dict[str, Any]:
+    """The killswitch as ``killswitch show --json`` prints it: on, message, by, since (ISO 8601 UTC)."""
+    if switch is None:
+        return {"on": False, "message": None, "by": None, "since": None}
+    return {"on": True, "message": switch.message, "by": switch.by, "since": _iso(switch.since)}
+
+
+def _iso(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
+
+
+def _when(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
 
 
 # -- nodes forget ---------------------------------------------------------------------------

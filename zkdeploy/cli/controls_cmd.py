@@ -13,7 +13,7 @@ from datetime import datetime
 import click
 
 from zkdeploy.cli.commands import who
-from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
+from zkdeploy.cli.context import Ctx, deploy_name as full_deploy_name, handle_errors, json_option, pass_ctx
 from zkdeploy.cli.output import emit_json, say
 from zkdeploy.cli.views import pin_dict
 from zkdeploy.config.schema import parse_duration
@@ -287,6 +287,7 @@ def promote(ctx: Ctx, deploy_name: str, wave: str | None, as_json: bool) -> None
     (exit 2, nothing written) for an unknown deploy, one without waves or not
     pending, and a wave that is open already or needs no approval.
     """
+    deploy_name = full_deploy_name(deploy_name)
     store = ctx.store()
     by = who()
     for _ in range(PROMOTE_ATTEMPTS):

@@ -12,6 +12,7 @@ from zkdeploy.cli.agent_cmd import agent
 from zkdeploy.cli.context import Ctx, check_globals
 from zkdeploy.cli.controls_cmd import mark, pin, promote, unmark, unpin
 from zkdeploy.cli.demo_cmd import demo
+from zkdeploy.cli.deploys_cmd import deploys, rollout
 from zkdeploy.cli.journal_cmd import journal
 from zkdeploy.cli.reports_cmd import history, plan, undo
 from zkdeploy.cli.scenario_cmd import scenario_group
@@ -68,6 +69,8 @@ cli.add_command(commands.services_group)
 cli.add_command(commands.stage)
 cli.add_command(commands.deploy)
 cli.add_command(scenario_group)
+cli.add_command(deploys)
+cli.add_command(rollout)
 cli.add_command(commands.abort)
 cli.add_command(commands.resume)
 cli.add_command(commands.pause)

@@ -47,3 +47,8 @@ def say(text: str) -> None:
 
 def error(text: str) -> None:
     _out(err_console).print(f"error: {text}", markup=False, style="red")
+
+
+def warn(text: str) -> None:
+    """A warning on stderr: the command went on, but the operator should know."""
+    _out(err_console).print(f"warning: {text}", markup=False, style="yellow")

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from zkdeploy.cli.commands import resolve_targets, who
-from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
+from zkdeploy.cli.context import Ctx, force_option, handle_errors, json_option, pass_ctx, positive_seconds
 from zkdeploy.cli.journal_cmd import SINCE
 from zkdeploy.cli.output import emit_json, say, table
 from zkdeploy.cli.views import mark_dict
@@ -147,7 +147,7 @@ def _mark_history(store: Store, service: str | None, since: datetime | None, lim
 @click.option("--last", type=click.IntRange(1), help="Undo the last N change sets still in effect.")
 @click.option("--since", type=SINCE, help="Undo every change set since DATE.")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the node.")
-@click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+@force_option
 @json_option
 @pass_ctx
 @handle_errors
@@ -161,6 +161,7 @@ def undo(ctx: Ctx, node: str, last: int | None, since: datetime | None, timeout:
     check_name("node", node)
     if (last is None) == (since is None):
         raise ConfigError("give exactly one of --last N or --since DATE")
+    positive_seconds("--timeout", timeout)
     if since is not None and since > datetime.now(UTC):
         raise ConfigError(f"--since {since.isoformat()} is in the future")
     store = ctx.store()
