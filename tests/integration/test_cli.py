@@ -258,7 +258,7 @@ def test_pause_resume_and_rollback_requests(run, catalog_file: Path, tmp_path: P
     assert run("rollback", "web").exit_code == 2  # nothing says what web would go back to
     result = run("rollback", "db", "--to", "1", "--json")
     assert result.exit_code == 2 and "db@1 is not staged" in result.output
-    result = run("rollback", "db", "--to", "3", "--json")
+    result = run("rollback", "db", "--to", "3", "--json", "--yes")  # it aborts an open deploy: asks first
     assert result.exit_code == 0, result.output
     assert store.deploy(name).state == "aborted"
     latest = store.deploys()[-1]
