@@ -265,3 +265,19 @@ def test_a_slot_taken_at_no_cost_is_given_back_if_the_service_answers_before_the
         assert len(fleet.world.up("db")) == 3 and fleet.operator.slots("db") == []
     finally:
         fleet.close()
+
+
+# -- found by the chaos suite (seed 101): a head waiting for quorum must not hold back a down node --------
+def test_a_down_node_behind_a_head_waiting_for_quorum_restarts_at_no_cost() -> None:
+    fleet = make_fleet(3, {"services": {"db": {"quorum": 2, "start": "run db"}}})
+    try:
+        fleet.world.running.pop(("n3", "db"))  # n3's db is down (an operator's undo, a crash)
+        fleet.monitor("n3")
+        fleet.stage("db", "2", at=2.0)
+        name = fleet.deploy(("db", "2"))[0]
+        for node in ("n1", "n2", "n3"):  # n1 heads the queue and may not go down (2 online, quorum 2)
+            fleet.cycle(node)
+        rounds_until(fleet, lambda: state(fleet, name) == DONE)
+        assert set(fleet.versions("db").values()) == {"2"}
+    finally:
+        fleet.close()

@@ -26,7 +26,7 @@ from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.states import Phase
 from zkdeploy.coordination import CONNECTED, SUSPENDED, Store
 from zkdeploy.errors import ConflictError, CoordinationError, LockLostError, RolloutAborted
-from zkdeploy.model import ONLINE, RESTARTING
+from zkdeploy.model import ONLINE, RESTARTING, CurrentEntry
 from zkdeploy.policy.quorum import may_go_down
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,14 @@ class SlotRequest:
             return True
         position = self._queue.poll(wake)
         if position > 0:
-            return self._waiting(f"queued behind {position} node(s) to restart")
+            # A node whose service is down costs no quorum to restart, so it need not wait its turn
+            # (the head may be waiting for exactly this node to come back up): it decides now on
+            # its own entry, and its slot transaction is conditional on that entry as always.
+            me = self.store.current_entry(self.service, self.node)
+            if me is None or me.state == ONLINE or self.presence.local[self.service].state == ONLINE \
+                    or (self.answering is not None and self.answering()):
+                return self._waiting(f"queued behind {position} node(s) to restart")
+            return self._take(me, free=True, wake=wake)
         entries = self.store.current(self.service, wake)
         me = entries.get(self.node)
         if me is None:
@@ -80,7 +87,12 @@ class SlotRequest:
                                self_online=self_online)
         if not decision.allowed:
             return self._waiting(decision.reason)
-        self.free = not self_online
+        return self._take(me, free=not self_online, wake=wake)
+
+    def _take(self, me: CurrentEntry, *, free: bool, wake: threading.Event | None) -> bool:
+        """Take the slot in one transaction with this node's ``restarting`` entry, conditional on the
+        entry read; leave the queue then, so the next waiter decides with this node counted down."""
+        self.free = free
         detail = f"restarting: {self.why}"
         with self.presence.lock:  # the health monitor must not publish between the read and the slot
             try:

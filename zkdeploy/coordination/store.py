@@ -334,6 +334,12 @@ class Store:
                 out[name] = entry
         return out
 
+    def current_entry(self, service: str, node: str) -> CurrentEntry | None:
+        """One node's entry for ``service`` (one read), None if absent or unreadable."""
+        path = self._layout.current_entry(service, node)
+        got = self._get(path)
+        return self._record(CurrentEntry, path, got) if got else None
+
     def current_nodes(self, service: str) -> list[str]:
         """The nodes present under /current/<service> (names only: one read)."""
         return self._children(self._layout.current_service(service))
