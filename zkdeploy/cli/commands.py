@@ -192,6 +192,8 @@ def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, 
     if seed_until:
         seed_endpoint(listen)  # a bad --listen refuses before anything is staged
         positive_seconds("--seed-timeout", seed_timeout)
+    if not is_url(payload) and not Path(payload).is_file():
+        raise ConfigError(f"payload {payload} does not exist or is not a file")
     key = load_private(sign_key) if sign_key else None
     store = ctx.store()
     catalog, _ = store.catalog()
@@ -258,6 +260,13 @@ def _parse_target(spec: str) -> tuple[str, str | None]:
     if version:
         check_name("version", version)
     return service, version or None
+
+
+def check_targets(targets: tuple[str, ...]) -> None:
+    """Every ``SERVICE[@VERSION]`` argument is a safe name (UnsafeNameError, exit 2, otherwise);
+    checked before connecting."""
+    for spec in targets:
+        _parse_target(spec)
 
 
 def resolve_targets(store: Store, targets: tuple[str, ...], what: str) -> tuple[Catalog, list[tuple[str, str]]]:
@@ -332,8 +341,7 @@ def deploy(ctx: Ctx, targets: tuple[str, ...], wait: bool, timeout: float, max_f
     unreachable, 4 the rollout halted, was aborted or timed out.
     """
     # every input is checked before connecting: a bad one exits 2 whether ZooKeeper answers or not
-    for spec in targets:
-        _parse_target(spec)
+    check_targets(targets)
     if max_failures is not None:
         failure_budget(max_failures.strip(), 1)  # validates
     if waves_file and no_waves:

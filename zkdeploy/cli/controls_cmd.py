@@ -81,6 +81,8 @@ def mark(ctx: Ctx, service: str, version: str, how: str, why: str, force: bool, 
     Refused (exit 2, nothing written) for an unknown service or a version that
     is not staged.
     """
+    check_name("service", service)
+    check_name("version", version)
     if not why.strip():
         raise ConfigError("a mark needs a reason: -m WHY")
     store = ctx.store()
@@ -186,6 +188,8 @@ def pin(ctx: Ctx, node: str, service: str, version: str, until: str | None, for_
     does not run SERVICE, or a version that is not staged.
     """
     check_name("node", node)
+    check_name("service", service)
+    check_name("version", version)
     if not why.strip():
         raise ConfigError("a pin needs a reason: -m WHY")
     expiry = _until(until, for_, forever)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from zkdeploy.cli.commands import resolve_targets, who
+from zkdeploy.cli.commands import check_targets, resolve_targets, who
 from zkdeploy.cli.context import Ctx, force_option, handle_errors, json_option, pass_ctx, positive_seconds
 from zkdeploy.cli.journal_cmd import SINCE
 from zkdeploy.cli.output import emit_json, say, table
@@ -51,6 +51,8 @@ def plan(ctx: Ctx, targets: tuple[str, ...], timeout: float, as_json: bool) -> N
     ZooKeeper.  Identical plans are grouped.  Exit code 4 if some host did not
     answer within --timeout (they are named).
     """
+    check_targets(targets)
+    positive_seconds("--timeout", timeout)
     store = ctx.store()
     _, resolved = resolve_targets(store, targets, "plan")
     store.prune_plans(older_than=PLANS_KEPT_SECONDS)

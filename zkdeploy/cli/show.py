@@ -11,6 +11,7 @@ from zkdeploy.cli import discovery_cmd
 from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx, positive_seconds
 from zkdeploy.cli.output import console, emit_json, say, table
 from zkdeploy.cli.views import fleet_status, nodes_view
+from zkdeploy.policy.selector import parse as parse_selector
 
 
 def seen(when: float | None, now: float | None = None) -> str:
@@ -164,6 +165,7 @@ def nodes(click_ctx: click.Context, select: str | None, as_json: bool) -> None:
 
 @handle_errors
 def _list_selected(ctx: Ctx, select: str, as_json: bool) -> None:
+    parse_selector(select)  # a bad selector is refused before connecting
     discovery_cmd.print_selected(ctx.store(), select, as_json)
 
 
