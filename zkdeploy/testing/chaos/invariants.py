@@ -90,6 +90,18 @@ def _changes(samples: list[Sample], service: str, node: str, old: str,
     return next((s.at for s in samples if s.answers.get((service, node)) != old and not _within(skip, s.at)), None)
 
 
+def _until_answering(samples: list[Sample], service: str, node: str,
+                     windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Each operator window on ``node`` stretched until its ``service`` answers again: an undo that
+    took the service back past its first release leaves it down, which is the operator's doing, not a
+    restart out of dependency order, until the node next comes up."""
+    out = []
+    for start, end in windows:
+        back = next((s.at for s in samples if s.at > end and s.answers.get((service, node)) is not None), None)
+        out.append((start, end if back is None else max(end, back)))
+    return out
+
+
 def check_order(samples: list[Sample], faults: list[FaultRecord], regs: Registrations, fleet: LocalFleet,
                 scenario: Scenario, deploys: dict[str, list[DeployEntry]], result: RunResult) -> None:
     """No node of S restarted before every service S depends on was done, operator actions or not.
@@ -120,7 +132,8 @@ def check_order(samples: list[Sample], faults: list[FaultRecord], regs: Registra
                     if h not in answered_new and s.answers.get((dep, h)) == NEW:
                         answered_new[h] = s.at
             for w in hosts:
-                t_w = _changes(samples, service, w, OLD, grace[w] + undone.get(w, []))
+                t_w = _changes(samples, service, w, OLD, grace[w] + _until_answering(samples, service, w,
+                                                                                     undone.get(w, [])))
                 if t_w is None:
                     continue
                 if finished is None or finished > t_w:
@@ -433,6 +446,10 @@ def check_journals(fleet: LocalFleet, result: RunResult) -> None:
                 link = host.root / "data" / "current" / svc.name
                 try:
                     actual = os.readlink(link)
+                except FileNotFoundError as exc:
+                    if journal.blame(link) is not None:  # a change in effect wrote it: it must be there
+                        result.violations.append(Violation("journal", f"{host.name}: {link}: {exc}"))
+                    continue  # else every change that wrote it was undone (an operator's undo): consistent
                 except OSError as exc:
                     result.violations.append(Violation("journal", f"{host.name}: {link}: {exc}"))
                     continue
