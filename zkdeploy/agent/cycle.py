@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from zkdeploy.agent import deploys, recovery
 from zkdeploy.agent.host import Host
+from zkdeploy.agent.metrics import Metrics
 from zkdeploy.agent.payloads import Payloads
 from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.reports import Reports
-from zkdeploy.agent.restart import Restart
+from zkdeploy.agent.restart import Outcome, Restart
 from zkdeploy.agent.rule import Rule, Want
 from zkdeploy.agent.slots import SlotRequest, fence
 from zkdeploy.agent.states import Phase
 from zkdeploy.config.loader import parse_catalog
 from zkdeploy.coordination import Store
-from zkdeploy.errors import ConfigError, ConflictError, CoordinationError
+from zkdeploy.errors import ConfigError, ConflictError, CoordinationError, JournalError
 from zkdeploy.model import ABORTED, FAILED, ONLINE, PENDING, DeployEntry
 from zkdeploy.policy.lifecycle import Actor, can, transition
 from zkdeploy.policy.progress import active_deploy, blocked_by
@@ -47,8 +49,10 @@ class Cycle:
     """The decision cycle of one node.  ``run_once`` is one step; the agent calls it on every wake-up."""
 
     def __init__(self, store: Store, host: Host, presence: Presence, payloads: Payloads, reports: Reports,
-                 wake: threading.Event, stopping: threading.Event, *, deferred_recovery: bool = False) -> None:
+                 wake: threading.Event, stopping: threading.Event, *, deferred_recovery: bool = False,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.host = host
         self.presence = presence
         self.payloads = payloads
@@ -141,7 +145,7 @@ class Cycle:
                     why = "to recover" if want.recovery else f"into {want.target}"
                     request = SlotRequest(self.store, self.presence, service, svc.spec.quorum, why,
                                           answering=lambda: self.host.probe(svc, self.presence.local[service].version)
-                                          is None)
+                                          is None, metrics=self.metrics)
                     pending = self.pending[service] = Pending(request, want)
                     request.join()
                 if not pending.request.poll(self.wake):
@@ -185,13 +189,15 @@ class Cycle:
                           steps=tuple(deploy.steps) if deploy else (),
                           on_failure=(lambda error: deploys.report_failure(
                               self.store, self.node, deploy.name, error, halt=bool(deploy.steps)))
-                          if deploy else None)
+                          if deploy else None, metrics=self.metrics)
+        started = time.monotonic()
         try:
             outcome = restart.run(old, self.host.running(svc))
         except Exception:
             self._give_back(pending)
             raise
         self._give_back(pending)  # not on a BaseException (a simulated kill): a dead process cleans nothing
+        self._count(service, outcome, time.monotonic() - started)
         if outcome.change_id is not None:
             self.reports.push_history(outcome.change_id, steps=restart.step_results)
         if outcome.ok:
@@ -210,6 +216,18 @@ class Cycle:
                               detail=outcome.error, target="")
         if deploy is not None and not outcome.fenced:
             self._failed.add((deploy.name, service))  # a lost slot is retried; a bad release is not
+
+    def _count(self, service: str, outcome: Outcome, seconds: float) -> None:
+        """The restart's outcome and its change set's final status, in the metrics."""
+        if self.metrics is None:
+            return
+        kind = "ok" if outcome.ok else "held" if outcome.held else "fenced" if outcome.fenced else "rolled_back"
+        self.metrics.restart_done(service, kind, seconds)
+        if outcome.change_id is not None:
+            try:
+                self.metrics.change_set_finished(self.host.journal.get_change(outcome.change_id).status)
+            except JournalError as exc:
+                log.warning("%s: change set %d not counted: %s", service, outcome.change_id, exc)
 
     def _give_back(self, pending: Pending) -> None:
         try:

@@ -22,6 +22,7 @@ import threading
 from zkdeploy import __version__
 from zkdeploy.agent.cycle import Cycle
 from zkdeploy.agent.host import Host
+from zkdeploy.agent.metrics import Metrics
 from zkdeploy.agent.monitor import HealthMonitor
 from zkdeploy.agent.payloads import Payloads
 from zkdeploy.agent.presence import Presence
@@ -31,7 +32,7 @@ from zkdeploy.agent.signatures import ReleaseGuard
 from zkdeploy.agent.view import View
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
-from zkdeploy.errors import CoordinationError, ZkdeployError
+from zkdeploy.errors import ConfigError, CoordinationError, ZkdeployError
 from zkdeploy.transfer.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,18 @@ log = logging.getLogger(__name__)
 class Agent:
     """The per-node daemon.  ``run()`` blocks until ``stop()`` is called."""
 
-    def __init__(self, config: AgentConfig, host: Host | None = None, transport: Transport | None = None) -> None:
+    def __init__(self, config: AgentConfig, host: Host | None = None, transport: Transport | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
         self.node = config.node
         self.stopping = threading.Event()
         self.wake = threading.Event()
+        #: this agent's metrics (a registry of its own); served over HTTP by ``run()`` when enabled
+        self.metrics = metrics or Metrics(config.node)
+        self.metrics.services_known(config.services)
         self.host = host or Host(config)
-        self.transport = transport or Transport(config)
-        self.presence = Presence(config, self.host)
+        self.transport = transport or Transport(config, metrics=self.metrics)
+        self.presence = Presence(config, self.host, metrics=self.metrics)
         self.store: Store | None = None
         self.cycle: Cycle | None = None
         self.payloads: Payloads | None = None
@@ -77,8 +82,9 @@ class Agent:
         self.reports = Reports(store, self.host, self.presence, self.payloads, self.transport.fetch,
                                self.stopping)
         self.cycle = Cycle(store, self.host, self.presence, self.payloads, self.reports, self.wake,
-                           self.stopping, deferred_recovery=self._deferred_recovery)
-        store.on_session_change(lambda _state: self.wake.set())
+                           self.stopping, deferred_recovery=self._deferred_recovery, metrics=self.metrics)
+        store.on_session_change(self._session_changed)
+        self.metrics.session_changed(store.state)
         return self.cycle
 
     def open_host(self) -> None:
@@ -88,6 +94,23 @@ class Agent:
             releases.sweep()  # what a crash left half-removed or half-unpacked (the directory is ours now)
         self.host.open_journal()
         self._deferred_recovery = settle_at_start(self.host)
+
+    def _session_changed(self, state: str) -> None:
+        self.metrics.session_changed(state)
+        self.wake.set()
+
+    def serve_metrics(self) -> None:
+        """Serve the metrics endpoint when enabled.  An address that cannot be bound is logged and the
+        agent goes on without it: deploys must not stop for want of a scrape."""
+        settings = self.config.metrics
+        if not settings.enabled:
+            return
+        try:
+            host, port = self.metrics.serve(settings.listen)
+        except ConfigError as exc:
+            log.error("%s; the agent runs without its metrics endpoint", exc)
+            return
+        log.info("metrics at http://%s:%d/metrics", host, port)
 
     # -- the process ------------------------------------------------------------
     def run(self) -> None:
@@ -107,6 +130,7 @@ class Agent:
             self.host.close()
             return
         cycle = self.attach(store)
+        self.serve_metrics()
         assert self.reports is not None and self.payloads is not None
         threading.Thread(target=self.monitor.run, name="health-monitor", daemon=True).start()
         # plans and undo requests are watched: the reports thread's own look is a safety net, once a minute
@@ -118,6 +142,8 @@ class Agent:
             while not self.stopping.is_set():
                 self.wake.clear()  # before the cycle: a watch firing during it wakes the next one
                 run_cycle(cycle)
+                if store.connected:
+                    self.metrics.contacted()
                 self.wake.wait(self.config.cycle_interval)
         finally:
             log.info("agent %s stopping", self.node)
@@ -128,6 +154,7 @@ class Agent:
             self.payloads.close()
             self.transport.close()
             store.close()
+            self.metrics.close()
             self.host.close()
 
 

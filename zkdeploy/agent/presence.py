@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from zkdeploy import __version__
 from zkdeploy.agent.facts import gather as gather_facts
 from zkdeploy.agent.host import Host
+from zkdeploy.agent.metrics import Metrics
 from zkdeploy.agent.states import RESTART_PHASES, Phase, ServiceMachine
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
@@ -41,8 +42,10 @@ class Local:
 class Presence:
     """This node's records in the coordination store, local copy first."""
 
-    def __init__(self, config: AgentConfig, host: Host, store: Store | None = None) -> None:
+    def __init__(self, config: AgentConfig, host: Host, store: Store | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.node = config.node
         self.host = host
         self.store = store
@@ -79,6 +82,8 @@ class Presence:
                 rec.detail = detail
             if target is not None:
                 rec.target = target or None
+            if self.metrics is not None:
+                self.metrics.service_published(service, rec.version, rec.state)
             if not write or self.store is None or self.registered_generation < 0:
                 return
             try:

@@ -11,6 +11,7 @@ slot is zkdeploy.agent.slots' job.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from zkdeploy.agent.host import Host
 from zkdeploy.agent.host_actions import HOOKS, LB_DRAIN, LB_READY, START, STOP
 from zkdeploy.agent.lbcheck import lb_params
+from zkdeploy.agent.metrics import Metrics
 from zkdeploy.agent.releases import ReleaseDir
 from zkdeploy.agent.scenario_checks import ScenarioCheckError
 from zkdeploy.agent.slots import fence
@@ -147,6 +149,8 @@ class Restart:
     steps: tuple[dict[str, Any], ...] = ()  # run as a tested scenario (zkdeploy.config.scenario)
     #: each checked step's result, in order (``step``, ``check``, ``ok``, ``seen``): pushed to the history
     step_results: list[dict[str, Any]] = field(default_factory=list)
+    metrics: Metrics | None = None  # phase durations: from one ``enter`` to the next, and the last to the end
+    _phase: tuple[Phase, float] | None = field(default=None, init=False, repr=False)
 
     @property
     def service(self) -> str:
@@ -161,14 +165,28 @@ class Restart:
         if self.free and phase in (Phase.DRAINING, Phase.STOPPING) \
                 and self.host.probe(self.svc, self.host.releases[self.service].current_version()) is None:
             raise LockLostError(f"{self.service} answers again: taking it down costs quorum now; deciding again")
+        self._timed(phase)
         self.machine.to(phase, detail)
         if fenced:
             fence(self.store, self.service, self.host.node)
         crash_point(self.service, phase.value)
 
+    def _timed(self, phase: Phase | None) -> None:
+        """End the phase being timed (into the metrics) and start timing ``phase`` (None: stop)."""
+        now = time.monotonic()
+        if self._phase is not None and self.metrics is not None:
+            self.metrics.phase_done(self._phase[0].value, now - self._phase[1])
+        self._phase = (phase, now) if phase is not None else None
+
     def run(self, old: str | None, was_running: bool) -> Outcome:
         """Every change goes through the journal, recorded with its undo before it is made.
         Leaves the node idle; the caller gives the slot back."""
+        try:
+            return self._run(old, was_running)
+        finally:
+            self._timed(None)
+
+    def _run(self, old: str | None, was_running: bool) -> Outcome:
         releases = self.host.releases[self.service]
         change_id: int | None = None
         with self.host.changing:
@@ -246,6 +264,7 @@ class Restart:
             self.machine.to(Phase.IDLE, error)
             return Outcome(False, self.host.releases[self.service].current_version(), error, True,
                            change_id, fenced)
+        self._timed(Phase.ROLLING_BACK)
         self.machine.to(Phase.ROLLING_BACK, error)
         healthy = old is not None
         if change_id is not None:

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from zkdeploy.agent.metrics import Metrics
 from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.states import Phase
 from zkdeploy.coordination import CONNECTED, SUSPENDED, Store
@@ -36,8 +37,10 @@ class SlotRequest:
     """One node's request to take one service down for ``why`` (a target version, an undo)."""
 
     def __init__(self, store: Store, presence: Presence, service: str, quorum: int | str, why: str,
-                 answering: Callable[[], bool] | None = None) -> None:
+                 answering: Callable[[], bool] | None = None, metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
+        self._joined = time.monotonic()
         self.presence = presence
         self.node = presence.node
         self.service = service
@@ -57,6 +60,7 @@ class SlotRequest:
         if machine.phase == Phase.IDLE:
             machine.to(Phase.STAGED, f"{self.why} ready")
         machine.to(Phase.WAITING, f"queued: {self.why}")
+        self._joined = time.monotonic()
         self._queue.join()
 
     def poll(self, wake: threading.Event | None = None) -> bool:
@@ -104,6 +108,8 @@ class SlotRequest:
                 return self._waiting("deciding again on a fresh read of /current")
             self.presence.publish(self.service, state=RESTARTING, detail=detail, write=False)
         self.granted = True
+        if self.metrics is not None:
+            self.metrics.quorum_waited(self.service, time.monotonic() - self._joined)
         self._queue.release()  # the next waiter decides with this node counted as restarting
         return True
 

@@ -279,6 +279,22 @@ class LbAgentSettings(_Strict):
     port: int = Field(..., ge=0, le=65535)
 
 
+class MetricsSettings(_Strict):
+    """The agent's Prometheus endpoint (``http://<listen>/metrics``; docs/metrics.md).  Loopback by
+    default: put it on another address only where the scraper needs it."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:9469"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("listen must be host:port, like '127.0.0.1:9469' (port 0: any free port)")
+        return value
+
+
 class SigningSettings(_Strict):
     """Signed releases: with trusted public keys (several, for rotation), the agent never fetches,
     unpacks or switches to a release that is unsigned, signed by another key, tampered with, or
@@ -304,6 +320,7 @@ class AgentConfig(_Strict):
     signing: SigningSettings = SigningSettings()
     facts: FactsSettings | None = None
     lb_agent: LbAgentSettings | None = None
+    metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("node")
     @classmethod

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
@@ -33,6 +33,12 @@ from zkdeploy.transfer.torrent import TorrentMeta, load_metainfo
 log = logging.getLogger(__name__)
 
 TORRENT_BLOB = "torrent"
+
+
+class PayloadCounter(Protocol):
+    """Counts verified payload bytes by source (``swarm``, ``origin``): zkdeploy.agent.metrics.Metrics."""
+
+    def payload_fetched(self, source: str, size: int) -> None: ...
 
 
 def peer_order(peers: dict[str, dict[str, Any]], me: str, rack: str | None, dc: str | None,
@@ -51,8 +57,10 @@ def peer_order(peers: dict[str, dict[str, Any]], me: str, rack: str | None, dc: 
 class Transport:
     """Fetches and seeds payloads for one agent."""
 
-    def __init__(self, config: AgentConfig, origin_timeout: float = 30.0) -> None:
+    def __init__(self, config: AgentConfig, origin_timeout: float = 30.0,
+                 metrics: PayloadCounter | None = None) -> None:
         self.config = config
+        self.metrics = metrics  # payload bytes by source, when the agent counts them
         self.node = config.node
         self.data_dir = Path(config.data_dir)
         self.origin_timeout = origin_timeout
@@ -187,13 +195,18 @@ class Transport:
                          release.service, release.version)
             else:
                 try:
-                    return self._swarm_fetch(release, meta, Path(dest))
+                    got = self._swarm_fetch(release, meta, Path(dest))
+                    if self.metrics is not None:
+                        self.metrics.payload_fetched("swarm", meta.size)
+                    return got
                 except SwarmStalled as exc:
                     log.warning("%s@%s: %s; falling back to the origin %s", release.service, release.version,
                                 exc, release.origin)
         log.info("%s@%s: fetching %d bytes from origin %s", release.service, release.version,
                  release.size, release.origin)
         path = fetch(release.origin, dest, release.sha256, release.size, timeout=self.origin_timeout)
+        if self.metrics is not None:
+            self.metrics.payload_fetched("origin", release.size)
         if meta is not None:
             self.seed(meta, path)
         return path
