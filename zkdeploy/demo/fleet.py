@@ -137,6 +137,7 @@ class Host:
     swarm_port: int = 0
     lb_port: int = 0  # where its agent answers HAProxy's agent-check (with the fleet's ``lb``)
     process: subprocess.Popen[bytes] | None = None
+    metrics_port: int = 0  # where its agent serves Prometheus metrics (each host a port of its own)
     swarm_settings: dict[str, Any] = field(default_factory=dict)  # overrides for this host's agent file
 
     @property
@@ -146,6 +147,10 @@ class Host:
     @property
     def log(self) -> Path:
         return self.root / "agent.log"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
 
 class LocalFleet:
@@ -163,7 +168,8 @@ class LocalFleet:
         self.lb = lb
         self.hosts = [
             Host(f"node{i + 1:02d}", self.workdir / f"node{i + 1:02d}",
-                 {svc.name: free_port() for svc in services}, free_port(), free_port() if lb else 0)
+                 {svc.name: free_port() for svc in services}, free_port(), free_port() if lb else 0,
+                 metrics_port=free_port())
             for i in range(size)
         ]
         self.catalog_file = self.workdir / "services.yaml"
@@ -189,6 +195,7 @@ class LocalFleet:
                 "swarm": {"listen_port": host.swarm_port, "allow_multiple_connections_per_ip": True,
                           "stall_timeout": 10, **host.swarm_settings},
             }
+            config["metrics"] = {"listen": f"127.0.0.1:{host.metrics_port}"}
             if self.lb is not None:
                 config["lb_agent"] = {"listen": "127.0.0.1", "port": host.lb_port}
             host.config.write_text(yaml.safe_dump(config, sort_keys=False))
