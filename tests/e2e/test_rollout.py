@@ -249,6 +249,12 @@ def test_agent_killed_after_starting_the_new_release_keeps_it_when_healthy(make_
     answers = [s.answers[("db", victim.name)] for s in observer.samples]
     first = answers.index("2")
     assert set(answers[first:]) == {"2"}
+
+    def settled() -> bool:  # the agent publishes what runs as it registers, and settles its journal just after
+        with Journal.open(victim.root / "data" / "state" / "journal.db", create=False) as journal:
+            return journal.interrupted_changes() == []
+
+    wait_for(settled, 30, "the victim to settle its interrupted change")
     with Journal.open(victim.root / "data" / "state" / "journal.db", create=False) as journal:
         change = next(c for c in journal.list_changes() if c.description == "db 1 -> 2")
         assert change.status == "failed" and "crash" in (change.note or "")
