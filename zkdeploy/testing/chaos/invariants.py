@@ -94,11 +94,11 @@ def _until_answering(samples: list[Sample], service: str, node: str,
                      windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Each operator window on ``node`` stretched until its ``service`` answers again: an undo that
     took the service back past its first release leaves it down, which is the operator's doing, not a
-    restart out of dependency order, until the node next comes up."""
+    restart out of dependency order, until the node next comes up (for good, if it never does)."""
     out = []
     for start, end in windows:
         back = next((s.at for s in samples if s.at > end and s.answers.get((service, node)) is not None), None)
-        out.append((start, end if back is None else max(end, back)))
+        out.append((start, float("inf") if back is None else max(end, back)))
     return out
 
 
