@@ -224,7 +224,19 @@ def run_once(seed: int, nodes: int = 6, keep: bool = False, verbose: bool = Fals
         if halted and not plan.fail_health:
             log.say("halted: " + "; ".join(f"{e.name} {e.service}@{e.version}: {e.message}" for e in halted))
             converge_timeout = min(converge_timeout, 20.0)  # the halted rollout waits for an operator
-        if over and _wait(converged, converge_timeout, 0.25):
+        since: list[float] = []
+
+        def steadily_converged() -> bool:
+            """Converged, and still so 3 s later: a node that just came back may start converging
+            (its own restart) an instant after the fleet first looks settled."""
+            if not converged():
+                since.clear()
+                return False
+            if not since:
+                since.append(time.monotonic())
+            return time.monotonic() - since[0] >= 3.0
+
+        if over and _wait(steadily_converged, converge_timeout, 0.25):
             result.converge_seconds = time.time() - t0
             log.say(f"converged {result.converge_seconds:.1f}s after the deploy command")
         elif over:
