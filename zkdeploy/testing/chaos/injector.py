@@ -582,7 +582,7 @@ def roll_back(injector: Injector, fault: PlannedFault) -> None:
     head = _head(injector)
     services = [s.name for s in injector.fleet.services]
     service = head.service if head is not None else services[fault.pick % len(services)]
-    _operator_fault(injector, fault, service, service, ["rollback", service, "--to", OLD, "--json"])
+    _operator_fault(injector, fault, service, service, ["rollback", service, "--to", OLD, "--json", "--yes"])
 
 
 @injects(OP_UNDO)
