@@ -222,7 +222,7 @@ class FleetModel(RuleBasedStateMachine):
             fleet.rounds(1)
             for node in self.nodes:
                 fleet.monitor(node)
-            if self._settled() and self._converged():
+            if self._settled() and self._converged() and self._at_target_if_done():
                 break
         assert not self.violations, self.violations
         states = {e.name: (e.service, e.version, e.state, e.message) for e in fleet.operator.deploys()}
@@ -245,6 +245,12 @@ class FleetModel(RuleBasedStateMachine):
             if entry.state not in (DONE, ABORTED, ROLLED_BACK):
                 return False
         return True
+
+    def _at_target_if_done(self) -> bool:
+        """When every deploy is done, every node runs version 2 (a node that returns converges)."""
+        if not all(e.state == DONE for e in self.fleet.operator.deploys()):
+            return True
+        return all(set(self.fleet.versions(s).values()) == {"2"} for s in ("db", "web"))
 
     def _converged(self) -> bool:
         """Every service on every node runs and passes its checks."""
