@@ -16,8 +16,9 @@ service down, it checks the invariants of docs/protocol.md:
   session, not yet expired, may still hold one);
 - once faults stop, every deploy that was not aborted or halted finishes.
 
-``ZKDEPLOY_MODEL_EXAMPLES`` sets the number of examples (CI runs a bounded
-number; ``scripts/model_check`` runs it longer).
+``ZKDEPLOY_MODEL_EXAMPLES`` sets the number of examples (CI runs a bounded,
+fixed set; ``scripts/model_check`` runs it longer, with new random examples:
+``ZKDEPLOY_MODEL_RANDOM=1``).
 """
 
 from __future__ import annotations
@@ -258,6 +259,10 @@ class FleetModel(RuleBasedStateMachine):
         return all(world.healthy(node, service) for node in self.nodes for service in ("db", "web"))
 
 
+#: CI runs a fixed set of examples (reproducible); ``scripts/model_check`` explores new ones each run
+RANDOM = os.environ.get("ZKDEPLOY_MODEL_RANDOM") == "1"
+
 FleetModel.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
+                                        derandomize=not RANDOM, database=None if not RANDOM else settings().database,
                                         suppress_health_check=list(HealthCheck))
 test_fleet_model = pytest.mark.timeout(1800)(FleetModel.TestCase)
