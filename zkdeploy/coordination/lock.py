@@ -25,8 +25,8 @@ import uuid
 from collections.abc import Callable
 
 from zkdeploy.coordination.layout import QUEUE_PREFIX
-from zkdeploy.coordination.session import CONNECTED, Session
-from zkdeploy.errors import CoordinationError, LockLostError, NoNodeError, RolloutAborted, SessionLostError
+from zkdeploy.coordination.session import Session, await_session, delete_own
+from zkdeploy.errors import LockLostError, RolloutAborted, SessionLostError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class QueueLock:
                 self.node = created.rsplit("/", 1)[1]
                 break
             except SessionLostError:
-                if not self._await(generation, deadline):
+                if not await_session(self._session, generation, deadline):
                     raise
                 found = self._find_own()
                 if found is not None:
@@ -85,15 +85,6 @@ class QueueLock:
                     self.node = found
                     break
         self._generation = generation
-
-    def _await(self, generation: int, deadline: float) -> bool:
-        while time.monotonic() < deadline:
-            if self._session.generation != generation:
-                return False
-            if self._session.state == CONNECTED:
-                return True
-            time.sleep(0.05)
-        return False
 
     # -- waiting ---------------------------------------------------------------
     def poll(self, wake: threading.Event | None = None) -> int:
@@ -159,17 +150,5 @@ class QueueLock:
         node, self.node = self.node, None
         if node is None:
             return
-        generation = self._generation
-        deadline = time.monotonic() + max(self._session.negotiated_timeout, 1.0)
-        while True:
-            try:
-                self._session.delete(self.path + "/" + node)
-                return
-            except NoNodeError:
-                return
-            except CoordinationError as exc:
-                if generation is None or not self._await(generation, deadline):
-                    log.info("%s: left the restart queue with the session (%s)", self.service, exc)
-                    return
-                log.warning("%s: leaving the restart queue was interrupted (%s); retrying", self.service, exc)
-                time.sleep(0.05)
+        generation = self._session.generation if self._generation is None else self._generation
+        delete_own(self._session, self.path + "/" + node, generation, f"{self.service}: restart queue node {node}", log)

@@ -239,6 +239,48 @@ class Session(ABC):
         as long as the client lives, until the callback returns False."""
 
 
+def await_session(session: Session, generation: int, deadline: float) -> bool:
+    """Wait (until ``time.monotonic()`` reaches ``deadline``) for the session ``generation`` to be
+    connected again; False when a new session replaced it or it did not come back in time."""
+    import time
+
+    while time.monotonic() < deadline:
+        if session.generation != generation:
+            return False
+        if session.state == CONNECTED:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def delete_own(session: Session, path: str, generation: int, what: str, log: Any) -> None:
+    """Delete an ephemeral node made by the session ``generation``, retrying through connection losses.
+
+    A delete whose reply is lost may have been applied: the retry then finds
+    nothing.  Only a new session (the old one, with the node, is gone) or the
+    session timeout ends the attempts early: a session that never comes back
+    is expired by the server, which removes the node with it.
+    """
+    import time
+
+    from zkdeploy.errors import CoordinationError, NoNodeError
+
+    deadline = time.monotonic() + max(session.negotiated_timeout, 1.0)
+    while True:
+        try:
+            session.delete(path)
+            return
+        except NoNodeError:
+            return
+        except CoordinationError as exc:
+            if not await_session(session, generation, deadline):
+                log.info("%s: not removed (%s); it goes with the session, which has ended or will be "
+                         "expired by the server", what, exc)
+                return
+            log.warning("%s: delete interrupted (%s); retrying in the same session", what, exc)
+            time.sleep(0.05)
+
+
 class ForwardingSession(Session):
     """A session that passes every call to ``inner``; a subclass overrides the calls it changes
     (the ACL layer gives every create its ACL; a test's counting layer counts requests).  What

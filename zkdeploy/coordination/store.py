@@ -27,7 +27,16 @@ from typing import Any, TypedDict, TypeVar, Unpack
 from zkdeploy.coordination.credentials import Security
 from zkdeploy.coordination.layout import DEPLOY_PREFIX, HISTORY_PREFIX, MARK_PREFIX, PLAN_PREFIX, UNDO_PREFIX, Layout
 from zkdeploy.coordination.lock import QueueLock, sequence_of
-from zkdeploy.coordination.session import CONNECTED, Create, Session, SetData, Stat, Watcher
+from zkdeploy.coordination.session import (
+    CONNECTED,
+    Create,
+    Session,
+    SetData,
+    Stat,
+    Watcher,
+    await_session,
+    delete_own,
+)
 from zkdeploy.errors import (
     BadVersionError,
     ConflictError,
@@ -120,14 +129,8 @@ class Store:
     def await_session(self, generation: int, timeout: float | None = None) -> bool:
         """Wait (bounded by the session timeout) until the session ``generation`` is connected
         again; False when it was replaced by a new one or did not come back in time."""
-        deadline = time.monotonic() + (self.session_timeout if timeout is None else timeout)
-        while time.monotonic() < deadline:
-            if self._session.generation != generation:
-                return False
-            if self._session.state == CONNECTED:
-                return self._session.generation == generation
-            time.sleep(0.05)
-        return False
+        wait = self.session_timeout if timeout is None else timeout
+        return await_session(self._session, generation, time.monotonic() + wait)
 
     # -- generic helpers -----------------------------------------------
     def _get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
@@ -146,29 +149,9 @@ class Store:
             raise ConflictError(f"{path} changed since it was read") from None
 
     def _delete_own(self, path: str, what: str) -> None:
-        """Delete an ephemeral node of this session, retrying through connection losses.
-
-        A delete whose reply is lost may have been applied: the retry then
-        finds nothing.  Only a new session (the old one, with the node, is
-        gone) ends the attempts early; a session that never comes back within
-        its timeout is expired by the server, which removes the node.
-        """
-        generation = self._session.generation
-        deadline = time.monotonic() + max(self.session_timeout, 1.0)
-        while True:
-            try:
-                self._session.delete(path)
-                return
-            except NoNodeError:
-                return
-            except CoordinationError as exc:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self.await_session(generation, timeout=left):
-                    log.info("%s: not removed (%s); it goes with the session, which has ended or "
-                             "will be expired by the server", what, exc)
-                    return
-                log.warning("%s: delete interrupted (%s); retrying in the same session", what, exc)
-                time.sleep(0.05)
+        """Delete an ephemeral node of this session, retrying through connection losses (see
+        zkdeploy.coordination.session.delete_own)."""
+        delete_own(self._session, path, self._session.generation, what, log)
 
     def delete_tree(self, path: str) -> None:
         """Remove ``path`` and everything below it (for tests and cleanup tools)."""
