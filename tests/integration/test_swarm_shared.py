@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -37,29 +36,3 @@ def test_a_payload_held_for_one_service_is_shared_with_another(session: SwarmSes
     got = session.download(meta, str(tmp_path / "b-staging"), sha, lambda: [], stall_timeout=5)
     assert Path(got).read_bytes() == path.read_bytes()
     assert Path(got).parent == tmp_path / "b-staging"
-
-
-def test_a_download_in_flight_for_one_service_is_shared_with_another(session: SwarmSession, tmp_path: Path) -> None:
-    path, sha = payload(tmp_path)
-    meta = make_torrent(path)
-    seeder = SwarmSession(SwarmConfig(listen_ip="127.0.0.1", listen_port=0, allow_multiple_connections_per_ip=True))
-    seeder.start()
-    try:
-        seeder.seed(meta, str(path))
-        peers = lambda: [seeder.listen_endpoint]  # noqa: E731
-        results: dict[str, str] = {}
-
-        def fetch(service: str) -> None:
-            results[service] = session.download(meta, str(tmp_path / f"{service}-staging"), sha, peers,
-                                                stall_timeout=20)
-
-        threads = [threading.Thread(target=fetch, args=(s,)) for s in ("a", "b")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert sorted(results) == ["a", "b"]
-        for got in results.values():
-            assert Path(got).read_bytes() == path.read_bytes()
-    finally:
-        seeder.close()
