@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from zkdeploy.cli import commands
+from zkdeploy.cli import live
 from zkdeploy.cli.main import cli
 from zkdeploy.coordination import Store
 from zkdeploy.model import ABORTED, DONE, HALTED, ONLINE, PAUSED, PENDING, CurrentEntry
@@ -81,7 +81,7 @@ def test_ctrl_c_in_deploy_wait_says_the_rollout_goes_on_and_exits_130(run, fleet
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(_store: Store) -> None:
         raise KeyboardInterrupt
-    monkeypatch.setattr(commands, "fleet_status", interrupted)
+    monkeypatch.setattr(live, "fleet_status", interrupted)
     result = run("deploy", "db@2", "--wait")
     assert result.exit_code == 130, result.output
     [entry] = fleet.deploys()
@@ -96,7 +96,7 @@ def test_applying_an_empty_catalog_asks_first_and_stores_nothing_when_declined(r
     empty = tmp_path / "empty.yaml"
     empty.write_text("services: {}\n")
     result = run("services", "apply", str(empty), input="n\n")
-    assert result.exit_code != 0
+    assert result.exit_code == 2 and "nothing was changed" in result.output
     assert "deletes the whole catalog" in result.output
     assert set(fleet.catalog()[0]["services"]) == {"db", "web"}
     result = run("services", "apply", str(empty), "--yes")
@@ -108,7 +108,7 @@ def test_removing_a_service_agents_still_run_warns_and_needs_confirmation(run, f
     only_db = tmp_path / "db.yaml"
     only_db.write_text(CATALOG.split("  web:")[0])
     result = run("services", "apply", str(only_db), input="n\n")
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     assert "web is removed but 3 node(s) still run it" in result.output
     assert set(fleet.catalog()[0]["services"]) == {"db", "web"}
     assert run("services", "apply", str(only_db), "--force").exit_code == 0
@@ -170,7 +170,7 @@ def test_pause_resume_and_abort_take_short_names_json_and_both_confirmation_spel
 def test_rollback_asks_before_aborting_open_deploys(run, fleet: Store) -> None:
     [name] = queued(run("deploy", "db@2", "--json"))
     result = run("rollback", "db", "--to", "2", input="n\n")
-    assert result.exit_code != 0 and f"aborts {name} (pending)" in result.output
+    assert result.exit_code == 2 and f"aborts {name} (pending)" in result.output
     assert [d.name for d in fleet.deploys()] == [name] and fleet.deploy(name).state == PENDING
     assert run("rollback", "db", "--to", "2", "--yes").exit_code == 0
     assert fleet.deploy(name).state == ABORTED and len(fleet.deploys()) == 2

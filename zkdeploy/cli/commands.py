@@ -23,6 +23,7 @@ from zkdeploy.cli import discovery_cmd
 from zkdeploy.cli.context import (
     EXIT_INTERRUPTED,
     Ctx,
+    confirm,
     deploy_name as full_deploy_name,
     force_option,
     handle_errors,
@@ -30,10 +31,11 @@ from zkdeploy.cli.context import (
     pass_ctx,
     positive_seconds,
 )
+from zkdeploy.cli.live import follow_deploys
 from zkdeploy.cli.output import emit_json, error, say, table, warn
 from zkdeploy.cli.security_cmd import release_signature
 from zkdeploy.cli.seeding import seed_endpoint, seed_in_foreground
-from zkdeploy.cli.views import deploy_dict, fleet_status
+from zkdeploy.cli.views import deploy_dict
 from zkdeploy.cli.waveplan import load_waves, wave_plans
 from zkdeploy.config.loader import load_catalog, parse_catalog
 from zkdeploy.config.schema import Catalog
@@ -125,8 +127,8 @@ def services_apply(ctx: Ctx, file: str, dry_run: bool, force: bool, as_json: boo
     risks += [f"{s} is removed but {n} node(s) still run it (in /current)" for s, n in running.items()]
     for risk in risks:
         warn(risk)
-    if risks and not dry_run and not force and not click.confirm("store this catalog?", err=True):
-        raise click.Abort()
+    if risks and not dry_run:
+        confirm("store this catalog?", force)
     if not dry_run and changes:
         store.put_catalog(new, version)
     if as_json:
@@ -403,6 +405,8 @@ def _count_or_pct(text: str) -> int | str:
 
 def _report_queued(ctx: Ctx, names: list[str], entries: list[DeployEntry], wait: bool, timeout: float,
                    as_json: bool) -> None:
+    """Say what was queued; with ``wait``, follow it live (zkdeploy.cli.live) until no deploy of it is
+    pending, then say how it ended: RolloutError (exit 4) unless every one is done."""
     queued = [{"name": n, "service": e.service, "version": e.version} for n, e in zip(names, entries, strict=True)]
     if not wait:
         if as_json:
@@ -412,9 +416,11 @@ def _report_queued(ctx: Ctx, names: list[str], entries: list[DeployEntry], wait:
                 say(f"queued {q['name']}: {q['service']}@{q['version']}")
         return
     if not as_json:
-        say("queued " + ", ".join(f"{q['service']}@{q['version']}" for q in queued))
-    try:
-        final = _wait(ctx, names, timeout, quiet=as_json)
+        say("queued " + ", ".join(f"{q['service']}@{q['version']} ({q['name']})" for q in queued))
+    try:  # only a pending deploy rolls on by itself: paused, halted or closed, the wait ends
+        final, ended = follow_deploys(ctx.store(), names, title="zkdeploy deploy --wait (Ctrl-C stops watching)",
+                                      timeout=timeout, interval=0.5, as_json=as_json,
+                                      ended=lambda e: e.state != PENDING)
     except KeyboardInterrupt:
         if len(names) == 1:
             how = f"`zkdeploy rollout status {names[0]}`, stop it with `zkdeploy abort {names[0]}`"
@@ -422,37 +428,17 @@ def _report_queued(ctx: Ctx, names: list[str], entries: list[DeployEntry], wait:
             how = f"`zkdeploy rollout status DEPLOY` for each of {', '.join(names)}, or `zkdeploy deploys`"
         error(f"interrupted: stopped waiting; the rollout goes on. Follow it with {how}")
         sys.exit(EXIT_INTERRUPTED)
+    if not ended:
+        raise RolloutError(f"gave up waiting after {timeout:g}s; the rollout goes on "
+                           f"(zkdeploy status shows it)")
     if as_json:
-        emit_json({"queued": queued, "result": [deploy_dict(e) for e in final]})
+        emit_json({"queued": queued, "result": [deploy_dict(e) for e in final]}, one_line=True)
     bad = [e for e in final if e.state != DONE]
     if bad:
         raise RolloutError("rollout did not complete: " + "; ".join(
             f"{e.service}@{e.version} {e.state}{': ' + e.message if e.message else ''}" for e in bad))
-
-
-def _wait(ctx: Ctx, names: list[str], timeout: float, quiet: bool) -> list[DeployEntry]:
-    store = ctx.store()
-    deadline = time.monotonic() + timeout
-    last = ""
-    while True:
-        entries = [e for e in (store.deploy(n) for n in names) if e is not None]
-        if all(e.state != PENDING for e in entries):  # only a pending deploy rolls on by itself
-            return entries
-        if time.monotonic() > deadline:
-            raise RolloutError(f"gave up waiting after {timeout:g}s; the rollout goes on "
-                               f"(zkdeploy status shows it)")
-        if not quiet:
-            status = fleet_status(store)
-            lines = []
-            for svc in status["services"]:
-                if any(e.service == svc["service"] and e.state == PENDING for e in entries):
-                    versions = ", ".join(f"{v['nodes']}×{v['version']} {v['state']}" for v in svc["versions"])
-                    lines.append(f"  {svc['service']}: {versions} — {svc['waiting_for']}")
-            text = "\n".join(lines)
-            if text != last:
-                say(time.strftime("%H:%M:%S") + "\n" + text)
-                last = text
-        time.sleep(0.5)
+    if not as_json:
+        say("rollout complete: " + ", ".join(f"{e.service}@{e.version} done ({e.name})" for e in final))
 
 
 # -- abort / resume / killswitch -------------------------------------------------------------
@@ -491,8 +477,7 @@ def abort(ctx: Ctx, deploy_name: str | None, all_: bool, force: bool, as_json: b
     keep the old one; a restart in progress finishes.
     """
     name = _one_or_all(deploy_name, all_)
-    if not force and not click.confirm(f"abort {name or 'every open deploy'}?"):
-        raise click.Abort()
+    confirm(f"abort {name or 'every open deploy'}?", force)
     _say_moved(_set_state(ctx, name, ABORTED), "aborted", as_json)
 
 
@@ -589,10 +574,9 @@ def rollback(ctx: Ctx, service: str, version: str | None, wait: bool, timeout: f
         version = done[-1].previous
     catalog, targets = resolve_targets(store, (f"{service}@{version}",), "rollback")
     doomed = [e for e in store.deploys() if e.service == service and can(e, ABORTED, by=Actor.OPERATOR)]
-    if doomed and not force and not click.confirm(
-            f"roll {service} back to {version}: this aborts {', '.join(f'{e.name} ({e.state})' for e in doomed)}. "
-            f"Go on?"):
-        raise click.Abort()
+    if doomed:
+        confirm(f"roll {service} back to {version}: this aborts "
+                f"{', '.join(f'{e.name} ({e.state})' for e in doomed)}. Go on?", force)
     for entry in doomed:
         store.update_deploy(transition(entry, ABORTED, by=Actor.OPERATOR, message=f"aborted by rollback ({who()})"))
     entries = make_entries(store, catalog, targets, kind="rollback")
@@ -649,7 +633,7 @@ def _when(when: float) -> str:
 @click.argument("node")
 @click.option("--service", "services", multiple=True, metavar="SERVICE",
               help="Forget NODE as a member of SERVICE only (repeatable; default: of every service).")
-@click.option("--force", "--yes", "force", is_flag=True, help="Do not ask for confirmation.")
+@force_option
 @json_option
 @pass_ctx
 @handle_errors
@@ -674,9 +658,7 @@ def nodes_forget(ctx: Ctx, node: str, services: tuple[str, ...], force: bool, as
     of = [s for s in candidates if node in store.member_nodes(s)]
     if not of:
         raise ConfigError(f"{node} is not a member of {', '.join(candidates) if services else 'any service'}")
-    if not force and not click.confirm(f"forget {node} as a member of {', '.join(of)}? "
-                                       f"A percentage quorum will no longer count it"):
-        raise click.Abort()
+    confirm(f"forget {node} as a member of {', '.join(of)}? A percentage quorum will no longer count it", force)
     forgotten = []
     for service in of:
         try:

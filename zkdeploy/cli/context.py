@@ -59,6 +59,26 @@ force_option = click.option("--force", "--yes", "-y", "force", is_flag=True, hel
 #: exit code of a command interrupted by Ctrl-C (128 + SIGINT), as shells report it
 EXIT_INTERRUPTED = 130
 
+
+class Declined(ZkdeployError):
+    """The operator did not confirm (answered no, or nothing): refused, nothing was changed."""
+
+    exit_code = 2
+
+
+def confirm(question: str, force: bool) -> None:
+    """Return when ``force`` is set or the operator answers yes to ``question`` (asked on stderr, so
+    that ``--json`` output stays clean); raise Declined (exit 2) for no, end of input or Ctrl-C at the
+    prompt.  Ask before anything is written: a declined command changes nothing."""
+    if force:
+        return
+    try:
+        yes = click.confirm(question, err=True)
+    except click.Abort:  # end of input or Ctrl-C at the prompt: no answer is no
+        yes = False
+    if not yes:
+        raise Declined("not confirmed: nothing was changed (--yes does not ask)")
+
 _DEPLOY_NAME = re.compile(r"^(?:d-)?(\d{1,10})$")
 
 
@@ -97,7 +117,9 @@ def check_globals(root: str, zk_timeout: float) -> None:
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a ZkdeployError into a message on stderr and its exit code."""
+    """The one error-to-exit-code path of the commands: a ZkdeployError becomes its message on
+    stderr and its exit code; a declined prompt (click.Abort) exits 2 like Declined; Ctrl-C that
+    the command did not handle itself exits 130.  The ZooKeeper connection is closed either way."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -106,6 +128,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ZkdeployError as exc:
             error(str(exc))
             sys.exit(exc.exit_code)
+        except click.Abort:  # a prompt answered no (or not at all) by code that does not use confirm()
+            error("not confirmed: nothing was changed (--yes does not ask)")
+            sys.exit(Declined.exit_code)
+        except KeyboardInterrupt:
+            error("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
         finally:
             ctx = click.get_current_context(silent=True)
             obj = ctx.find_object(Ctx) if ctx else None

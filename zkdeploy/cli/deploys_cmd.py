@@ -22,6 +22,7 @@ from zkdeploy.cli.context import (
     pass_ctx,
     positive_seconds,
 )
+from zkdeploy.cli.live import follow_deploys
 from zkdeploy.cli.output import emit_json, error, say, table
 from zkdeploy.cli.views import deploy_dict
 from zkdeploy.coordination import Store
@@ -92,8 +93,10 @@ def rollout() -> None:
 @pass_ctx
 @handle_errors
 def rollout_status(ctx: Ctx, deploy: str, timeout: float, interval: float, as_json: bool) -> None:
-    """Follow DEPLOY (its name, or its number: 13 for d-0000000013) until it ends, printing its
-    progress as it changes.
+    """Follow DEPLOY (its name, or its number: 13 for d-0000000013) until it ends, showing its
+    progress: redrawn in place on a terminal (progress bar, elapsed time, time left, why nodes hold
+    it back), one line per change otherwise, one JSON document per line with --json (the last one
+    is the deploy as `deploys --json` shows it).
 
     Exit codes: 0 done, 2 no such deploy, 3 ZooKeeper unreachable, 4 halted,
     aborted, rolled back, or still running when --timeout passed (the rollout
@@ -103,30 +106,24 @@ def rollout_status(ctx: Ctx, deploy: str, timeout: float, interval: float, as_js
     positive_seconds("--timeout", timeout)
     positive_seconds("--interval", interval)
     store = ctx.store()
-    deadline = time.monotonic() + timeout
-    last = ""
+    if store.deploy(name) is None:
+        raise ConfigError(f"no deploy {name} (`zkdeploy deploys --all` lists them)")
     try:
-        while True:
-            entry = store.deploy(name)
-            if entry is None:
-                raise ConfigError(f"no deploy {name} (`zkdeploy deploys --all` lists them)")
-            done, total = progress(store, entry)
-            line = (f"{name} {entry.service}@{entry.version}: {entry.state}, {done}/{total} node(s) at the version"
-                    + (f" — {entry.message}" if entry.message else ""))
-            if line != last and not as_json:
-                say(time.strftime("%H:%M:%S ") + line)
-                last = line
-            if entry.state not in (PENDING, PAUSED):
-                break
-            if time.monotonic() > deadline:
-                raise RolloutError(f"{name} is still {entry.state} after {timeout:g}s ({done}/{total}); the rollout "
-                                   f"goes on (zkdeploy rollout status {name})")
-            time.sleep(interval)
+        [entry], ended = follow_deploys(store, [name], title=f"zkdeploy rollout status {name} (Ctrl-C stops "
+                                        f"following)", timeout=timeout, interval=interval, as_json=as_json,
+                                        ended=lambda e: e.state not in (PENDING, PAUSED))
     except KeyboardInterrupt:
         error(f"interrupted: stopped following; the rollout goes on (zkdeploy rollout status {name})")
         sys.exit(EXIT_INTERRUPTED)
+    done, total = progress(store, entry)
+    if not ended:
+        raise RolloutError(f"{name} is still {entry.state} after {timeout:g}s ({done}/{total}); the rollout "
+                           f"goes on (zkdeploy rollout status {name})")
     if as_json:
-        emit_json(_row(store, entry))
+        emit_json(_row(store, entry), one_line=True)
+    else:
+        say(f"{name} {entry.service}@{entry.version}: {entry.state}, {done}/{total} node(s) at the version"
+            + (f" — {entry.message}" if entry.message else ""))
     if entry.state != DONE:
         raise RolloutError(f"{name} {entry.service}@{entry.version} ended {entry.state}"
                            + (f": {entry.message}" if entry.message else ""))

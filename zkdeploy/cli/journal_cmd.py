@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from zkdeploy.cli.context import confirm
 from zkdeploy.errors import ConfigError, ZkdeployError
 from zkdeploy.hostlayout import HostLayout
 from zkdeploy.journal import Journal, backout_steps, recover, render_change, render_changes, undo_change
@@ -220,7 +221,7 @@ def undo_cmd(ctx: click.Context, last: int | None, since: datetime | None, chang
         plan = run(True)  # validates everything before anything changes
         if not dry_run and plan and not yes:
             click.echo(render_undo_reports(plan), err=True)
-            click.confirm("undo these change sets?", abort=True, err=True)
+            confirm("undo these change sets?", force=False)
         reports = plan if dry_run or not plan else run(False)
     if as_json:
         _echo_json([r.to_dict() for r in reports])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -27,8 +28,43 @@ def _out(target: Console) -> Console:
     return Console(stderr=target.stderr, highlight=False, soft_wrap=True, width=UNWRAPPED)
 
 
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+#: the keys whose numbers are moments (seconds since the epoch, as stored in ZooKeeper); every
+#: ``--json`` output prints them as ISO 8601 UTC strings (iso), like the journal's and history's
+TIMESTAMP_KEYS = frozenset({
+    "at", "approved_at", "created", "finished", "first_seen", "last_seen", "opened", "since", "staged_at",
+    "stalled_since", "until", "verified",
+})
+
+
+def iso(when: float) -> str:
+    """``when`` (seconds since the epoch) as ISO 8601 in UTC, the one format of every time in
+    ``--json`` output: ``2026-05-01T12:00:00.250000+00:00`` (as the journal writes its times)."""
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")
+
+
+#: subtrees left exactly as they are: a journal action's parameters are replayed, not zkdeploy's records
+OPAQUE_KEYS = frozenset({"params"})
+
+
+def jsonable(data: Any) -> Any:
+    """``data`` with every number under a key of TIMESTAMP_KEYS (at any depth, OPAQUE_KEYS aside)
+    turned into iso(); strings (times already in ISO 8601), None and everything else are left as they are."""
+    if isinstance(data, Mapping):
+        return {k: v if k in OPAQUE_KEYS
+                else iso(v) if k in TIMESTAMP_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
+                else jsonable(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [jsonable(v) for v in data]
+    return data
+
+
+def emit_json(data: Any, *, one_line: bool = False) -> None:
+    """Print ``data`` as JSON on stdout, times as ISO 8601 UTC (jsonable); ``one_line``: compact, on
+    one line (the watch views print one document per line)."""
+    text = json.dumps(jsonable(data), indent=None if one_line else 2, sort_keys=True, default=str,
+                      separators=(",", ":") if one_line else None)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

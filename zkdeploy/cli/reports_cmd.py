@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from zkdeploy.cli.commands import check_targets, resolve_targets, who
-from zkdeploy.cli.context import Ctx, force_option, handle_errors, json_option, pass_ctx, positive_seconds
+from zkdeploy.cli.context import Ctx, confirm, force_option, handle_errors, json_option, pass_ctx, positive_seconds
 from zkdeploy.cli.journal_cmd import SINCE
 from zkdeploy.cli.output import emit_json, say, table
 from zkdeploy.cli.views import mark_dict
@@ -170,8 +170,7 @@ def undo(ctx: Ctx, node: str, last: int | None, since: datetime | None, timeout:
     if node not in store.nodes():
         raise ConfigError(f"no agent is registered as {node!r}")
     what = f"every change set since {since.isoformat()}" if since is not None else f"the last {last} change set(s)"
-    if not force and not click.confirm(f"undo {what} on {node}?"):
-        raise click.Abort()
+    confirm(f"undo {what} on {node}?", force)
     name = store.request_undo(node, {"last": last, "since": since.isoformat() if since else None,
                                      "by": who(), "created": time.time(), "state": "pending"})
     deadline = time.monotonic() + timeout

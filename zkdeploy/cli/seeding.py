@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
+from zkdeploy.cli.live import meter
 from zkdeploy.cli.output import emit_json, say, table
 from zkdeploy.coordination import Store
 from zkdeploy.errors import ConfigError, PayloadError
@@ -44,7 +45,8 @@ def seed_endpoint(text: str) -> tuple[str, int]:
 
 def seed_in_foreground(store: Store, release: Release, meta: TorrentMeta, path: Path, until: int,
                        listen: str, timeout: float, quiet: bool = False) -> None:
-    """Seed ``path`` until ``until`` hosts hold the verified payload; PayloadError after ``timeout``."""
+    """Seed ``path`` until ``until`` hosts hold the verified payload, showing how many do (a progress
+    bar on a terminal, a line per change otherwise, nothing when ``quiet``); PayloadError after ``timeout``."""
     ip, port = seed_endpoint(listen)
     session = SwarmSession(SwarmConfig(listen_ip=ip, listen_port=port, allow_multiple_connections_per_ip=True))
     address, port = session.start()
@@ -54,20 +56,17 @@ def seed_in_foreground(store: Store, release: Release, meta: TorrentMeta, path: 
         store.register_peer(meta.info_hash, name, {"address": address, "port": port, "complete": True,
                                                    "rack": None, "dc": None, "seeder": True})
         deadline = time.monotonic() + timeout
-        last = ""
-        while True:
-            holders = store.holders(release.service, release.version)
-            peers = store.peers(meta.info_hash)
-            rate = sum(int(p.get("download_rate") or 0) for p in peers.values())
-            text = f"{len(holders)}/{until} hosts hold {release.service}@{release.version}; swarm {rate / 1e6:.1f} MB/s"
-            if text != last and not quiet:
-                say(text)
-                last = text
-            if len(holders) >= until:
-                return
-            if time.monotonic() > deadline:
-                raise PayloadError(f"only {len(holders)} of {until} hosts hold the payload after {timeout:g}s")
-            time.sleep(1.0)
+        with meter(f"hosts hold {release.service}@{release.version}", until, quiet=quiet) as shown:
+            while True:
+                holders = store.holders(release.service, release.version)
+                peers = store.peers(meta.info_hash)
+                rate = sum(int(p.get("download_rate") or 0) for p in peers.values())
+                shown.update(len(holders), f"swarm {rate / 1e6:.1f} MB/s, {len(peers)} peer(s)")
+                if len(holders) >= until:
+                    return
+                if time.monotonic() > deadline:
+                    raise PayloadError(f"only {len(holders)} of {until} hosts hold the payload after {timeout:g}s")
+                time.sleep(1.0)
     finally:
         try:
             store.unregister_peer(meta.info_hash, name)

@@ -9,7 +9,9 @@ import click
 
 from zkdeploy.cli import discovery_cmd
 from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx, positive_seconds
-from zkdeploy.cli.output import console, emit_json, say, table
+from zkdeploy.cli.frames import status_frame
+from zkdeploy.cli.live import LiveView
+from zkdeploy.cli.output import emit_json, say, table
 from zkdeploy.cli.views import fleet_status, nodes_view
 from zkdeploy.policy.selector import parse as parse_selector
 
@@ -116,9 +118,12 @@ def _until(pin: dict[str, Any]) -> str:
 
 
 @click.command("status")
-@click.option("--watch", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")
+@click.option("--watch", is_flag=True,
+              help="Follow the fleet until Ctrl-C: redrawn in place on a terminal (progress bars, elapsed time, "
+                   "time left, why nodes hold a rollout back); one line per change otherwise; with --json one "
+                   "JSON document per line, per change.")
 @click.option("--interval", type=float, default=1.0, show_default=True, metavar="SECONDS",
-              help="With --watch: seconds between redraws (greater than 0).")
+              help="With --watch: seconds between looks at the fleet (greater than 0).")
 @json_option
 @pass_ctx
 @handle_errors
@@ -128,19 +133,19 @@ def status(ctx: Ctx, watch: bool, interval: float, as_json: bool) -> None:
     deploy (nodes, versions, verified/open/waiting and why), the release marks and the pins."""
     positive_seconds("--interval", interval)
     store = ctx.store()
+    if not watch:
+        data = fleet_status(store)
+        if as_json:
+            emit_json(data)
+        else:
+            _print_status(data)
+        return
     try:
-        while True:
-            data = fleet_status(store)
-            if as_json:
-                emit_json(data)
-            else:
-                if watch:
-                    console.clear()
-                    say(time.strftime("%Y-%m-%d %H:%M:%S"))
-                _print_status(data)
-            if not watch:
-                return
-            time.sleep(interval)
+        with LiveView("zkdeploy status --watch (Ctrl-C to stop)", as_json=as_json) as view:
+            while True:
+                data = fleet_status(store)
+                view.show(status_frame(data, time.time()), doc=data if as_json else None)
+                time.sleep(interval)
     except KeyboardInterrupt:  # the way out of --watch: not an error
         return
 

@@ -10,7 +10,7 @@ from typing import Any
 from zkdeploy.coordination import Store
 from zkdeploy.model import PENDING, CurrentEntry, DeployEntry, Mark, Member, Pin
 from zkdeploy.policy.marks import effective
-from zkdeploy.policy.progress import active_deploy, explain
+from zkdeploy.policy.progress import active_deploy, blocked_by, explain
 from zkdeploy.policy.quorum import required_online
 from zkdeploy.policy.waves import advance, states
 
@@ -24,6 +24,7 @@ def deploy_dict(entry: DeployEntry) -> dict[str, Any]:
         "previous": entry.previous, "on_failure": entry.on_failure,
         "progress_deadline": entry.progress_deadline, "stalled_since": entry.stalled_since,
         "waves": [dict(w) for w in entry.waves], "wave": entry.wave, "wave_log": [dict(x) for x in entry.wave_log],
+        "nodes": list(entry.nodes), "select": entry.select,
     }
 
 
@@ -120,6 +121,9 @@ def fleet_status(store: Store) -> dict[str, Any]:
         if is_head:
             waiting = explain(head, entries, quorum, slots, queue, switch.message if switch else None,
                               members=known)
+        elif open_for and (blocker := blocked_by(open_for[0], deploys, graph)) is not None:
+            waiting = (f"blocked: it depends on {blocker.service}, whose deploy {blocker.name} "
+                       f"({blocker.service}@{blocker.version}) ended {blocker.state}")
         elif open_for:
             waiting = f"queued behind {head.service}@{head.version} ({head.name})" if head else "queued"
         else:
