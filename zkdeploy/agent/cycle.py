@@ -69,6 +69,7 @@ class Cycle:
         self._closed: dict[str, DeployEntry] = {}   # deploy entries seen closed (never read again)
         self._catalog_version = -2
         self._last_summary = ""
+        self._progress_due: dict[str, float] = {}  # deploy -> when the steward next looks for a stall
 
     # -- one cycle ------------------------------------------------------------------
     def run_once(self) -> None:
@@ -119,7 +120,7 @@ class Cycle:
                 deploys.advance_waves(self.store, head, self.rule.marks(head.service).get(head.version))
             deploys.maybe_complete(self.store, head)
             current = self.store.deploy(head.name)
-            if current is not None and current.state == PENDING:
+            if current is not None and current.state == PENDING and self._is_steward(head.service):
                 self._watch_progress(current)
             head = current
         self._summary(self._describe(head))
@@ -327,11 +328,15 @@ class Cycle:
         return bool(nodes) and min(nodes) == self.node
 
     def _watch_progress(self, head: DeployEntry) -> None:
+        """The steward's look at whether the deploy stalled: it reads every entry of the service, so
+        at most ten times per progress deadline (and every 5 s at most), not on every wake-up."""
+        now = time.monotonic()
+        if now < self._progress_due.get(head.name, 0.0):
+            return
+        self._progress_due[head.name] = now + min(5.0, head.progress_deadline / 10)
         catalog = self.host.catalog
         spec = catalog.services.get(head.service) if catalog else None
-        entry = self.store.deploy(head.name)
-        if entry is not None and entry.state == PENDING:
-            deploys.watch_progress(self.store, entry, spec.quorum if spec else None)
+        deploys.watch_progress(self.store, head, spec.quorum if spec else None)
 
     # -- watches --------------------------------------------------------------------------------
     def _ensure_watches(self) -> None:

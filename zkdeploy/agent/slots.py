@@ -2,8 +2,10 @@
 
 A ``SlotRequest`` is the protocol of DESIGN.md step 3: a place in the
 service's FIFO restart queue; at its head, the quorum decision on a fresh
-read of /current; and, when one more node may go down, the slot taken in one
-transaction with the node's ``restarting`` entry.  ``poll`` is one step of
+read of the service's down index (``Store.quorum_view``: who is present, who
+is not online, who is a member — names only, four reads at any fleet size);
+and, when one more node may go down, the slot taken in one transaction with
+the node's ``restarting`` entry and its down marker.  ``poll`` is one step of
 that and never blocks: the decision cycle polls on every wake-up (the
 predecessor's watch, a change of /current, the deploy entry) and goes on
 answering everything else meanwhile.  ``hold_slots`` is the blocking form,
@@ -78,16 +80,17 @@ class SlotRequest:
                     or (self.answering is not None and self.answering()):
                 return self._waiting(f"queued behind {position} node(s) to restart")
             return self._take(me, free=True, wake=wake)
-        entries = self.store.current(self.service, wake)
-        me = entries.get(self.node)
+        view = self.store.quorum_view(self.service, self.node, wake)
+        me = view.me
         if me is None:
             raise LockLostError(f"this node's /current entry of {self.service} is gone")
-        members = set(self.store.member_nodes(self.service, wake)) | set(entries)  # absent members count as down
-        online = sum(1 for e in entries.values() if e.state == ONLINE)
         self_online = me.state == ONLINE
         if not self_online and self.answering is not None and self.answering():
-            self_online, online = True, online + 1  # our entry is stale: going down costs quorum
-        decision = may_go_down(online=online, present=len(entries), members=len(members), quorum=self.quorum,
+            self_online = True  # our entry is stale: going down costs quorum
+        online = view.online_except(self.node) + int(self_online)
+        present = len(view.present | {self.node})
+        members = len(view.members | view.present)  # absent members count as down
+        decision = may_go_down(online=online, present=present, members=members, quorum=self.quorum,
                                self_online=self_online)
         if not decision.allowed:
             return self._waiting(decision.reason)

@@ -6,6 +6,8 @@
     <root>/catalog                          persistent  the fleet catalog (JSON of conf/services.yaml)
     <root>/nodes/<node>                     ephemeral   agent presence (NodeRecord)
     <root>/current/<service>/<node>         ephemeral   version and state of a service on a node (CurrentEntry)
+    <root>/down/<service>/<node>            ephemeral   present while that entry is not online: the index the
+                                                        quorum decision counts (names only, one read)
     <root>/marks/<service>/m-<seq>          persistent-sequential  a mark of a release: bad, badfwd, good, none (Mark)
     <root>/pins/<node>/<service>            persistent  a pin: this node runs this release (Pin)
     <root>/members/<service>/<node>         persistent  a member of the service: a node that registered it (Member);
@@ -72,6 +74,17 @@ class Layout:
 
     def current_entry(self, service: str, node: str) -> str:
         return self.current_service(service) + "/" + check_name("node", node)
+
+    # /down: the index of entries that are not online
+    @property
+    def down(self) -> str:
+        return self._join("down")
+
+    def down_service(self, service: str) -> str:
+        return self._join("down", check_name("service", service))
+
+    def down_marker(self, service: str, node: str) -> str:
+        return self.down_service(service) + "/" + check_name("node", node)
 
     # /marks and /pins
     def marks(self, service: str) -> str:
@@ -178,6 +191,6 @@ class Layout:
 
     def base_paths(self) -> list[str]:
         """The persistent parents that must exist before anything else is written."""
-        return [self.nodes, self.current, self.members, self._join("marks"), self.pins, self.staging, self.deploy,
+        return [self.nodes, self.current, self.down, self.members, self._join("marks"), self.pins, self.staging, self.deploy,
                 self._join("locks"), self._join("swarm"), self.control, self.reports, self.plans, self.history,
                 self._join("control", "undo")]

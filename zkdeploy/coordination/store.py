@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar, Unpack
 
 from zkdeploy.coordination.credentials import Security
@@ -30,6 +31,8 @@ from zkdeploy.coordination.lock import QueueLock, sequence_of
 from zkdeploy.coordination.session import (
     CONNECTED,
     Create,
+    Delete,
+    Op,
     Session,
     SetData,
     Stat,
@@ -46,7 +49,7 @@ from zkdeploy.errors import (
     NoNodeError,
     SessionLostError,
 )
-from zkdeploy.model import CurrentEntry, DeployEntry, Killswitch, Mark, Member, NodeRecord, Pin, Record, Release
+from zkdeploy.model import ONLINE, CurrentEntry, DeployEntry, Killswitch, Mark, Member, NodeRecord, Pin, Record, Release
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,20 @@ class Timeouts(TypedDict, total=False):
     operation_timeout: float
 
 
+@dataclass(frozen=True)
+class QuorumView:
+    """What one quorum decision counts (``Store.quorum_view``): names only, and this node's entry."""
+
+    present: frozenset[str]
+    down: frozenset[str]
+    members: frozenset[str]
+    me: CurrentEntry | None
+
+    def online_except(self, node: str) -> int:
+        """The present nodes other than ``node`` whose entry is online (not in the down index)."""
+        return len(self.present - self.down - {node})
+
+
 class Store:
     """zkdeploy's records under one root of one coordination tree."""
 
@@ -69,6 +86,9 @@ class Store:
         self._layout = Layout(root)
         #: this session's own ephemeral records: path -> (session generation, znode version it last wrote)
         self._written: dict[str, tuple[int, int]] = {}
+        #: this session's down markers: path -> (session generation, whether this session's marker is there)
+        self._down: dict[str, tuple[int, bool]] = {}
+        self._ensured: set[str] = set()
 
     @classmethod
     def connect(cls, hosts: str, root: str = "/dc", security: Security | None = None,
@@ -331,7 +351,69 @@ class Store:
         return self._children(self._layout.current)
 
     def publish_current(self, service: str, entry: CurrentEntry) -> None:
-        self._put_ephemeral(self._layout.current_entry(service, entry.node), entry.to_bytes())
+        """Write this node's entry and keep its down marker in step: the marker is there exactly
+        while the entry is not online (the index ``quorum_view`` counts).
+
+        When the entry's online-ness flips and this session knows both nodes' versions, the entry
+        and the marker change in one transaction (one request); otherwise the entry is written
+        first and the marker after, which only ever errs on the safe side for a voluntary stop
+        (a stop is taken by ``take_slot``, whose transaction makes the marker with the entry).
+        ConflictError when an older session's marker is still there: the caller writes again.
+        """
+        path = self._layout.current_entry(service, entry.node)
+        marker = self._layout.down_marker(service, entry.node)
+        down = entry.state != ONLINE
+        generation = self._session.generation
+        known, marked = self._written.get(path), self._down.get(marker)
+        if marked == (generation, down):
+            self._put_ephemeral(path, entry.to_bytes())
+            return
+        if known is not None and known[0] == generation and marked is not None and marked[0] == generation:
+            flip: Op = Create(marker, ephemeral=True) if down else Delete(marker)
+            try:
+                results = self._session.commit([SetData(path, entry.to_bytes(), known[1]), flip])
+            except (ConflictError, SessionLostError):
+                self._written.pop(path, None)  # look again below (a lost reply: the slow path is idempotent)
+                self._down.pop(marker, None)
+            else:
+                if isinstance(results[0], Stat):
+                    self._written[path] = (generation, results[0].version)
+                self._down[marker] = (generation, down)
+                return
+        self._put_ephemeral(path, entry.to_bytes())
+        self._mark_down(service, entry.node, down)
+
+    def _mark_down(self, service: str, node: str, down: bool) -> None:
+        """Make this node's down marker of ``service`` exist (``down``) or not, idempotently."""
+        marker = self._layout.down_marker(service, node)
+        generation = self._session.generation
+        self._down.pop(marker, None)
+        if down:
+            try:
+                self._session.create(marker, b"", ephemeral=True, makepath=True)
+            except NodeExistsError:
+                if self._owner_of(marker) != self._session.session_id:
+                    raise ConflictError(f"{marker} still belongs to an older session (it expires within the "
+                                        "session timeout)") from None
+        else:
+            self._delete(marker)  # an older session's marker too: this node is online now
+        self._down[marker] = (generation, down)
+
+    def quorum_view(self, service: str, node: str, changed: threading.Event | None = None) -> QuorumView:
+        """What the quorum decision counts, in four reads whatever the fleet's size: the nodes
+        present under /current/<service>, the down index (nodes whose entry is not online), the
+        members, and this node's own entry.  With ``changed``, one-shot watches on the three
+        children lists set the event when a node comes, goes, goes down or comes back up, or a
+        member is added or forgotten (each such change wakes the waiting head once)."""
+        fire: Watcher | None = (lambda *_: changed.set()) if changed is not None else None
+        down_dir = self._layout.down_service(service)
+        if down_dir not in self._ensured:
+            self._session.ensure_path(down_dir)  # a child watch needs the parent to exist
+            self._ensured.add(down_dir)
+        present = frozenset(self._children(self._layout.current_service(service), fire))
+        down = frozenset(self._children(down_dir, fire))
+        members = frozenset(self._children(self._layout.service_members(service), fire))
+        return QuorumView(present, down, members, self.current_entry(service, node))
 
     def owns_current(self, service: str, node: str) -> bool:
         """True only if this session owns the /current entry of ``node`` for ``service``."""
@@ -572,18 +654,31 @@ class Store:
         """
         slots = self._layout.slots(service)
         slot = self._layout.slot(service, entry.node)
-        self._session.ensure_path(slots)
+        if slots not in self._ensured:
+            self._session.ensure_path(slots)
+            self._ensured.add(slots)
         generation = self._session.generation
         current = self._layout.current_entry(service, entry.node)
+        marker = self._layout.down_marker(service, entry.node)
+        marked = self._down.pop(marker, None) == (generation, True)
         self._written.pop(current, None)
+        ops: list[Op] = [SetData(current, entry.to_bytes(), entry.zversion),
+                         Create(slot, entry.to_bytes(), ephemeral=True)]
+        if not marked:
+            ops.append(Create(marker, ephemeral=True))  # the down index says so in the same transaction
         try:
-            results = self._session.commit([SetData(current, entry.to_bytes(), entry.zversion),
-                                            Create(slot, entry.to_bytes(), ephemeral=True)])
+            results = self._session.commit(ops)
             if isinstance(results[0], Stat):
                 self._written[current] = (generation, results[0].version)
+            self._down[marker] = (generation, True)
+        except NodeExistsError:
+            if self._owner_of(marker) == self._session.session_id:
+                self._down[marker] = (generation, True)  # ours already: the next attempt leaves it be
+            raise
         except SessionLostError:
             if self.await_session(generation) and self._owns(slot):
                 log.warning("%s: the reply to taking the slot was lost; the slot is ours", service)
+                self._down[marker] = (generation, True)
                 return
             raise
 
@@ -679,15 +774,17 @@ class Store:
         self._session.watch_children(self._layout.marks(service), fn)
 
     def pin(self, node: str, service: str) -> Pin | None:
+        """``node``'s pin record of ``service``: a pin, or a signed removal (``kind: unpin``, never
+        active) that keeps the pin's sequence number; None when there is neither."""
         got = self._get(self._layout.pin(node, service))
         return self._record(Pin, self._layout.pin(node, service), got) if got else None
 
     def pins(self) -> list[Pin]:
-        """Every pin of every node."""
+        """Every pin of every node (signed removals left out)."""
         out = []
         for node in self._children(self._layout.pins):
             for service in self._children(self._layout.node_pins(node)):
-                if (pin := self.pin(node, service)) is not None:
+                if (pin := self.pin(node, service)) is not None and pin.kind == "pin":
                     out.append(pin)
         return out
 
