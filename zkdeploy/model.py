@@ -224,6 +224,10 @@ class Mark(Record):
     bad; ``badfwd``: they go forward to the next newer one not marked bad that
     passed its first wave; ``good``: waves that require a good release accept
     it; ``none``: the release is unmarked again.
+
+    ``seq``, ``key`` and ``sig``: a signed mark's sequence number (above every
+    earlier mark of the service), the id of the key that signed it, and the
+    signature (zkdeploy.signing); all empty for an unsigned mark.
     """
 
     service: str = ""
@@ -232,12 +236,23 @@ class Mark(Record):
     by: str = ""
     at: float = 0.0
     why: str = ""
+    seq: int = 0
+    key: str = ""
+    sig: str = ""
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.sig)
 
 
 @dataclass(frozen=True)
 class Pin(Record):
     """``/dc/pins/<node>/<service>``: this node runs ``version`` whatever deploys, waves and marks say,
-    until ``until`` (None: until unpinned)."""
+    until ``until`` (None: until unpinned).
+
+    ``kind`` ``unpin``: a signed removal of the pin (``zkdeploy unpin --sign``), kept in the pin's place
+    so that its sequence number goes on; it is never active.  ``seq``, ``key``, ``sig``: as for a Mark.
+    """
 
     node: str = ""
     service: str = ""
@@ -246,6 +261,14 @@ class Pin(Record):
     by: str = ""
     at: float = 0.0
     why: str = ""
+    kind: str = "pin"
+    seq: int = 0
+    key: str = ""
+    sig: str = ""
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.sig)
 
     def active(self, now: float) -> bool:
-        return self.until is None or now < self.until
+        return self.kind == "pin" and (self.until is None or now < self.until)

@@ -13,9 +13,17 @@ An agent configured with trusted public keys (several, for rotation) accepts
 a release only when the envelope is signed by one of them, the signature
 matches the canonical record, the record matches the release it is about
 (service, version, SHA-256, size), and its sequence number is not below the
-highest one the agent has installed for that service.  Going back to an older
+highest one the agent has run for that service.  Going back to an older
 release therefore needs an operator to sign it again (``kind: rollback``)
 with a new, higher sequence number; replaying an old envelope cannot.
+
+Release marks and pins (zkdeploy.policy.marks) are signed by the same keys as
+*control records* (``kind`` ``mark``, ``pin`` or ``unpin``): the record
+carries the service, the version, the mark (or the node and expiry of a pin),
+who made it and when, why, and a sequence number; the key id and the
+signature travel in the Mark or Pin record itself (its ``key`` and ``sig``
+fields).  Whether an agent acts on one (and the replay rules) is
+zkdeploy.agent.signatures.ControlGuard.
 
 Key files: the private key is PEM (PKCS#8) readable only by its owner; the
 public key is one line, ``zkdeploy-ed25519 <base64 raw key>``.  A key's id is
@@ -31,7 +39,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -39,10 +47,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from zkdeploy.coordination.credentials import check_private
 from zkdeploy.errors import ConfigError, SignatureError
+from zkdeploy.model import Mark, Pin
 
 PUBLIC_PREFIX = "zkdeploy-ed25519"
 SIGNATURE_BLOB = "signature"
-KINDS = ("release", "rollback")
+RELEASE_KINDS = ("release", "rollback")
+CONTROL_KINDS = ("mark", "pin", "unpin")
+KINDS = RELEASE_KINDS + CONTROL_KINDS
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -120,13 +131,76 @@ class ReleaseRecord:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
 
 
-def sign(key: Ed25519PrivateKey, record: ReleaseRecord) -> bytes:
-    """The envelope (JSON bytes) for ``record`` signed with ``key``."""
+@dataclass(frozen=True)
+class ControlRecord:
+    """What is signed for a release mark (``kind: mark``), a pin (``pin``) or the removal of a pin
+    (``unpin``).  A mark has no node and no expiry; a pin has no mark."""
+
+    kind: str
+    service: str
+    version: str
+    mark: str
+    node: str
+    until: float | None
+    by: str
+    at: float
+    why: str
+    seq: int
+
+    def canonical(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+
+class _Signable(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+    def canonical(self) -> bytes: ...
+
+
+def _signature(key: Ed25519PrivateKey, record: _Signable) -> tuple[str, str]:
+    """(key id, base64 signature) of ``record``'s canonical form: the one signer of every kind."""
     if record.kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    signature = key.sign(record.canonical())
-    return json.dumps({"record": asdict(record), "key": key_id(key.public_key()),
-                       "sig": base64.b64encode(signature).decode()}, sort_keys=True).encode()
+    return key_id(key.public_key()), base64.b64encode(key.sign(record.canonical())).decode()
+
+
+def sign(key: Ed25519PrivateKey, record: ReleaseRecord) -> bytes:
+    """The envelope (JSON bytes) for ``record`` signed with ``key``."""
+    if record.kind not in RELEASE_KINDS:
+        raise ValueError(f"a release record's kind must be one of {RELEASE_KINDS}")
+    kid, sig = _signature(key, record)
+    return json.dumps({"record": asdict(record), "key": kid, "sig": sig}, sort_keys=True).encode()
+
+
+def control_record(item: Mark | Pin) -> ControlRecord:
+    """The record a mark or a pin is signed as (its ``seq`` included, its ``key`` and ``sig`` not)."""
+    if isinstance(item, Mark):
+        return ControlRecord(kind="mark", service=item.service, version=item.version, mark=item.mark, node="",
+                             until=None, by=item.by, at=item.at, why=item.why, seq=item.seq)
+    return ControlRecord(kind=item.kind, service=item.service, version=item.version, mark="", node=item.node,
+                         until=item.until, by=item.by, at=item.at, why=item.why, seq=item.seq)
+
+
+def sign_mark(key: Ed25519PrivateKey, mark: Mark, seq: int) -> Mark:
+    """``mark`` with sequence number ``seq``, signed by ``key``."""
+    mark = mark.evolve(seq=seq)
+    kid, sig = _signature(key, control_record(mark))
+    return mark.evolve(key=kid, sig=sig)
+
+
+def sign_pin(key: Ed25519PrivateKey, pin: Pin, seq: int) -> Pin:
+    """``pin`` (or an unpin record, ``kind: unpin``) with sequence number ``seq``, signed by ``key``."""
+    pin = pin.evolve(seq=seq)
+    kid, sig = _signature(key, control_record(pin))
+    return pin.evolve(key=kid, sig=sig)
+
+
+def next_pin_seq(previous: Pin | None, now: float | None = None) -> int:
+    """The sequence number of a new signed pin or unpin record of a node's service: above the record
+    it replaces and never below the time in seconds, so that it stays above what an agent accepted
+    even when an unsigned ``unpin`` deleted the record (and its number) in between."""
+    return max((previous.seq if previous else 0) + 1, int(time.time() if now is None else now))
 
 
 def new_record(service: str, version: str, sha256: str, size: int, seq: int, kind: str = "release",
@@ -156,7 +230,7 @@ def seq_of(envelope: bytes | None) -> int | None:
 
 
 class Verifier:
-    """Checks envelopes against a set of trusted public keys."""
+    """Checks release envelopes and signed marks and pins against a set of trusted public keys."""
 
     def __init__(self, keys: list[Ed25519PublicKey]) -> None:
         if not keys:
@@ -179,27 +253,48 @@ class Verifier:
         """
         record, kid, signature = parse(envelope)
         what = f"{service}@{version}"
-        key = self.keys.get(kid)
-        if key is None:
-            raise SignatureError(f"{what}: signed by key {kid}, which this node does not trust")
-        try:
-            key.verify(signature, record.canonical())
-        except InvalidSignature:
-            raise SignatureError(f"{what}: the signature does not match the release record "
-                                 f"(forged or tampered with)") from None
+        self._check(what, kid, signature, record.canonical(), "the release record")
         expected = {"service": service, "version": version, "sha256": sha256, "size": size}
         wrong = [f"{k} {getattr(record, k)!r} != {v!r}" for k, v in expected.items() if getattr(record, k) != v]
         if wrong:
             raise SignatureError(f"{what}: the signed record is about another release: {', '.join(wrong)}")
         if record.seq < min_seq:
             raise SignatureError(f"{what}: signed with sequence {record.seq}, older than {min_seq}, the newest this "
-                                 f"node has installed: a replayed record cannot send it back; an operator "
+                                 f"node has run: a replayed record cannot send it back; an operator "
                                  f"must sign the rollback (zkdeploy keys sign {service}@{version} --rollback)")
         return record
 
+    def verify_control(self, item: Mark | Pin) -> ControlRecord:
+        """The verified record of a mark or a pin; SignatureError saying why it is refused: not
+        signed, signed by a key that is not trusted, or a signature that does not match the record
+        (forged, or changed after signing).  Which of several valid records counts (sequence
+        numbers, replays) is the caller's business."""
+        record = control_record(item)
+        what = (f"mark {record.mark} of {record.service}@{record.version}" if record.kind == "mark"
+                else f"{record.kind} of {record.node} for {record.service}"
+                     + (f"@{record.version}" if record.kind == "pin" else ""))
+        if not item.sig:
+            raise SignatureError(f"{what}: not signed")
+        try:
+            signature = base64.b64decode(item.sig, validate=True)
+        except ValueError:
+            raise SignatureError(f"{what}: the signature is malformed") from None
+        self._check(what, item.key, signature, record.canonical(), "the record")
+        return record
+
+    def _check(self, what: str, kid: str, signature: bytes, canonical: bytes, record: str) -> None:
+        key = self.keys.get(kid)
+        if key is None:
+            raise SignatureError(f"{what}: signed by key {kid or '(none)'}, which this node does not trust")
+        try:
+            key.verify(signature, canonical)
+        except InvalidSignature:
+            raise SignatureError(f"{what}: the signature does not match {record} "
+                                 f"(forged or tampered with)") from None
+
 
 class HighWater:
-    """The highest sequence number this node has installed, per service (a small file per service)."""
+    """The highest sequence number of a release this node has run, per service (a small file per service)."""
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory

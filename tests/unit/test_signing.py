@@ -224,3 +224,18 @@ def test_a_replayed_older_release_cannot_send_the_fleet_back_but_a_signed_rollba
     [again] = signed.fleet.deploy(("web", "1"), previous={"web": "2"}, kind="rollback")
     assert signed.run(again) == DONE
     assert set(signed.fleet.versions("web").values()) == {"1"}
+
+
+def test_a_newer_release_staged_ahead_does_not_block_the_deploy_of_an_older_one(signed: SignedFleet) -> None:
+    """Agents unpack the newest staged release ahead of its deploy; that must not count as running it
+    (it once raised the high-water mark, and the deploy of 2 was refused as a replay)."""
+    signed.stage("2", at=2.0)
+    signed.stage("3", at=3.0)
+    signed.fleet.rounds(2)  # 3, the newest, is fetched and unpacked ahead
+    assert all((signed.data(node) / "releases" / "web" / "3").exists() for node in signed.fleet.agents)
+    [name] = signed.fleet.deploy(("web", "2"))
+    assert signed.run(name) == DONE
+    assert set(signed.fleet.versions("web").values()) == {"2"}
+    # once 2 runs, its number is the floor: a replay of 1 is refused
+    [back] = signed.fleet.deploy(("web", "1"), previous={"web": "2"}, kind="rollback")
+    assert signed.run(back) == HALTED

@@ -7,6 +7,10 @@ wave of the active deploy; the most popular version among the service's
 online nodes, for a node that returns.  The same rule for a node that never
 left and one that returns after an outage, so a returning node lands on what
 its wave and the marks say, not on a bad release that happens to be popular.
+
+With trusted keys (``signing.trusted_keys``) only signed marks and pins
+count, and an unsigned ``bad`` mark only halts: no step of the rule moves a
+node to that version (zkdeploy.agent.signatures.ControlGuard).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from zkdeploy.agent.payloads import Payloads
 from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.view import View
 from zkdeploy.coordination import Store
-from zkdeploy.model import ONLINE, PENDING, STOPPED, DeployEntry, Mark
+from zkdeploy.model import ONLINE, PENDING, STOPPED, DeployEntry, Mark, Pin
 from zkdeploy.policy import marks as rules
 from zkdeploy.policy.versions import most_popular
 from zkdeploy.policy.waves import is_open, passed_first_wave, wave_of
@@ -55,12 +59,25 @@ class Rule:
         self.returning: set[str] = set()  # services to bring to the most popular version after a (re)join
         self.why: dict[str, str] = {}     # the last reason a service holds (shown in its /current detail)
         self._pinned: set[str] = set()    # services pinned at the last look
+        self._halting: dict[str, dict[str, Mark]] = {}  # unsigned bad marks that only halt (signing on)
+        self._control_target: dict[str, str] = {}  # where a pin or a mark sends a service (this evaluation)
 
     def marks(self, service: str) -> dict[str, Mark]:
-        """The marks that count for ``service`` (each record is read once: they are never rewritten)."""
+        """The marks that count for ``service`` (each record is read once: they are never rewritten).
+        With trusted keys, only signed ones (the unsigned bad marks that halt are kept aside)."""
         seen = self._marks.setdefault(service, {})
         seen.update(self.view.marks(service, skip=seen))
-        return rules.effective(seen.values())
+        guard = self.payloads.guard
+        if guard is None:
+            return rules.effective(seen.values())
+        counted, self._halting[service] = guard.controls.marks(service, seen)
+        return counted
+
+    def pin(self, service: str) -> Pin | None:
+        """This node's pin of ``service`` that counts (with trusted keys: the newest signed one)."""
+        pin = self.view.pin(service)
+        guard = self.payloads.guard
+        return pin if guard is None else guard.controls.pin(service, pin)
 
     def staged(self, service: str) -> dict[str, float]:
         return {v: r.staged_at for v in self.view.staged_versions(service)
@@ -70,10 +87,30 @@ class Rule:
                  failed: set[tuple[str, str]]) -> Want | None:
         """What ``service`` should do now (None: stay).  ``known`` is every deploy entry read so far
         (open and closed); ``failed`` the (deploy, service) pairs whose release failed here."""
+        self._control_target.pop(service, None)
+        want = self._evaluate(service, head, known, failed)
+        guard = self.payloads.guard
+        if guard is None:
+            return want
+        rec = self.presence.local[service]
+        if rec.state == ONLINE and rec.version:
+            guard.running(service, rec.version)  # a replayed older record cannot send it back from here
+        halting = self._halting.get(service, {})
+        if want is not None and want.target in halting:
+            mark = halting[want.target]
+            self._say(service, f"{want.target} is marked bad by an unsigned record ({mark.by}: {mark.why}): not "
+                               f"moving to it until an operator signs a mark or an unmark")
+            want = None
+        moved_by_control = want is not None and self._control_target.get(service) == want.target
+        guard.authorize(service, want.target if want is not None and moved_by_control else None)
+        return want
+
+    def _evaluate(self, service: str, head: DeployEntry | None, known: list[DeployEntry],
+                  failed: set[tuple[str, str]]) -> Want | None:
         rec = self.presence.local[service]
         marks = self.marks(service)
         running = rec.version if rec.state in (ONLINE, "failed") else None
-        pin = self.view.pin(service)
+        pin = self.pin(service)
         if pin is not None and pin.active(time.time()):
             self._pinned.add(service)
         elif service in self._pinned:  # unpinned, or the pin lapsed: converge like a node that returns
@@ -84,6 +121,7 @@ class Rule:
                                 time.time())
         if decision.target is not None:
             self._say(service, decision.why)
+            self._control_target[service] = decision.target
             return Want(decision.target)
         if decision.hold:
             self._say(service, decision.why)

@@ -3,6 +3,8 @@
 These commands only write intent (a mark record, a pin, a wave's approval);
 the agents act on it by the one rule of docs/controlled-deployment.md, under
 the quorum rules.  Each refuses bad input (exit 2) before writing anything.
+Marks and pins are signed with ``--sign KEYFILE`` like releases; agents with
+trusted keys act only on signed ones (docs/security.md).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from zkdeploy.names import check_name
 from zkdeploy.policy import marks as rules
 from zkdeploy.policy.lifecycle import TERMINAL, Actor, transition
 from zkdeploy.policy.waves import passed_first_wave
+from zkdeploy.signing import load_private, next_pin_seq, sign_mark, sign_pin
 
 #: conditional writes of a deploy entry tried before giving up (agents write it too)
 PROMOTE_ATTEMPTS = 5
@@ -58,16 +61,37 @@ def _effect(store: Store, service: str, version: str, how: str, marks: dict[str,
                     f"an open deploy of it is aborted by the agents"
 
 
+def _mark_seq(store: Store, service: str) -> int:
+    """A new signed mark's sequence number: above every mark record of the service."""
+    return max((m.seq for m in store.marks(service).values()), default=0) + 1
+
+
+def _unsigned_note(signed_before: bool, signing: bool, undo: str) -> str:
+    """What to tell an operator who replaces a signed record with an unsigned one."""
+    if signed_before and not signing:
+        return (f"; note: the record it replaces was signed, and agents with trusted keys act only on signed "
+                f"records: they ignore this one ({undo} --sign KEYFILE)")
+    return ""
+
+
+sign_option = click.option(
+    "--sign", "sign_key", metavar="KEYFILE", type=click.Path(exists=True, dir_okay=False),
+    help="Sign the record with this key (zkdeploy keys generate); agents with trusted keys act only on "
+         "signed marks and pins.")
+
+
 @click.command("mark")
 @click.argument("service")
 @click.argument("version")
 @click.argument("how", metavar="bad|badfwd|good", type=click.Choice([rules.BAD, rules.BADFWD, rules.GOOD]))
 @click.option("-m", "--message", "why", required=True, help="Why (kept with the mark, shown by status).")
 @click.option("--force", "--yes", "force", is_flag=True, help="Do not ask for confirmation (bad, badfwd).")
+@sign_option
 @json_option
 @pass_ctx
 @handle_errors
-def mark(ctx: Ctx, service: str, version: str, how: str, why: str, force: bool, as_json: bool) -> None:
+def mark(ctx: Ctx, service: str, version: str, how: str, why: str, force: bool, sign_key: str | None,
+         as_json: bool) -> None:
     """Mark VERSION of SERVICE bad, badfwd or good (an append-only record: who, when, why).
 
     \b
@@ -85,6 +109,7 @@ def mark(ctx: Ctx, service: str, version: str, how: str, why: str, force: bool, 
     check_name("version", version)
     if not why.strip():
         raise ConfigError("a mark needs a reason: -m WHY")
+    key = load_private(sign_key) if sign_key else None
     store = ctx.store()
     _known_release(store, service, version)
     marks = rules.effective(store.marks(service).values())
@@ -92,22 +117,29 @@ def mark(ctx: Ctx, service: str, version: str, how: str, why: str, force: bool, 
     if how != rules.GOOD and not force and not click.confirm(f"mark {service}@{version} {how}? {effect}"):
         raise click.Abort()
     record = Mark(service=service, version=version, mark=how, by=who(), at=time.time(), why=why)
+    if key is not None:
+        record = sign_mark(key, record, _mark_seq(store, service))
     name = store.add_mark(record)
+    before = marks.get(version)
+    note = _unsigned_note(before is not None and before.signed, key is not None, f"zkdeploy mark {service} {version}")
     if as_json:
         emit_json({"record": name, "service": service, "version": version, "mark": how, "by": record.by,
-                   "at": record.at, "why": why, "running": running, "effect": effect})
+                   "at": record.at, "why": why, "running": running, "effect": effect, "signed": record.signed,
+                   "seq": record.seq, "key": record.key or None})
     else:
-        say(f"marked {service}@{version} {how}: {effect}")
+        signed = f" (signed, sequence {record.seq})" if record.signed else ""
+        say(f"marked {service}@{version} {how}{signed}: {effect}{note}")
 
 
 @click.command("unmark")
 @click.argument("service")
 @click.argument("version")
 @click.option("-m", "--message", "why", required=True, help="Why (kept with the record).")
+@sign_option
 @json_option
 @pass_ctx
 @handle_errors
-def unmark(ctx: Ctx, service: str, version: str, why: str, as_json: bool) -> None:
+def unmark(ctx: Ctx, service: str, version: str, why: str, sign_key: str | None, as_json: bool) -> None:
     """Clear the mark of VERSION of SERVICE (appends a record with mark `none`).
 
     Nodes already moved away from it stay where they are; a node that returns
@@ -117,18 +149,26 @@ def unmark(ctx: Ctx, service: str, version: str, why: str, as_json: bool) -> Non
     """
     if not why.strip():
         raise ConfigError("unmark needs a reason: -m WHY")
+    check_name("service", service)
+    check_name("version", version)
+    key = load_private(sign_key) if sign_key else None
     store = ctx.store()
     _known_release(store, service, version)
     current = rules.effective(store.marks(service).values()).get(version)
     if current is None:
         raise ConfigError(f"{service}@{version} is not marked; nothing was changed")
     record = Mark(service=service, version=version, mark="none", by=who(), at=time.time(), why=why)
+    if key is not None:
+        record = sign_mark(key, record, _mark_seq(store, service))
     name = store.add_mark(record)
+    note = _unsigned_note(current.signed, key is not None, f"zkdeploy unmark {service} {version}")
     if as_json:
         emit_json({"record": name, "service": service, "version": version, "mark": "none", "was": current.mark,
-                   "by": record.by, "at": record.at, "why": why})
+                   "by": record.by, "at": record.at, "why": why, "signed": record.signed, "seq": record.seq,
+                   "key": record.key or None})
     else:
-        say(f"unmarked {service}@{version} (was {current.mark}, by {current.by}: {current.why})")
+        signed = f" (signed, sequence {record.seq})" if record.signed else ""
+        say(f"unmarked {service}@{version}{signed} (was {current.mark}, by {current.by}: {current.why}){note}")
 
 
 # -- pins -----------------------------------------------------------------------------------
@@ -174,11 +214,12 @@ def _runs(store: Store, node: str, service: str) -> bool:
 @click.option("--for", "for_", metavar="DURATION", help="The pin lapses after DURATION (e.g. 2h, 30m, 1h30m).")
 @click.option("--forever", is_flag=True, help="The pin stays until `zkdeploy unpin`.")
 @click.option("-m", "--message", "why", required=True, help="Why (shown by status and nodes).")
+@sign_option
 @json_option
 @pass_ctx
 @handle_errors
 def pin(ctx: Ctx, node: str, service: str, version: str, until: str | None, for_: str | None, forever: bool,
-        why: str, as_json: bool) -> None:
+        why: str, sign_key: str | None, as_json: bool) -> None:
     """Pin NODE to VERSION of SERVICE: it runs that release whatever deploys, waves, marks and
     the most-popular rule say (it still restarts under the quorum rules).
 
@@ -193,6 +234,7 @@ def pin(ctx: Ctx, node: str, service: str, version: str, until: str | None, for_
     if not why.strip():
         raise ConfigError("a pin needs a reason: -m WHY")
     expiry = _until(until, for_, forever)
+    key = load_private(sign_key) if sign_key else None
     store = ctx.store()
     _known_release(store, service, version)
     present = store.nodes()
@@ -202,43 +244,59 @@ def pin(ctx: Ctx, node: str, service: str, version: str, until: str | None, for_
                           f"service (zkdeploy nodes); nothing was changed")
     if not _runs(store, node, service):
         raise ConfigError(f"{node} does not run {service}; nothing was changed")
-    before = store.pin(node, service)
+    previous = store.pin(node, service)  # a pin, or a signed unpin that keeps the sequence going
+    before = previous if previous is not None and previous.kind == "pin" else None
     record = Pin(node=node, service=service, version=version, until=expiry, by=who(), at=time.time(), why=why)
+    if key is not None:
+        record = sign_pin(key, record, next_pin_seq(previous))
     store.set_pin(record)
     entry = store.current(service).get(node)
     running = entry.version if entry else None
     what = ("it runs it already" if running == version
             else f"it runs {running or 'nothing yet'}: it restarts into {version} under the quorum rules")
+    note = _unsigned_note(previous is not None and previous.signed, key is not None, f"zkdeploy pin {node} {service}")
     if as_json:
-        emit_json({**pin_dict(record), "replaced": pin_dict(before) if before else None, "running": running})
+        emit_json({**pin_dict(record), "replaced": pin_dict(before) if before else None, "running": running,
+                   "signed": record.signed, "seq": record.seq, "key": record.key or None})
     else:
         lapse = f"until {seen_at(expiry)}" if expiry is not None else "until unpinned"
-        say(f"pinned {node} to {service}@{version} {lapse}; {what}"
-            + (f" (replaces the pin to {before.version})" if before else ""))
+        signed = f" (signed, sequence {record.seq})" if record.signed else ""
+        say(f"pinned {node} to {service}@{version} {lapse}{signed}; {what}"
+            + (f" (replaces the pin to {before.version})" if before else "") + note)
 
 
 @click.command("unpin")
 @click.argument("node")
 @click.argument("service")
+@sign_option
 @json_option
 @pass_ctx
 @handle_errors
-def unpin(ctx: Ctx, node: str, service: str, as_json: bool) -> None:
+def unpin(ctx: Ctx, node: str, service: str, sign_key: str | None, as_json: bool) -> None:
     """Remove NODE's pin for SERVICE: the node then converges like a node that returns (the
     open wave of a deploy, else the most popular version not marked bad), under the quorum rules.
 
-    Refused (exit 2) when NODE has no pin for SERVICE.
+    With --sign, a signed unpin record takes the pin's place (agents with
+    trusted keys keep a signed pin until they see one).  Refused (exit 2) when
+    NODE has no pin for SERVICE.
     """
     check_name("node", node)
     check_name("service", service)
+    key = load_private(sign_key) if sign_key else None
     store = ctx.store()
     before = store.pin(node, service)
-    if before is None or not store.remove_pin(node, service):
+    if before is None or before.kind != "pin":
         raise ConfigError(f"{node} has no pin for {service}; nothing was changed")
+    if key is not None:
+        store.set_pin(sign_pin(key, Pin(node=node, service=service, version=before.version, by=who(),
+                                         at=time.time(), kind="unpin"), next_pin_seq(before)))
+    elif not store.remove_pin(node, service):
+        raise ConfigError(f"{node} has no pin for {service}; nothing was changed")
+    note = _unsigned_note(before.signed, key is not None, f"zkdeploy unpin {node} {service}")
     if as_json:
-        emit_json({"removed": pin_dict(before)})
+        emit_json({"removed": pin_dict(before), "signed": key is not None})
     else:
-        say(f"unpinned {node} from {service}@{before.version}")
+        say(f"unpinned {node} from {service}@{before.version}{' (signed)' if key else ''}{note}")
 
 
 def seen_at(when: float | None) -> str:
