@@ -303,6 +303,57 @@ class SigningSettings(_Strict):
     trusted_keys: tuple[str, ...] = ()
 
 
+class ServiceLaunchSettings(_Strict):
+    """How the agent starts its managed services (zkdeploy.runner.launch; docs/operations.md).
+
+    ``direct``: children of the agent, each in a session of its own.  ``systemd``: each in a
+    transient scope ``zkdeploy-<service>.scope`` under ``slice`` (``systemd-run --scope``), a cgroup
+    of its own outside the agent's unit; the agent refuses to start when it cannot make one.
+    ``auto`` (the default): ``systemd`` when systemd is PID 1, ``systemd-run`` exists, the agent was
+    started by systemd and a probe scope can be made, else ``direct``.  ``properties`` are
+    ``--property=`` assignments of each scope (resource limits such as ``MemoryMax=1G``).
+    """
+
+    mode: Literal["auto", "systemd", "direct"] = "auto"
+    slice: str = "zkdeploy.slice"
+    properties: tuple[str, ...] = ()
+
+    @field_validator("properties")
+    @classmethod
+    def _properties(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            key, sep, _ = item.partition("=")
+            if not sep or not re.fullmatch(r"[A-Z][A-Za-z0-9]*", key):
+                raise ValueError(f"{item!r} is not a systemd property assignment like 'MemoryMax=1G'")
+        return value
+
+    @field_validator("slice")
+    @classmethod
+    def _slice(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+\.slice", value):
+            raise ValueError(f"{value!r} is not a slice unit name like 'zkdeploy.slice'")
+        return value
+
+
+class ServiceLogSettings(_Strict):
+    """The managed services' output, ``<data>/logs/<service>.log``: rotated by size to ``.1`` ..
+    ``.<keep>`` by a log pump beside each service (zkdeploy.runner.logpump).  ``max_bytes: 0``
+    turns rotation off: the service writes the file itself and it grows without end."""
+
+    max_bytes: int = Field(10 * 1024 * 1024, ge=0)
+    keep: int = Field(5, ge=1, le=1000)
+
+
+class WatchdogSettings(_Strict):
+    """systemd's watchdog (``WatchdogSec=`` in the unit): the agent pings it while its decision
+    cycle is alive, that is idle between cycles or inside one cycle for less than ``cycle_limit``
+    seconds.  A cycle busy for longer is wedged: the pings stop and systemd restarts the agent.
+    Keep it above the longest restart a service can take (its stop, start, health checks, hooks
+    and load-balancer timeouts, twice for a rollback)."""
+
+    cycle_limit: float = Field(900.0, gt=0, le=86400)
+
+
 class AgentConfig(_Strict):
     """One agent's file: who this node is and what it runs."""
 
@@ -321,6 +372,9 @@ class AgentConfig(_Strict):
     facts: FactsSettings | None = None
     lb_agent: LbAgentSettings | None = None
     metrics: MetricsSettings = MetricsSettings()
+    service_launch: ServiceLaunchSettings = ServiceLaunchSettings()
+    service_logs: ServiceLogSettings = ServiceLogSettings()
+    watchdog: WatchdogSettings = WatchdogSettings()
 
     @field_validator("node")
     @classmethod
