@@ -7,12 +7,14 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
-from zkdeploy.cli import live
+from zkdeploy.cli import live, output
 from zkdeploy.cli.main import cli
 from zkdeploy.coordination import Store
 from zkdeploy.model import ABORTED, DONE, HALTED, ONLINE, PAUSED, PENDING, CurrentEntry
@@ -190,3 +192,71 @@ def test_deploy_while_the_killswitch_is_on_says_so_and_still_queues(run, fleet: 
     assert result.exit_code == 0, result.output
     assert "the killswitch is on (freeze" in result.output
     assert len(fleet.deploys()) == 1
+
+
+# -- a declined prompt: exit 2, "refused, nothing changed" (README's exit codes) ----------------
+def _state(store: Store) -> tuple[object, ...]:
+    return ([(d.name, d.state) for d in store.deploys()], store.catalog()[0],
+            {s: sorted(store.marks(s)) for s in ("db", "web")})
+
+
+@pytest.mark.parametrize("argv", [
+    ["services", "apply", "{empty}"],
+    ["abort", "{deploy}"],
+    ["abort", "--all"],
+    ["rollback", "db", "--to", "2"],
+    ["mark", "db", "2", "bad", "-m", "corrupts data"],
+], ids=lambda argv: " ".join(argv[:2]))
+@pytest.mark.parametrize("answer", ["n\n", ""], ids=["no", "end of input"])
+def test_declining_a_prompt_exits_2_and_changes_nothing(run, fleet: Store, tmp_path: Path, argv: list[str],
+                                                        answer: str) -> None:
+    [name] = queued(run("deploy", "db@2", "--json"))
+    (tmp_path / "empty.yaml").write_text("services: {}\n")
+    before = _state(fleet)
+    result = run(*(a.format(empty=tmp_path / "empty.yaml", deploy=name) for a in argv), input=answer)
+    assert result.exit_code == 2, result.output
+    assert "not confirmed: nothing was changed" in result.output and "Aborted!" not in result.output
+    assert _state(fleet) == before
+
+
+# -- defect 10: one time format in every --json output ------------------------------------------
+def _times(doc: object, where: str = "") -> Iterator[tuple[str, object]]:
+    """Every (path, value) under a key of TIMESTAMP_KEYS in ``doc``, journal action parameters aside."""
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key in output.TIMESTAMP_KEYS:
+                yield f"{where}.{key}", value
+            if key not in output.OPAQUE_KEYS:
+                yield from _times(value, f"{where}.{key}")
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc):
+            yield from _times(value, f"{where}[{i}]")
+
+
+def test_every_json_output_gives_times_as_iso_8601_utc_strings(run, fleet: Store) -> None:
+    for node in ("n1", "n2", "gone"):  # members of db; "gone" is absent (no /current entry): first_seen, last_seen
+        fleet.add_member("db", node)
+    assert run("killswitch", "on", "-m", "freeze").exit_code == 0
+    [name] = queued(run("deploy", "db@2", "--json"))
+    pinned = run("pin", "n1", "db", "2", "--for", "1h", "-m", "demo")
+    assert pinned.exit_code == 0, pinned.output
+    assert run("mark", "db", "2", "good", "-m", "fine").exit_code == 0
+    assert run("killswitch", "off").exit_code == 0
+    fleet.update_deploy(fleet.deploy(name).evolve(state=DONE, finished=fleet.deploy(name).created + 1))
+    docs = {" ".join(argv): [json.loads(line) for line in run(*argv).stdout.splitlines() if line.strip()]
+            if argv[0] == "rollout" else [json.loads(run(*argv).stdout)]
+            for argv in (["status", "--json"], ["deploys", "--all", "--json"], ["nodes", "--json"],
+                         ["killswitch", "on", "-m", "again", "--json"], ["history", "--marks", "--json"],
+                         ["rollout", "status", name, "--json"], ["pin", "n2", "db", "2", "--forever", "-m", "x",
+                                                                 "--json"])}
+    seen = {path: value for command, found in docs.items() for i, doc in enumerate(found)
+            for path, value in _times(doc, f"{command}#{i}")}
+    numbers = {path: value for path, value in seen.items() if isinstance(value, int | float)}
+    assert numbers == {}, numbers
+    for path, value in seen.items():
+        if value is not None:
+            assert isinstance(value, str) and datetime.fromisoformat(value).utcoffset() == timedelta(0), (path, value)
+    keys = {path.rsplit(".", 1)[1] for path, value in seen.items() if value is not None}
+    assert {"created", "finished", "since", "at", "until", "first_seen", "last_seen"} <= keys, keys
+    status = docs["status --json"][0]
+    assert status["services"][0]["absent"][0]["node"] == "gone"

@@ -5,6 +5,7 @@ no ZooKeeper answers (--zk 127.0.0.1:1 would exit 3 if the command connected fir
 from __future__ import annotations
 
 import io
+import json
 import re
 import tarfile
 from pathlib import Path
@@ -111,3 +112,23 @@ def test_a_table_printed_into_a_pipe_keeps_each_row_on_one_line(capsys: pytest.C
     out = capsys.readouterr().out.splitlines()
     assert any(re.search(rf"web\s+waiting for {long} to come back", line) for line in out), out
     assert f"a line of {long} words that goes on" in out
+
+
+# -- defect 10: one time format in --json -------------------------------------------------------
+def test_json_times_are_iso_8601_utc_at_any_depth(capsys: pytest.CaptureFixture[str]) -> None:
+    output.emit_json({"created": 0, "finished": None, "deploys": [{"since": 1.5, "wave_log": [{"opened": 60}]}],
+                      "at": "2026-01-01T00:00:00+00:00", "max_failures": 3, "on": True, "verified": False,
+                      "tasks": [{"params": {"at": 5, "until": 7}}]})
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"created": "1970-01-01T00:00:00.000000+00:00", "finished": None,
+                       "deploys": [{"since": "1970-01-01T00:00:01.500000+00:00",
+                                    "wave_log": [{"opened": "1970-01-01T00:01:00.000000+00:00"}]}],
+                       "at": "2026-01-01T00:00:00+00:00", "max_failures": 3, "on": True, "verified": False,
+                       "tasks": [{"params": {"at": 5, "until": 7}}]}  # a journal action's parameters stay as they are
+
+
+def test_one_line_json_is_one_document_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    output.emit_json({"a": [1, 2], "b": {"c": "d"}}, one_line=True)
+    output.emit_json({"e": 1}, one_line=True)
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [{"a": [1, 2], "b": {"c": "d"}},
+                                                                                     {"e": 1}]

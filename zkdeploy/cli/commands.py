@@ -471,7 +471,7 @@ def _set_state(ctx: Ctx, name: str | None, new: DeployState) -> list[str]:
 @pass_ctx
 @handle_errors
 def abort(ctx: Ctx, deploy_name: str | None, all_: bool, force: bool, as_json: bool) -> None:
-    """Abort one deploy (by name or number: d-0000000003 or 3) or --all open ones.
+    """Abort DEPLOY (its name or number: d-0000000003 or 3), or --all open deploys; asks first.
 
     Nodes already restarted keep the new version; nodes not yet restarted
     keep the old one; a restart in progress finishes.
@@ -488,8 +488,8 @@ def abort(ctx: Ctx, deploy_name: str | None, all_: bool, force: bool, as_json: b
 @pass_ctx
 @handle_errors
 def pause(ctx: Ctx, deploy_name: str | None, all_: bool, as_json: bool) -> None:
-    """Pause one deploy (by name or number) or --all: no node starts a new restart for it;
-    restarts under way finish."""
+    """Pause DEPLOY (its name or number) or --all pending ones: no node starts a new restart for
+    it; restarts under way finish."""
     _say_moved(_set_state(ctx, _one_or_all(deploy_name, all_), PAUSED), "paused", as_json)
 
 
@@ -500,7 +500,7 @@ def pause(ctx: Ctx, deploy_name: str | None, all_: bool, as_json: bool) -> None:
 @pass_ctx
 @handle_errors
 def resume(ctx: Ctx, deploy_name: str | None, all_: bool, as_json: bool) -> None:
-    """Resume a paused or halted deploy (by name or number), or --all paused ones.
+    """Resume DEPLOY (its name or number), paused or halted, or --all paused ones.
 
     A halted deploy's failure budget is raised to the failures it already had,
     so one more failure halts it again.
@@ -592,7 +592,11 @@ def rollback(ctx: Ctx, service: str, version: str | None, wait: bool, timeout: f
 @pass_ctx
 @handle_errors
 def killswitch(ctx: Ctx, action: str, message: str, as_json: bool) -> None:
-    """Stop (on) or allow (off) every agent's new steps, fleet-wide."""
+    """Stop (on) or allow (off) every agent's new steps, fleet-wide, or show the killswitch.
+
+    With it on, no agent starts a new step anywhere; deploys still queue.
+    `on` needs --message and says which earlier message it replaces.
+    """
     if action == "on" and not message:
         raise ConfigError("killswitch on needs --message TEXT")
     store = ctx.store()

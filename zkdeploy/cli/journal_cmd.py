@@ -143,7 +143,7 @@ def list_cmd(ctx: click.Context, since: datetime | None, limit: int | None, as_j
 @click.pass_context
 @reports_errors
 def show_cmd(ctx: click.Context, change_id: int, as_json: bool) -> None:
-    """Show one change set with every task and its undo."""
+    """Show change set CHANGE_ID with every task and its undo."""
     with _open(ctx) as jr:
         change = jr.get_change(change_id)
     if as_json:

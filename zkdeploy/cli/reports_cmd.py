@@ -43,7 +43,8 @@ def _normalized(answer: dict[str, Any]) -> str:
 @pass_ctx
 @handle_errors
 def plan(ctx: Ctx, targets: tuple[str, ...], timeout: float, as_json: bool) -> None:
-    """Dry-run a deploy on every host: the exact changes and commands each would make.
+    """Dry-run a deploy of SERVICE[@VERSION]... on every host: the exact changes and commands each
+    would make (without @VERSION, the most recently staged version).
 
     Every agent concerned runs its restart in NoAction mode (it may fetch and
     verify the payload; nothing under the service's release or current paths,
@@ -96,7 +97,8 @@ def plan(ctx: Ctx, targets: tuple[str, ...], timeout: float, as_json: bool) -> N
 @click.option("--node", help="Only this node.")
 @click.option("--service", help="Only changes of this service.")
 @click.option("--since", type=SINCE, help="Only changes since DATE (ISO-8601 or an age like 2h, 7d).")
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True, metavar="N",
+              help="Show at most the N newest records that match.")
 @click.option("--marks", "marks", is_flag=True,
               help="Show every release mark record (bad, badfwd, good, none: who, when, why) instead.")
 @json_option

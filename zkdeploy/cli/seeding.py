@@ -93,7 +93,8 @@ def _resolve(store: Store, target: str) -> tuple[str, Release | None]:
 @pass_ctx
 @handle_errors
 def swarm(ctx: Ctx, target: str, as_json: bool) -> None:
-    """List the peers of a payload's swarm: where they are, whether complete, their rates."""
+    """List the peers of a payload's swarm, named by its INFOHASH or by the SERVICE@VERSION staged
+    with it: where they are, whether complete, their rates."""
     store = ctx.store()
     info_hash, release = _resolve(store, target)
     peers = store.peers(info_hash)
