@@ -281,3 +281,28 @@ def test_a_down_node_behind_a_head_waiting_for_quorum_restarts_at_no_cost() -> N
         assert set(fleet.versions("db").values()) == {"2"}
     finally:
         fleet.close()
+
+
+# -- a rollout that cannot go on says so on the deploy (the steward's look, rate-limited) ------------
+def test_a_deploy_held_back_by_quorum_past_its_progress_deadline_is_marked_stalled_with_the_reason() -> None:
+    import time
+
+    catalog = {"services": {"db": {"quorum": 4, "start": "run db"}}}  # 4 of 4 online: nobody may go down
+    fleet = make_fleet(4, catalog)
+    try:
+        fleet.stage("db", "2", at=2.0)
+        name = fleet.deploy(("db", "2"))[0]
+        entry = fleet.operator.deploy(name)
+        assert entry is not None
+        fleet.operator.update_deploy(entry.evolve(progress_deadline=0.2))
+        fleet.rounds(2)
+        entry = fleet.operator.deploy(name)
+        assert entry is not None and entry.stalled_since is None, "stalled before its deadline passed"
+        time.sleep(0.3)  # past the deadline: the next looks must see the stall
+        rounds_until(fleet, lambda: (fleet.operator.deploy(name) or entry).stalled_since is not None, limit=10)
+        stalled = fleet.operator.deploy(name)
+        assert stalled is not None and stalled.state == PENDING
+        assert stalled.message.startswith("stalled: no progress for") and "quorum" in stalled.message
+        assert set(fleet.versions("db").values()) == {"1"}
+    finally:
+        fleet.close()

@@ -150,8 +150,9 @@ class Cycle:
                     pending = self.pending[service] = Pending(request, want)
                     request.join()
                 if not pending.request.poll(self.wake):
-                    if want.deploy is not None and pending.request.reason.startswith("waiting for quorum"):
-                        self._watch_progress(want.deploy)
+                    if want.deploy is not None and pending.request.reason.startswith("waiting for quorum") \
+                            and pending.request.waited > want.deploy.progress_deadline:
+                        self._watch_progress(want.deploy)  # a head stuck for longer than the deadline says why
                     return False
             except CoordinationError as exc:
                 log.warning("%s: gave up waiting for a slot: %s", service, exc)

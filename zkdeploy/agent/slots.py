@@ -124,6 +124,11 @@ class SlotRequest:
         return False
 
     @property
+    def waited(self) -> float:
+        """Seconds since this request joined the queue."""
+        return time.monotonic() - self._joined
+
+    @property
     def at_head(self) -> bool:
         return self._queue.position() == 0
 

@@ -64,6 +64,7 @@ OWNED = Rule(R, owned=True)
 _RULES: list[tuple[tuple[str, ...], Rule]] = [
     (("nodes",), Rule(RCD)), (("nodes", "*"), OWNED),
     (("current",), Rule(RC)), (("current", "*"), Rule(RCD)), (("current", "*", "*"), OWNED),
+    (("down",), Rule(RC)), (("down", "*"), Rule(RCD)), (("down", "*", "*"), OWNED),
     (("members",), Rule(RC)), (("members", "*"), Rule(RC)), (("members", "*", "*"), OWNED),
     (("staging",), Rule(RC)),  # an agent watching a service not staged yet creates its (empty) parent
     (("staging", "*", "*", "holders"), Rule(RCD)), (("staging", "*", "*", "holders", "*"), OWNED),
