@@ -111,11 +111,27 @@ def test_the_agent_is_started_with_the_documented_agent_file(service: list[tuple
     assert argv[0].endswith("/zkdeploy") and argv[1:] == ["agent", "--config", "/etc/zkdeploy/agent.yaml"]
 
 
-def test_readiness_and_watchdog_are_documented_but_off_until_wired(service: list[tuple[str, str]]) -> None:
-    assert last(service, "Type") == "simple"
-    lines = UNIT.read_text().splitlines()
-    assert "#Type=notify" in lines
-    assert any(re.fullmatch(r"#WatchdogSec=\d+", line) for line in lines)
+def test_the_agent_tells_systemd_when_it_is_ready_and_alive(service: list[tuple[str, str]]) -> None:
+    """Type=notify with a watchdog: the agent sends READY=1, STATUS=, WATCHDOG=1 and STOPPING=1
+    (tests/e2e/test_agent_systemd.py checks it does)."""
+    assert last(service, "Type") == "notify"
+    assert last(service, "NotifyAccess") == "main"  # the services it starts cannot speak for it
+    watchdog = int(last(service, "WatchdogSec"))
+    # a ping every WatchdogSec/2 must fit several times in the start and stop timeouts it extends
+    assert 10 <= watchdog <= int(last(service, "TimeoutStartSec")) / 2
+    assert watchdog <= int(last(service, "TimeoutStopSec")) / 2
+    # the watchdog is restarted on failure; the wedge limit is the agent file's, explained in the unit
+    assert "watchdog.cycle_limit" in UNIT.read_text()
+    assert load_agent_config(CONF / "agent.yaml").watchdog.cycle_limit > watchdog
+
+
+def test_the_unit_says_how_services_leave_the_agents_cgroup(service: list[tuple[str, str]]) -> None:
+    text = UNIT.read_text()
+    assert "systemd-run --scope --unit=zkdeploy-<service>" in text
+    assert "org.freedesktop.systemd1.manage-units" in text
+    # systemd-run talks to systemd over D-Bus, a unix socket
+    assert "AF_UNIX" in last(service, "RestrictAddressFamilies").split()
+    assert load_agent_config(CONF / "agent.yaml").service_launch.mode == "auto"
 
 
 def test_systemd_analyze_accepts_the_unit(tmp_path: Path) -> None:
