@@ -38,13 +38,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from zkdeploy.testing.netns import NetLab  # noqa: E402
 from zkdeploy.transfer.torrent import make_torrent  # noqa: E402
 
 PREFIX = "zkswl"          # every namespace, link and temp dir of this lab starts with it
-BRIDGE = f"{PREFIX}-br"
+LAB = NetLab(PREFIX)
 PORT = 6881
 HTTP_PORT = 8000
-CMD_TIMEOUT = 30
 
 HTTP_CLIENT = r"""
 import hashlib, sys, urllib.request
@@ -60,49 +60,21 @@ sys.exit(0 if h.hexdigest() == want else 3)
 """
 
 
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(args, check=check, capture_output=True, text=True,
-                          timeout=CMD_TIMEOUT)
-
-
 def ns(i: int) -> str:
-    return f"{PREFIX}-h{i}"
+    return LAB.ns(i)
 
 
 def ip_of(i: int) -> str:
-    return f"198.18.0.{i}"
+    return LAB.ip(i)
 
 
 def cleanup_network() -> None:
     """Remove every namespace and link of this lab, from this or an earlier run."""
-    out = sh("ip", "netns", "list", check=False).stdout
-    for line in out.splitlines():
-        name = line.split()[0] if line.split() else ""
-        if name.startswith(PREFIX + "-"):
-            sh("ip", "netns", "del", name, check=False)
-    links = sh("ip", "-o", "link", "show", check=False).stdout
-    for line in links.splitlines():
-        name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
-        if name.startswith(PREFIX + "-"):
-            sh("ip", "link", "del", name, check=False)
+    LAB.cleanup()
 
 
 def build_network(n: int, rate_mbit: int) -> None:
-    tbf = ["tbf", "rate", f"{rate_mbit}mbit", "burst", "256kb", "latency", "50ms"]
-    sh("ip", "link", "add", BRIDGE, "type", "bridge")
-    sh("ip", "link", "set", BRIDGE, "up")
-    for i in range(1, n + 1):
-        inner, outer = f"{PREFIX}-v{i}", f"{PREFIX}-b{i}"
-        sh("ip", "netns", "add", ns(i))
-        sh("ip", "link", "add", inner, "type", "veth", "peer", "name", outer)
-        sh("ip", "link", "set", inner, "netns", ns(i))
-        sh("ip", "link", "set", outer, "master", BRIDGE)
-        sh("ip", "link", "set", outer, "up")
-        sh("ip", "netns", "exec", ns(i), "ip", "link", "set", "lo", "up")
-        sh("ip", "netns", "exec", ns(i), "ip", "addr", "add", f"{ip_of(i)}/24", "dev", inner)
-        sh("ip", "netns", "exec", ns(i), "ip", "link", "set", inner, "up")
-        sh("ip", "netns", "exec", ns(i), "tc", "qdisc", "add", "dev", inner, "root", *tbf)
-        sh("tc", "qdisc", "add", "dev", outer, "root", *tbf)
+    LAB.build(n, rate_mbit)
 
 
 class Proc:
