@@ -13,35 +13,20 @@ from zkdeploy.coordination.acls import RoleIds, apply, open_session
 from zkdeploy.coordination.credentials import Credentials, Security, TlsOptions, digest_id
 from zkdeploy.errors import AccessDeniedError, CoordinationError
 from zkdeploy.model import ONLINE, RESTARTING, CurrentEntry, DeployEntry, NodeRecord
-from zkdeploy.testing.tlsca import TestCA, zookeeper_tls_lines
-from zkdeploy.testing.zkserver import ZkCluster, available, free_port
+from zkdeploy.testing.tlsca import TestCA
+from zkdeploy.testing.zkserver import TlsZooKeeper, available
 
 pytestmark = pytest.mark.integration
 
 
-class TlsZk:
-    def __init__(self, directory: Path) -> None:
-        self.ca = TestCA(directory / "ca")
-        self.server = self.ca.issue("zk-server", dns=("zk.test.invalid",), ips=("127.0.0.1",))
-        self.port = free_port()
-        self.cluster = ZkCluster(size=1)
-        with open(self.cluster.servers[0].config, "a") as cfg:
-            cfg.write("\n".join(zookeeper_tls_lines(self.ca, self.server, self.port)) + "\n")
-        self.cluster.start()
-
-    @property
-    def hosts(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-
 @pytest.fixture(scope="module")
-def tls_zk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsZk]:
+def tls_zk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsZooKeeper]:
     reason = available()
     if reason:
         pytest.fail(f"TLS tests need a ZooKeeper server: {reason}")
-    zk = TlsZk(tmp_path_factory.mktemp("tls"))
+    zk = TlsZooKeeper(tmp_path_factory.mktemp("tls")).start()
     yield zk
-    zk.cluster.stop()
+    zk.stop()
 
 
 def _creds(tmp_path: Path, role: str) -> Credentials:
@@ -52,7 +37,7 @@ def _creds(tmp_path: Path, role: str) -> Credentials:
 
 
 def test_the_agent_protocol_over_tls_with_client_certificates_as_node_identities(
-        tls_zk: TlsZk, zk_root: str, tmp_path: Path) -> None:
+        tls_zk: TlsZooKeeper, zk_root: str, tmp_path: Path) -> None:
     ca = str(tls_zk.ca.cert)
     operator = Security(_creds(tmp_path, "operator"), TlsOptions(ca=ca))
     roles = RoleIds.from_data({r: [f"digest:{digest_id(f'zkdeploy-{r}', f'{r}-pw')}"]
@@ -87,20 +72,20 @@ def test_the_agent_protocol_over_tls_with_client_certificates_as_node_identities
             s.close()
 
 
-def test_a_server_certificate_from_another_ca_is_refused(tls_zk: TlsZk, tmp_path: Path) -> None:
+def test_a_server_certificate_from_another_ca_is_refused(tls_zk: TlsZooKeeper, tmp_path: Path) -> None:
     other = TestCA(tmp_path / "other", name="someone else")
     with pytest.raises(CoordinationError, match="certificate verify failed"):
         Store.connect(tls_zk.hosts, "/x", Security(tls=TlsOptions(ca=str(other.cert))), connect_timeout=3.0)
 
 
-def test_a_server_certificate_for_another_host_name_is_refused(tls_zk: TlsZk) -> None:
+def test_a_server_certificate_for_another_host_name_is_refused(tls_zk: TlsZooKeeper) -> None:
     # the server's certificate names zk.test.invalid and 127.0.0.1, not localhost
     with pytest.raises(CoordinationError, match="Hostname mismatch"):
         Store.connect(f"localhost:{tls_zk.port}", "/x", Security(tls=TlsOptions(ca=str(tls_zk.ca.cert))),
                       connect_timeout=3.0)
 
 
-def test_an_unprotected_client_key_is_refused(tls_zk: TlsZk, tmp_path: Path) -> None:
+def test_an_unprotected_client_key_is_refused(tls_zk: TlsZooKeeper, tmp_path: Path) -> None:
     client = tls_zk.ca.issue("careless")
     client.key.chmod(0o644)
     with pytest.raises(Exception, match="accessible to other users"):

@@ -239,3 +239,16 @@ def test_a_newer_release_staged_ahead_does_not_block_the_deploy_of_an_older_one(
     # once 2 runs, its number is the floor: a replay of 1 is refused
     [back] = signed.fleet.deploy(("web", "1"), previous={"web": "2"}, kind="rollback")
     assert signed.run(back) == HALTED
+
+
+def test_a_release_refused_before_its_deploy_was_queued_still_halts_the_deploy(signed: SignedFleet) -> None:
+    """Agents look at the newest staged release ahead of its deploy and refuse it then; the deploy
+    queued afterwards must still hear of the refusal (it once waited for ever, found by the e2e)."""
+    signed.stage("2", envelope=None)
+    signed.fleet.rounds(3)  # refused ahead: journalled once per node, no deploy to tell yet
+    [name] = signed.fleet.deploy(("web", "2"))
+    assert signed.run(name) == HALTED
+    entry = signed.fleet.operator.deploy(name)
+    assert entry is not None and "refused release" in entry.message and "not signed" in entry.message
+    for node in signed.fleet.agents:
+        assert len([j for j in signed.journal(node) if "refused release 2" in j[0]]) == 1  # still once

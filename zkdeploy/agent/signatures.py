@@ -65,6 +65,7 @@ class ReleaseGuard:
         self.verifier = verifier
         self.highwater = highwater
         self._refused: set[tuple[str, str, str]] = set()
+        self._told: set[tuple[str, str]] = set()  # (deploy, reason) recorded on the deploy
         self._lock = threading.Lock()
         self._authorized: dict[str, str] = {}
         self._seqs: dict[tuple[str, str], int] = {}  # verified sequence numbers by (service, version)
@@ -147,17 +148,22 @@ class ReleaseGuard:
             self._raised[service] = version
 
     def refuse(self, release: Release, exc: SignatureError) -> None:
-        """Journal, log and report a refusal (once per release and reason)."""
+        """Journal and log a refusal (once per release and reason), and record it on every open deploy
+        of that release not told yet: the refusal may come before the deploy, when the agent looks
+        at the newest staged release ahead of it."""
         key = (release.service, release.version, str(exc))
         with self._lock:
-            if key in self._refused:
-                return
+            first = key not in self._refused
             self._refused.add(key)
-        log.error("refusing %s@%s: %s", release.service, release.version, exc)
-        _journal_refusal(self.host, f"{release.service}: refused release {release.version} "
-                                    f"(signature check; nothing changed)", exc)
+        if first:
+            log.error("refusing %s@%s: %s", release.service, release.version, exc)
+            _journal_refusal(self.host, f"{release.service}: refused release {release.version} "
+                                        f"(signature check; nothing changed)", exc)
         for entry in self._open_deploys(release):
+            if (entry, str(exc)) in self._told:
+                continue
             deploys.report_failure(self.store, self.host.node, entry, f"refused release: {exc}")
+            self._told.add((entry, str(exc)))
 
     def _open_deploys(self, release: Release) -> list[str]:
         try:

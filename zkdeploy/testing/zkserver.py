@@ -193,3 +193,45 @@ class ZkCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class TlsZooKeeper:
+    """A standalone server with a TLS (Netty) client port, and the test CA made now that signed its
+    certificate (zkdeploy.testing.tlsca).  The certificate names ``dns`` and ``ips`` (by default
+    ``zk.test.invalid`` and 127.0.0.1, not ``localhost``: dialling ``localhost`` fails the host name
+    check).  The plain client port stays open too (mixed mode), as during a migration."""
+
+    def __init__(self, directory: Path, *, dns: tuple[str, ...] = ("zk.test.invalid",),
+                 ips: tuple[str, ...] = ("127.0.0.1",), client_auth: str = "want") -> None:
+        from zkdeploy.testing.tlsca import TestCA, zookeeper_tls_lines
+
+        self.ca = TestCA(directory / "ca")
+        self.server = self.ca.issue("zk-server", dns=dns, ips=ips)
+        self.port = free_port()
+        self.cluster = ZkCluster(size=1)
+        with open(self.cluster.servers[0].config, "a") as cfg:
+            cfg.write("\n".join(zookeeper_tls_lines(self.ca, self.server, self.port, client_auth)) + "\n")
+
+    @property
+    def hosts(self) -> str:
+        """The secure port, as clients dial it."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def plain_hosts(self) -> str:
+        return self.cluster.hosts
+
+    def start(self, timeout: float = 60.0) -> TlsZooKeeper:
+        self.cluster.start(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # the secure port opens a moment after the plain one
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise CoordinationError(f"ZooKeeper's TLS port {self.port} did not open")
+
+    def stop(self) -> None:
+        self.cluster.stop()
