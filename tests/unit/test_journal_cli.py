@@ -90,7 +90,7 @@ def test_backout_steps(host: tuple[Path, Path]) -> None:
 def test_undo_change_asks_then_undoes(host: tuple[Path, Path]) -> None:
     root, db = host
     declined = invoke(db, "undo", "--change", "1", input="n\n")
-    assert declined.exit_code == 1 and (root / "web.conf").read_text() == "v2"
+    assert declined.exit_code == 2 and (root / "web.conf").read_text() == "v2"
     result = invoke(db, "undo", "--change", "1", input="y\n")
     assert result.exit_code == 0, result.stderr
     assert "undid change set 1: web 1 -> 2 -> undone" in result.stdout

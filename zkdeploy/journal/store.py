@@ -1,7 +1,14 @@
 """The journal database: one SQLite file per host, WAL mode, ``synchronous=FULL``.
 
-Every write is its own committed transaction, so when a method returns the
-row it wrote survives a SIGKILL or a power loss.  Opening a file checks it
+Every write is its own committed transaction.  What must be on disk before
+the host changes (a change set, a task with its undo, an undo in flight, a
+change set's end) is synced when its method returns: it survives a SIGKILL
+or a power loss.  A task's outcome (``finish_task``) is committed without its
+own sync: it survives a SIGKILL, and the next synced write (the next task,
+the change set's end) carries it to the disk.  A power loss in between leaves
+the task ``pending``, exactly as a crash during the task does, and recovery
+treats a pending task as possibly done (its undo is safe either way), so
+nothing is lost but one fsync per task.  Opening a file checks it
 before changing anything: a file that is not a journal, is corrupt, or comes
 from a newer schema raises :class:`JournalError` naming the file, and is left
 byte-for-byte untouched.
@@ -132,8 +139,9 @@ def _check_existing(path: Path) -> bool:
 class Journal:
     """One host's change journal.  Use :meth:`open`; close with :meth:`close`."""
 
-    def __init__(self, path: Path, con: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, con: sqlite3.Connection, durable: bool = True) -> None:
         self.path = path
+        self.durable = durable
         self.backups = BackupStore(Path(str(path) + ".backups"))
         self._con = con
         self._mutex = threading.RLock()
@@ -165,7 +173,7 @@ class Journal:
             con.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
-        journal = cls(path, con)
+        journal = cls(path, con, durable)
         journal._ensure_schema()
         return journal
 
@@ -199,22 +207,31 @@ class Journal:
         self.close()
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One durable write transaction: committed on exit, rolled back on error."""
+    def _tx(self, synced: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on exit, rolled back on error.  ``synced`` False commits
+        without an fsync of its own (WAL, ``synchronous=NORMAL``): it survives a process crash, and
+        the next synced commit makes it durable."""
+        lazy = not synced and self.durable
         with self._mutex:
+            if lazy:
+                self._con.execute("PRAGMA synchronous=NORMAL")
             try:
-                self._con.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise JournalError(f"journal {self.path} is busy or unwritable: {exc}") from exc
-            try:
-                yield self._con
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
-            try:
-                self._con.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise JournalError(f"journal {self.path}: commit failed: {exc}") from exc
+                try:
+                    self._con.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise JournalError(f"journal {self.path} is busy or unwritable: {exc}") from exc
+                try:
+                    yield self._con
+                except BaseException:
+                    self._con.execute("ROLLBACK")
+                    raise
+                try:
+                    self._con.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    raise JournalError(f"journal {self.path}: commit failed: {exc}") from exc
+            finally:
+                if lazy:
+                    self._con.execute("PRAGMA synchronous=FULL")
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._mutex:
@@ -269,8 +286,9 @@ class Journal:
     def finish_task(
         self, change_id: int, position: int, status: str, result: Any = None, error: str | None = None
     ) -> None:
-        """Record that a task's execute finished (``done``) or failed."""
-        with self._tx() as con:
+        """Record that a task's execute finished (``done``) or failed (committed, synced by the next
+        synced write: see the module's docstring)."""
+        with self._tx(synced=False) as con:
             con.execute(
                 "UPDATE tasks SET status=?, finished=?, result=?, error=? WHERE change_id=? AND position=?",
                 (status, utcnow(), None if result is None else dumps(result), error, change_id, position),
