@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import FAST, wait_for
-from zkdeploy.demo.fleet import DemoService
+from zkdeploy.demo.fleet import DemoService, LocalFleet
 
 pytestmark = pytest.mark.e2e
 
@@ -95,3 +95,21 @@ def test_ready_status_watchdog_and_stopping_from_a_real_agent(make_fleet, system
     assert watched.process.wait(timeout=60) == 0
     assert Path(f"/proc/{pids[0]}").exists()
 
+
+
+@pytest.mark.timeout(120)
+def test_an_agent_started_before_any_catalog_is_ready_and_says_what_it_waits_for(
+        tmp_path: Path, zk_hosts: str, zk_root: str, systemd: FakeSystemd) -> None:
+    """`systemctl start` of a freshly installed agent must not wait for an operator's `services apply`."""
+    fleet = LocalFleet(tmp_path / "fleet", zk_hosts, [DemoService("db", quorum=1, timing=FAST)], size=1,
+                       root=zk_root, session_timeout=4.0)
+    fleet.write_configs()   # no `services apply`: ZooKeeper has no catalog under this root
+    (host,) = fleet.hosts
+    try:
+        fleet.start_agent(host, {"NOTIFY_SOCKET": systemd.name, "WATCHDOG_USEC": "1000000"})
+        ready = systemd.read_until(lambda m: "READY=1" in m, 60, "READY=1")
+        assert "STATUS=connected; waiting for the service catalog (zkdeploy services apply)" in ready
+        # still alive and watched while it waits
+        assert systemd.read_until(lambda m: "WATCHDOG=1" in m, 10, "a ping") == ["WATCHDOG=1"]
+    finally:
+        fleet.stop()

@@ -172,6 +172,7 @@ class Agent:
         self.notifier = notifier
         self.liveness = Liveness(config.watchdog.cycle_limit, max(config.cycle_interval, CONNECT_RETRY) + 30.0)
         self.ready = False
+        self._cycled = False  # a decision cycle has run
         self._status = ""
         self._status_lock = threading.Lock()
 
@@ -187,7 +188,7 @@ class Agent:
         """Build the parts that talk to the store.  ``threaded=False`` (tests) installs payloads
         in the caller's thread."""
         self.store = store
-        self.presence.attach(store)
+        self.presence.attach(store, background=threaded)
         self.transport.attach(store)
         view = View(store, self.node, self.host.names, self.wake)
         self.payloads = Payloads(store, self.host, self.presence, self.transport, self.wake.set,
@@ -245,8 +246,10 @@ class Agent:
         and registered."""
         line = self.status_line().replace("\n", " ")
         with self._status_lock:
+            # Ready: connected, and registered, or told by a first cycle that there is no catalog yet to
+            # register against (an agent installed before `services apply` must not hold its start job).
             become_ready = not self.ready and self.store is not None and self.store.connected \
-                and self.presence.registered
+                and (self.presence.registered or (self._cycled and self.host.catalog is None))
             if line == self._status and not become_ready:
                 return
             self._status = line
@@ -320,6 +323,7 @@ class Agent:
                 self.wake.clear()  # before the cycle: a watch firing during it wakes the next one
                 with self.liveness.step():
                     run_cycle(cycle)
+                self._cycled = True
                 if store.connected:
                     self.metrics.contacted()
                 self.tell_status()

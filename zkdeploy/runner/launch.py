@@ -65,7 +65,7 @@ class Launch:
         """``argv`` as this mode runs it.  ``unit`` names the scope (None: systemd names it)."""
         if self.mode == DIRECT:
             return list(argv)
-        head = [self.systemd_run, "--scope", "--quiet", "--collect", f"--slice={self.slice}",
+        head = [self.systemd_run, "--scope", "--quiet", "--collect", "--no-ask-password", f"--slice={self.slice}",
                 f"--description={description}"]
         if unit is not None:
             head.append(f"--unit={unit}")
@@ -74,8 +74,8 @@ class Launch:
 
     def describe(self) -> str:
         if self.mode == DIRECT:
-            return "as children in sessions of their own (direct)"
-        return f"in transient systemd scopes zkdeploy-<service>.scope under {self.slice} (systemd)"
+            return "as children in sessions of their own"
+        return f"in transient systemd scopes zkdeploy-<service>.scope under {self.slice}"
 
 
 def _probe(launch: Launch) -> str | None:

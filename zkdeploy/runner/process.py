@@ -183,7 +183,15 @@ class ManagedProcess:
                 code = proc.poll()
                 raise ServiceError(f"`{command}` exited at once (code {code}); see {self.logfile}")
             self._record(proc.pid, start, command, unit)
-            os.write(go, _GO)
+            try:
+                os.write(go, _GO)
+            except BrokenPipeError:  # it ended before reading the gate (systemd-run refused the scope)
+                self.pidfile.unlink(missing_ok=True)
+                try:
+                    code = proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    code = None
+                raise ServiceError(f"`{command}` exited before it started (code {code}); see {self.logfile}") from None
         except OSError as exc:
             raise ServiceError(f"cannot start `{command}`: {exc.strerror or exc}") from None
         finally:
