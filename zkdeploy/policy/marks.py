@@ -14,7 +14,10 @@ ZooKeeper holds (docs/controlled-deployment.md):
 4. the **most popular** version among the service's online nodes (for a
    node that returns), never one marked bad.
 
-Every change a rule asks for still goes through the quorum rules.
+Every change a rule asks for still goes through the quorum rules.  With
+trusted keys, the agent passes only the signed marks and pins here
+(zkdeploy.agent.signatures.ControlGuard); ``effective`` is then the CLI's view
+of what is stored.
 """
 
 from __future__ import annotations
