@@ -156,13 +156,14 @@ def test_unsigned_and_forged_marks_are_ignored_and_journalled_and_an_unsigned_ba
         "m-0000000004": sign_mark(stranger, _mark("3", "bad"), 2),  # forged: ignored
         "m-0000000005": dataclasses.replace(sign_mark(key, _mark("4", "good"), 3), mark="badfwd"),  # tampered
         "m-0000000006": _mark("4", "badfwd"),  # unsigned badfwd: ignored
+        "m-0000000007": sign_mark(key, _mark("5", "bad").evolve(service="db"), 4),  # db's mark copied here
     }
     counted, halting = guard.marks("web", records)
     assert {v: m.mark for v, m in counted.items()} == {"2": "good"}
     assert set(halting) == {"2"}
     refused = " ".join(d for d, _ in journal.entries)
     for what in ("unsigned mark none of web@1", "mark bad of web@3", "mark badfwd of web@4 (m-0000000005",
-                 "unsigned mark badfwd of web@4"):
+                 "unsigned mark badfwd of web@4", "mark bad of web@5 (m-0000000007"):
         assert what in refused
     assert all("SignatureError" in why for _, why in journal.entries)
     journalled = len(journal.entries)
