@@ -68,7 +68,9 @@ def test_agents_run_their_whole_protocol_under_the_agent_role(fleet: dict[str, S
     a.register_peer("f" * 40, "a", {"address": "127.0.0.1", "port": 6881})
     queue = a.restart_queue("web", "a")
     queue.join()
+    assert a.quorum_view("web", "a").present == {"a"}  # what the head reads before taking a slot
     a.take_slot("web", a.current("web")["a"].evolve(state=RESTARTING))
+    assert op.quorum_view("web", "x").down == {"a"}  # its down marker, made with the slot
     a.release_slot("web", "a")
     queue.release()
     entry = a.deploy(name)
@@ -110,9 +112,10 @@ def test_an_agent_cannot_rewrite_another_nodes_records(fleet: dict[str, Store]) 
     b.register_node(NodeRecord(node="b", address="10.0.0.2"))
     b.publish_current("web", CurrentEntry(node="b", version="1", state=ONLINE))
     b.add_member("web", "b")
+    b.quorum_view("web", "b")
     b.take_slot("web", b.current("web")["b"].evolve(state=RESTARTING))
     for path in (a._layout.node("b"), a._layout.current_entry("web", "b"), a._layout.member("web", "b"),
-                 a._layout.slot("web", "b")):
+                 a._layout.slot("web", "b"), a._layout.down_marker("web", "b")):
         with pytest.raises(AccessDeniedError):
             a._session.set(path, b'{"node": "b", "state": "online"}')
     assert fleet["operator"].current("web")["b"].state == RESTARTING

@@ -56,6 +56,7 @@ def test_the_agent_protocol_over_tls_with_client_certificates_as_node_identities
         [name] = op.enqueue([DeployEntry(service="web", version="2")])
         a1.register_node(NodeRecord(node="web1"))
         a1.publish_current("web", CurrentEntry(node="web1", version="1", state=ONLINE))
+        a1.quorum_view("web", "web1")  # what the head reads before taking a slot
         a1.take_slot("web", a1.current("web")["web1"].evolve(state=RESTARTING))
         a1.publish_current("web", CurrentEntry(node="web1", version="2", state=RESTARTING))
         a1.release_slot("web", "web1")
