@@ -290,8 +290,9 @@ class Agent:
             done.set()
 
     def _run(self) -> None:
-        self.open_host()
-        self.transport.start()
+        with self.liveness.step():  # settling what a crash left may stop and start services: a step
+            self.open_host()
+            self.transport.start()
         zk = self.config.zookeeper
         store: Store | None = None
         self.tell_status()
