@@ -161,7 +161,7 @@ def test_mark_asks_for_bad_records_each_mark_and_unmark_clears_it(run, fleet: St
     for node in ("dev1", "int1"):
         fleet.publish_current("app", CurrentEntry(node=node, version="2", state=ONLINE))
     result = run("mark", "app", "2", "bad", "-m", "corrupts sessions", input="n\n")
-    assert result.exit_code == 1 and "2 node(s) run it (dev1, int1); they go to 1" in result.output
+    assert result.exit_code == 2 and "2 node(s) run it (dev1, int1); they go to 1" in result.output
     assert fleet.marks("app") == {}  # declined: nothing written
     result = run("mark", "app", "2", "bad", "-m", "corrupts sessions", input="y\n")
     assert result.exit_code == 0, result.output

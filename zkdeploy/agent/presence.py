@@ -56,17 +56,47 @@ class Presence:
         self.registered_generation = -1
         self.registrations = 0  # sessions registered so far (1: the first since the agent started)
         self._unwritten: set[str] = set()  # services whose last write to ZooKeeper failed
+        self._later: set[str] | None = None  # with a background writer: services whose phase waits to be written
+        self._later_due = threading.Event()
 
-    def attach(self, store: Store) -> None:
+    def attach(self, store: Store, *, background: bool = False) -> None:
+        """Write to ``store`` from now on.  With ``background``, a change of phase that leaves the
+        service's availability as it was is written by a writer thread of its own, latest first,
+        instead of holding up the step that made it (see ``_on_phase``)."""
         self.store = store
+        if background and self._later is None:
+            self._later = set()
+            threading.Thread(target=self._write_later, name=f"presence-{self.node}", daemon=True).start()
 
     # -- publishing ---------------------------------------------------------
     def _on_phase(self, service: str) -> Callable[[Phase, Phase, str], None]:
         def changed(old: Phase, new: Phase, detail: str) -> None:
             log.info("%s: %s -> %s%s", service, old.value, new.value, f" ({detail})" if detail else "")
             state = RESTARTING if new in RESTART_PHASES else None
-            self.publish(service, state=state, detail=detail)
+            with self.lock:
+                later = self._later is not None and state in (None, self.local[service].state)
+                self.publish(service, state=state, detail=detail, write=not later)
+                if later:
+                    assert self._later is not None
+                    self._later.add(service)
+                    self._later_due.set()
         return changed
+
+    def _write_later(self) -> None:
+        """The background writer: what a phase change left unwritten, each service's latest record.
+
+        Only changes of phase and detail come here; every change of availability (the slot
+        transaction's ``restarting``, ``online`` after the health check, ``failed``) is written
+        before the step that follows it, so the quorum never counts on a record still in flight.
+        Whatever this writes is the local record as it is when written, never an older one."""
+        assert self._later is not None
+        while True:
+            self._later_due.wait()
+            with self.lock:
+                self._later_due.clear()
+                services, self._later = sorted(self._later), set()
+            for service in services:
+                self.publish(service)
 
     def publish(self, service: str, *, state: str | None = None, version: str | None = None,
                 detail: str | None = None, target: str | None = None, write: bool = True) -> None:
@@ -86,6 +116,8 @@ class Presence:
                 self.metrics.service_published(service, rec.version, rec.state)
             if not write or self.store is None or self.registered_generation < 0:
                 return
+            if self._later is not None:
+                self._later.discard(service)  # this write carries the latest record already
             try:
                 self.store.publish_current(service, self.entry(service))
                 self._unwritten.discard(service)

@@ -191,6 +191,6 @@ class Layout:
 
     def base_paths(self) -> list[str]:
         """The persistent parents that must exist before anything else is written."""
-        return [self.nodes, self.current, self.down, self.members, self._join("marks"), self.pins, self.staging, self.deploy,
-                self._join("locks"), self._join("swarm"), self.control, self.reports, self.plans, self.history,
-                self._join("control", "undo")]
+        return [self.nodes, self.current, self.down, self.members, self._join("marks"), self.pins, self.staging,
+                self.deploy, self._join("locks"), self._join("swarm"), self.control, self.reports, self.plans,
+                self.history, self._join("control", "undo")]

@@ -654,33 +654,37 @@ class Store:
         """
         slots = self._layout.slots(service)
         slot = self._layout.slot(service, entry.node)
-        if slots not in self._ensured:
-            self._session.ensure_path(slots)
-            self._ensured.add(slots)
+        for parent in (slots, self._layout.down_service(service)):
+            if parent not in self._ensured:
+                self._session.ensure_path(parent)
+                self._ensured.add(parent)
         generation = self._session.generation
         current = self._layout.current_entry(service, entry.node)
         marker = self._layout.down_marker(service, entry.node)
-        marked = self._down.pop(marker, None) == (generation, True)
         self._written.pop(current, None)
-        ops: list[Op] = [SetData(current, entry.to_bytes(), entry.zversion),
-                         Create(slot, entry.to_bytes(), ephemeral=True)]
-        if not marked:
-            ops.append(Create(marker, ephemeral=True))  # the down index says so in the same transaction
-        try:
-            results = self._session.commit(ops)
+        for _ in range(2):
+            marked = self._down.get(marker) == (generation, True)
+            ops: list[Op] = [SetData(current, entry.to_bytes(), entry.zversion),
+                             Create(slot, entry.to_bytes(), ephemeral=True)]
+            if not marked:
+                ops.append(Create(marker, ephemeral=True))  # the down index says so in the same transaction
+            try:
+                results = self._session.commit(ops)
+            except NodeExistsError:
+                if marked or self._owner_of(marker) != self._session.session_id:
+                    raise
+                self._down[marker] = (generation, True)  # our marker was there already: once more without it
+                continue
+            except SessionLostError:
+                if self.await_session(generation) and self._owns(slot):
+                    log.warning("%s: the reply to taking the slot was lost; the slot is ours", service)
+                    self._down[marker] = (generation, True)
+                    return
+                raise
             if isinstance(results[0], Stat):
                 self._written[current] = (generation, results[0].version)
             self._down[marker] = (generation, True)
-        except NodeExistsError:
-            if self._owner_of(marker) == self._session.session_id:
-                self._down[marker] = (generation, True)  # ours already: the next attempt leaves it be
-            raise
-        except SessionLostError:
-            if self.await_session(generation) and self._owns(slot):
-                log.warning("%s: the reply to taking the slot was lost; the slot is ours", service)
-                self._down[marker] = (generation, True)
-                return
-            raise
+            return
 
     def holds_slot(self, service: str, node: str) -> bool:
         """True only if this session owns ``node``'s slot of ``service`` (one read)."""

@@ -166,9 +166,10 @@ class AgentGroup:
 
         def on_call(kind: str, path: str, data: bytes, started: float, ended: float) -> None:
             paths[f"{kind} {path_kind(root, path)}"] += 1
-            if kind in ("set", "create") and path.startswith(f"{root}/current/") and data:
+            if kind in ("set", "create", "commit") and path.startswith(f"{root}/current/") and data:
+                # a transaction's data is its ops' data end to end: the entry's record comes first
                 try:
-                    state = json.loads(data).get("state", "")
+                    state = json.JSONDecoder().raw_decode(data.decode())[0].get("state", "")
                 except ValueError:
                     state = ""
                 service = path.split("/")[-2]
@@ -176,11 +177,6 @@ class AgentGroup:
                     if self.states.get((node, service)) != state:
                         self.states[(node, service)] = state
                         self.transitions.append((ended, node, service, state))
-            elif kind == "commit" and f"{root}/current/" in path:
-                service = path.split("/")[-2]
-                with self.lock:
-                    self.states[(node, service)] = "restarting"
-                    self.transitions.append((ended, node, service, "restarting"))
             if self.spec.trace and kind in ("set", "create", "delete", "commit"):
                 with self.lock:
                     self.writes.append((started, ended, kind, path))
