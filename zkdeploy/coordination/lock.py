@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from zkdeploy.coordination.layout import QUEUE_PREFIX
 from zkdeploy.coordination.session import Session, await_session, delete_own
-from zkdeploy.errors import LockLostError, RolloutAborted, SessionLostError
+from zkdeploy.errors import LockLostError, NoNodeError, RolloutAborted, SessionLostError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ class QueueLock:
         if self.node is not None:
             return
         generation = self._session.require_connected()
-        self._session.ensure_path(self.path)
         deadline = time.monotonic() + max(self._session.negotiated_timeout, 1.0)
         while True:
             try:
@@ -76,6 +75,8 @@ class QueueLock:
                                                ephemeral=True, sequence=True)
                 self.node = created.rsplit("/", 1)[1]
                 break
+            except NoNodeError:
+                self._session.ensure_path(self.path)  # the first waiter ever: make the queue, then join it
             except SessionLostError:
                 if not await_session(self._session, generation, deadline):
                     raise
@@ -90,10 +91,17 @@ class QueueLock:
     def poll(self, wake: threading.Event | None = None) -> int:
         """This waiter's place: 0 when first.  Otherwise, with ``wake``, leaves a one-shot watch
         on the predecessor that sets it when the predecessor goes.  LockLostError when our
-        node is gone (the session that owned it ended)."""
-        self.require_queued()
+        node is gone (the session that owned it ended).
+
+        The read of the queue is also the check that our node is still there: its name carries
+        this waiter's own prefix, and a node of an ended session is caught by the generation."""
+        if self.node is None:
+            raise LockLostError(f"not queued for {self.service}")
+        self._session.require_connected()
+        if self._session.generation != self._generation:
+            self.node = None
+            raise LockLostError(f"the session that queued for {self.service} has ended")
         contenders = self._contenders()
-        assert self.node is not None
         if self.node not in contenders:
             lost, self.node = self.node, None
             raise LockLostError(f"restart queue node {lost} of {self.service} disappeared")
