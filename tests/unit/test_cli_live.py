@@ -81,6 +81,17 @@ def test_nodes_at_work_come_before_idle_ones_and_are_not_severe() -> None:
     assert db.holding[3].reason == "1 online, fetching: 12%"
 
 
+def test_a_deploy_queued_behind_another_names_only_its_failed_and_absent_nodes() -> None:
+    status = fleet()
+    status["active_deploy"] = {**status["active_deploy"], "name": "d-0000000006"}  # another deploy rolls
+    status["services"][0]["node_states"]["n2"] = node("1", detail="online at 1")
+    [db] = deploys_frame(status, [entry()], T0).rows
+    assert [h.node for h in db.holding] == ["n3", "n4", "n5"]
+    status["active_deploy"] = {**status["active_deploy"], "name": "d-0000000007"}
+    [db] = deploys_frame(status, [entry()], T0).rows
+    assert (db.holding[-1].node, db.holding[-1].reason) == ("n2", "1 online, not restarted yet")
+
+
 def test_a_stalled_deploy_and_a_nodes_failed_restart_say_so() -> None:
     frame = deploys_frame(fleet(), [entry(stalled_since=T0 + 30, failures=({"node": "n4", "error": "boom"},))],
                           T0 + 60)
@@ -119,7 +130,8 @@ def test_watching_a_rollout_half_done_starts_from_its_own_pace_until_nodes_move(
     assert estimate.left(row(5, state="aborted"), T0 + 200) is None  # a closed deploy has nothing left
 
 
-@pytest.mark.parametrize("seconds, text", [(None, "?"), (0, "0s"), (59.4, "59s"), (61, "1m01s"), (3725, "1h02m")])
+@pytest.mark.parametrize("seconds, text", [(None, "?"), (0, "0s"), (59.4, "59s"), (61, "1m01s"), (3725, "1h02m"),
+                                           (90000, "1d01h")])
 def test_spans(seconds: float | None, text: str) -> None:
     assert span(seconds) == text
 
@@ -140,6 +152,17 @@ def test_on_a_terminal_the_picture_has_bars_colours_times_and_reasons() -> None:
     assert "waiting for the health checks" in text and "exited with status 3" in text
     styled = console.export_text(styles=True)
     assert "\x1b[" in styled  # coloured
+
+
+def test_on_an_80_column_terminal_nothing_is_cut() -> None:
+    console = Console(file=io.StringIO(), force_terminal=True, width=80, record=True)
+    status = fleet()
+    status["services"][0]["waiting_for"] = "waiting for quorum: 2 online of 5 members, 4 needed; " * 2
+    console.print(live.render(status_frame(status, T0 + 65), "zkdeploy status --watch (Ctrl-C to stop)", {}))
+    text = console.export_text()
+    assert "…" not in text and max(len(line.rstrip()) for line in text.splitlines()) <= 80
+    assert "d-0000000007" in text and "1 restarting, starting: waiting for the health checks" in text
+    assert "4 needed;" in " ".join(text.split())
 
 
 def test_a_halted_deploy_is_red_on_a_terminal() -> None:

@@ -84,7 +84,10 @@ def _reason(node: str, st: Mapping[str, Any] | None, absent: Mapping[str, Any], 
     text = f"{st.get('version') or '-'} {st.get('state')}"
     if st.get("phase") and st["phase"] != "idle":
         text += f", {st['phase']}"
-    return text + (f": {st['detail']}" if st.get("detail") else "")
+    detail = st.get("detail") or ""
+    if detail == f"online at {st.get('version')}":  # what an agent says at rest: nothing to add
+        return text + ", not restarted yet"
+    return text + (f": {detail}" if detail else "")
 
 
 def _rank(node: str, st: Mapping[str, Any] | None, failed: Mapping[str, str]) -> tuple[int, str]:
@@ -95,13 +98,18 @@ def _rank(node: str, st: Mapping[str, Any] | None, failed: Mapping[str, str]) ->
 
 
 def _progress(svc: Mapping[str, Any], target: str | None, scope: Sequence[str],
-              failures: Sequence[Mapping[str, Any]] = ()) -> tuple[int, tuple[Holding, ...], int]:
-    """(nodes of ``scope`` online at ``target``, the others with their reasons, how many were left out)."""
+              failures: Sequence[Mapping[str, Any]] = (),
+              rolling: bool = True) -> tuple[int, tuple[Holding, ...], int]:
+    """(nodes of ``scope`` online at ``target``, the others with their reasons, how many were left out).
+    Unless ``rolling`` (the service's rollout is the one under way), only the failed and absent
+    nodes are named: the others wait for nothing of their own."""
     states: Mapping[str, Any] = svc.get("node_states", {})
     absent = {m["node"]: m for m in svc.get("absent", ())}
     failed = {str(f.get("node")): str(f.get("error", "")) for f in failures}
     done = [n for n in scope if n in states and states[n]["version"] == target and states[n]["state"] == ONLINE]
     others = sorted((n for n in scope if n not in done), key=lambda n: _rank(n, states.get(n), failed))
+    if not rolling:
+        others = [n for n in others if _rank(n, states.get(n), failed)[0] == 0]
     holding = tuple(Holding(n, _reason(n, states.get(n), absent, failed), _rank(n, states.get(n), failed)[0] == 0)
                     for n in others[:MAX_REASONS])
     return len(done), holding, max(0, len(others) - MAX_REASONS)
@@ -121,6 +129,7 @@ def _state(state: str, stalled_since: float | None) -> str:
 def status_frame(status: Mapping[str, Any], at: float) -> Frame:
     """``status --watch``: one row per service.  A service with an open deploy is measured against
     the deploy's version; one without, against the version most of its nodes run (state idle)."""
+    head = (status.get("active_deploy") or {}).get("name")
     queue: dict[str, Mapping[str, Any]] = {}
     for d in status.get("queue", ()):
         queue.setdefault(d["service"], d)
@@ -133,7 +142,8 @@ def status_frame(status: Mapping[str, Any], at: float) -> Frame:
         else:
             counts = Counter(v["version"] for v in svc.get("versions", ()) for _ in range(v["nodes"]))
             target, state = (counts.most_common(1)[0][0] if counts else None), IDLE
-        done, holding, more = _progress(svc, target, scope, deploy.get("failures", ()) if deploy else ())
+        rolling = deploy is not None and deploy["name"] == head
+        done, holding, more = _progress(svc, target, scope, deploy.get("failures", ()) if deploy else (), rolling)
         rows.append(Row(service=svc["service"], target=target, deploy=deploy["name"] if deploy else None,
                         state=state, done=done, total=len(scope), started=deploy["created"] if deploy else None,
                         ended=None, waiting_for=svc.get("waiting_for", ""), holding=holding, more=more))
@@ -143,11 +153,12 @@ def status_frame(status: Mapping[str, Any], at: float) -> Frame:
 def deploys_frame(status: Mapping[str, Any], entries: Sequence[DeployEntry], at: float) -> Frame:
     """``deploy --wait`` and ``rollout status``: one row per deploy followed, in the order given."""
     services = {svc["service"]: svc for svc in status.get("services", ())}
+    head = (status.get("active_deploy") or {}).get("name")
     rows = []
     for entry in entries:
         svc = services.get(entry.service, {"service": entry.service})
         scope = _scope(svc, entry.nodes)
-        done, holding, more = _progress(svc, entry.version, scope, entry.failures)
+        done, holding, more = _progress(svc, entry.version, scope, entry.failures, entry.name == head)
         if entry.state not in OPEN_DEPLOY_STATES:
             why = f"{entry.state}" + (f": {entry.message}" if entry.message else "")
             holding, more = (), 0
@@ -189,7 +200,7 @@ class Estimator:
 
 
 def span(seconds: float | None) -> str:
-    """``42s``, ``3m05s``, ``2h10m``; ``?`` when unknown."""
+    """``42s``, ``3m05s``, ``2h10m``, ``3d04h``; ``?`` when unknown."""
     if seconds is None:
         return "?"
     whole = max(0, round(seconds))
@@ -197,7 +208,9 @@ def span(seconds: float | None) -> str:
         return f"{whole}s"
     if whole < 3600:
         return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def elapsed(row: Row, now: float) -> float | None:

@@ -40,7 +40,7 @@ STATE_STYLES = {
     "pending": "cyan", "done": "green", IDLE: "dim", "paused": "yellow", STALLED: "bold yellow",
     "halted": "bold red", "aborted": "red", "rolled_back": "yellow",
 }
-BAR_WIDTH = 24
+BAR_WIDTH = 16
 
 
 def _clock(at: float) -> str:
@@ -48,32 +48,33 @@ def _clock(at: float) -> str:
 
 
 def render(frame: Frame, title: str, lefts: Mapping[str, float | None]) -> RenderableType:
-    """The terminal picture of ``frame``: the killswitch, then a table of one line per service, each
-    followed by the nodes that hold its rollout back."""
-    table = Table(title=f"{title} — {_clock(frame.at)}", title_justify="left", title_style="bold", box=None,
-                  show_edge=False, pad_edge=False, header_style="bold")
-    for column in ("SERVICE", "DEPLOY", "STATE", "PROGRESS", "NODES", "ELAPSED", "LEFT"):
+    """The terminal picture of ``frame``: the killswitch, a table of one line per service (its bar,
+    counts and times; it fits 80 columns), then per service what its rollout waits for and each
+    node that holds it back, as lines that wrap rather than being cut."""
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    for column in ("SERVICE", "TARGET", "DEPLOY", "STATE", "PROGRESS", "NODES", "ELAPSED", "LEFT"):
         table.add_column(column, no_wrap=True)
-    table.add_column("WAITING FOR", overflow="fold")
+    why: list[RenderableType] = []
     for row in frame.rows:
         style = STATE_STYLES.get(row.state, "")
         bar = ProgressBar(total=max(row.total, 1), completed=row.done if row.total else 0, width=BAR_WIDTH,
                           complete_style=style if row.state in ("halted", "aborted", STALLED) else "cyan",
                           finished_style="green")
         left = lefts.get(row.key)
-        table.add_row(row.service, row.deploy or "-", Text(row.state, style=style), bar, f"{row.done}/{row.total}",
-                      span(elapsed(row, frame.at)) if row.started is not None else "-",
-                      ("~" + span(left) if left else span(left)) if row.is_open else "-",
-                      Text(row.waiting_for, style="red" if row.state == "halted" else ""))
+        table.add_row(row.service, row.target or "-", row.deploy or "-", Text(row.state, style=style), bar,
+                      f"{row.done}/{row.total}", span(elapsed(row, frame.at)) if row.started is not None else "-",
+                      ("~" + span(left) if left else span(left)) if row.is_open else "-")
+        why.append(Text.assemble((row.service, "bold"), ": ",
+                                 (row.waiting_for, "red" if row.state == "halted" else "")))
         for held in row.holding:
-            table.add_row(Text(f"  {held.node}", style="dim"), "", "", "", "", "", "",
-                          Text(held.reason, style="red" if held.severe else "yellow"))
+            why.append(Text.assemble("  ", (held.node, "bold"), "  ",
+                                     (held.reason, "red" if held.severe else "yellow")))
         if row.more:
-            table.add_row("", "", "", "", "", "", "", Text(f"… and {row.more} more node(s)", style="dim"))
+            why.append(Text(f"  … and {row.more} more node(s) not at {row.target}", style="dim"))
     parts: list[RenderableType] = []
     if frame.killswitch:
         parts.append(Text(f"KILLSWITCH ON: {frame.killswitch}", style="bold red"))
-    parts.append(table)
+    parts += [Text(f"{title} — {_clock(frame.at)}", style="bold"), table, Text(""), *why]
     return Group(*parts)
 
 
@@ -115,8 +116,7 @@ class LiveView:
 
     def __enter__(self) -> LiveView:
         if not self.as_json and self.console.is_terminal:
-            self._live = Live(console=self.console, auto_refresh=False, transient=False,
-                              vertical_overflow="visible")
+            self._live = Live(console=self.console, auto_refresh=False, transient=False)
             self._live.start()
         return self
 
