@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
@@ -27,8 +27,10 @@ from zkdeploy.errors import CoordinationError, PayloadError
 from zkdeploy.fsutil import fsync_dir, fsync_file
 from zkdeploy.model import Release
 from zkdeploy.transfer.fetch import fetch
-from zkdeploy.transfer.swarm import SwarmConfig, SwarmSession, SwarmStalled, TransferStatus
-from zkdeploy.transfer.torrent import TorrentMeta, load_metainfo
+
+if TYPE_CHECKING:  # libtorrent (about 10 MB) is imported only by an agent whose swarm is enabled
+    from zkdeploy.transfer.swarm import SwarmSession, TransferStatus
+    from zkdeploy.transfer.torrent import TorrentMeta
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class Transport:
         settings = self.config.swarm
         if not settings.enabled:
             return
+        from zkdeploy.transfer.swarm import SwarmConfig, SwarmSession
+
         self.session = SwarmSession(SwarmConfig(
             listen_ip=self.config.address, listen_port=settings.listen_port,
             upload_rate_limit=settings.upload_rate_limit, download_rate_limit=settings.download_rate_limit,
@@ -106,6 +110,8 @@ class Transport:
 
     def reseed(self, release: Release, payload: Path) -> None:
         """At start: seed a payload this host already holds, and drop its finished download area."""
+        if self.session is None:
+            return  # the swarm is disabled: nothing to seed
         try:
             meta = self.metainfo(release)
         except PayloadError as exc:
@@ -172,6 +178,8 @@ class Transport:
         """The release's torrent from ZooKeeper, validated; None if it was staged without one."""
         if not release.info_hash or self.store is None:
             return None
+        from zkdeploy.transfer.torrent import load_metainfo
+
         blob = self.store.release_blob(release.service, release.version, TORRENT_BLOB)
         if blob is None:
             raise PayloadError(f"{release.service}@{release.version}: the torrent metainfo is missing from ZooKeeper")
@@ -189,6 +197,8 @@ class Transport:
         """Put the verified payload of ``release`` at ``dest``: from the swarm, else from the origin."""
         meta = self.metainfo(release) if self.session is not None else None
         if meta is not None:
+            from zkdeploy.transfer.swarm import SwarmStalled  # loaded already: the swarm session runs
+
             self._announce(meta, complete=False)
             if self._goes_to_source(meta):
                 log.info("%s@%s: no peer holds the payload yet; this node fetches it from the origin for the swarm",
