@@ -28,6 +28,9 @@ from zkdeploy.model import RESTARTING, STOPPED, CurrentEntry, NodeRecord
 
 log = logging.getLogger(__name__)
 
+#: seconds the background writer lets phase changes gather before it writes the latest record
+LATER_INTERVAL = 0.25
+
 
 @dataclass
 class Local:
@@ -85,6 +88,7 @@ class Presence:
     def _write_later(self) -> None:
         """The background writer: what a phase change left unwritten, each service's latest record.
 
+        Changes arriving within ``LATER_INTERVAL`` of a write are written together, once.
         Only changes of phase and detail come here; every change of availability (the slot
         transaction's ``restarting``, ``online`` after the health check, ``failed``) is written
         before the step that follows it, so the quorum never counts on a record still in flight.
@@ -97,6 +101,7 @@ class Presence:
                 services, self._later = sorted(self._later), set()
             for service in services:
                 self.publish(service)
+            time.sleep(LATER_INTERVAL)  # what changes meanwhile is written once, as it is then
 
     def publish(self, service: str, *, state: str | None = None, version: str | None = None,
                 detail: str | None = None, target: str | None = None, write: bool = True) -> None:

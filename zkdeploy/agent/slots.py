@@ -34,6 +34,8 @@ from zkdeploy.policy.quorum import may_go_down
 
 log = logging.getLogger(__name__)
 
+QUEUED = "queued behind "
+
 
 class SlotRequest:
     """One node's request to take one service down for ``why`` (a target version, an undo)."""
@@ -75,10 +77,12 @@ class SlotRequest:
             # A node whose service is down costs no quorum to restart, so it need not wait its turn
             # (the head may be waiting for exactly this node to come back up): it decides now on
             # its own entry, and its slot transaction is conditional on that entry as always.
+            waiting = f"{QUEUED}{position} node(s) to restart"
+            if self.presence.local[self.service].state == ONLINE:
+                return self._waiting(waiting, queued=True)  # the usual case, known without a read
             me = self.store.current_entry(self.service, self.node)
-            if me is None or me.state == ONLINE or self.presence.local[self.service].state == ONLINE \
-                    or (self.answering is not None and self.answering()):
-                return self._waiting(f"queued behind {position} node(s) to restart")
+            if me is None or me.state == ONLINE or (self.answering is not None and self.answering()):
+                return self._waiting(waiting, queued=True)
             return self._take(me, free=True, wake=wake)
         view = self.store.quorum_view(self.service, self.node, wake)
         me = view.me
@@ -116,10 +120,13 @@ class SlotRequest:
         self._queue.release()  # the next waiter decides with this node counted as restarting
         return True
 
-    def _waiting(self, reason: str) -> bool:
+    def _waiting(self, reason: str, *, queued: bool = False) -> bool:
+        """Say why this request waits.  A place in the queue that moved up is logged, not written:
+        in a fleet of N waiting nodes, writing every move would make N writes per restart."""
         if reason != self.reason:
             log.info("%s: %s", self.service, reason)
-            self.presence.publish(self.service, detail=reason)
+            if not (queued and self.reason.startswith(QUEUED)):
+                self.presence.publish(self.service, detail=reason)
             self.reason = reason
         return False
 
