@@ -1,21 +1,14 @@
-"""Operator commands that write intent: services, stage, deploy, abort/resume, killswitch, nodes forget."""
+"""Operator commands that queue rollouts: ``deploy`` and ``rollback`` (and what they share with ``plan`` and
+``scenario run``: resolving targets, making deploy entries), and ``nodes forget``."""
 
 from __future__ import annotations
 
-import contextlib
 import getpass
-import json
-import shutil
 import socket
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import click
 
@@ -24,7 +17,6 @@ from zkdeploy.cli.context import (
     EXIT_INTERRUPTED,
     Ctx,
     confirm,
-    deploy_name as full_deploy_name,
     force_option,
     handle_errors,
     json_option,
@@ -32,27 +24,14 @@ from zkdeploy.cli.context import (
     positive_seconds,
 )
 from zkdeploy.cli.live import follow_deploys
-from zkdeploy.cli.output import emit_json, error, say, table, warn
-from zkdeploy.cli.security_cmd import release_signature
-from zkdeploy.cli.seeding import seed_endpoint, seed_in_foreground
+from zkdeploy.cli.output import emit_json, error, say, warn
 from zkdeploy.cli.views import deploy_dict
 from zkdeploy.cli.waveplan import load_waves, wave_plans
-from zkdeploy.config.loader import load_catalog, parse_catalog
+from zkdeploy.config.loader import parse_catalog
 from zkdeploy.config.schema import Catalog
 from zkdeploy.coordination import Store
-from zkdeploy.errors import ConfigError, ConflictError, DeployRefusedError, PayloadError, RolloutError
-from zkdeploy.model import (
-    ABORTED,
-    DONE,
-    HALTED,
-    ONLINE,
-    PAUSED,
-    PENDING,
-    DeployEntry,
-    DeployState,
-    Killswitch,
-    Release,
-)
+from zkdeploy.errors import ConfigError, ConflictError, DeployRefusedError, RolloutError
+from zkdeploy.model import ABORTED, DONE, ONLINE, PENDING, DeployEntry
 from zkdeploy.names import check_name
 from zkdeploy.policy.discovery import parse_expect
 from zkdeploy.policy.lifecycle import TERMINAL, Actor, can, transition
@@ -60,11 +39,6 @@ from zkdeploy.policy.order import dependency_order
 from zkdeploy.policy.quorum import failure_budget, required_online
 from zkdeploy.policy.selector import parse as parse_selector
 from zkdeploy.policy.versions import most_popular
-from zkdeploy.signing import SIGNATURE_BLOB, load_private
-from zkdeploy.transfer.fetch import is_url, open_origin, payload_digest
-from zkdeploy.transfer.torrent import make_torrent
-from zkdeploy.transfer.transport import TORRENT_BLOB
-from zkdeploy.transfer.unpack import check_archive
 
 #: finished deploy entries kept in ZooKeeper (the oldest beyond are removed when a deploy is queued)
 DEPLOYS_KEPT = 500
@@ -72,187 +46,6 @@ DEPLOYS_KEPT = 500
 
 def who() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
-# -- services ------------------------------------------------------------------
-@click.group("services")
-def services_group() -> None:
-    """Manage the fleet catalog of services (stored in ZooKeeper)."""
-
-
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    lines = []
-    old_s, new_s = old.get("services", {}), new.get("services", {})
-    for name in sorted(set(old_s) | set(new_s)):
-        if name not in old_s:
-            lines.append(f"+ {name}")
-        elif name not in new_s:
-            lines.append(f"- {name}")
-        elif old_s[name] != new_s[name]:
-            keys = sorted(k for k in set(old_s[name]) | set(new_s[name]) if old_s[name].get(k) != new_s[name].get(k))
-            for key in keys:
-                before, after = json.dumps(old_s[name].get(key)), json.dumps(new_s[name].get(key))
-                lines.append(f"~ {name}.{key}: {before} -> {after}")
-    return lines
-
-
-@services_group.command("apply")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--dry-run", is_flag=True, help="Validate and show the diff; store nothing.")
-@force_option
-@json_option
-@pass_ctx
-@handle_errors
-def services_apply(ctx: Ctx, file: str, dry_run: bool, force: bool, as_json: bool) -> None:
-    """Validate FILE, show what changes, and store it as the catalog.
-
-    Every problem in FILE is reported at once, with its key.  The write is
-    conditional: if someone else changed the catalog meanwhile, nothing is
-    stored and you are asked to apply again.  Removing services asks first
-    (--yes does not ask) when FILE empties the catalog or when agents still
-    run a removed service (it is in /current): they would no longer be
-    deployed, and a deploy of them is refused.
-    """
-    catalog = load_catalog(file)
-    new = catalog.model_dump(mode="json", exclude_defaults=True)
-    store = ctx.store()
-    old, version = store.catalog()
-    changes = _diff(old or {}, new)
-    removed = sorted(set((old or {}).get("services", {})) - set(new.get("services", {})))
-    running = {s: len(store.current(s)) for s in removed}
-    running = {s: n for s, n in running.items() if n}
-    risks = []
-    if removed and not new.get("services"):
-        risks.append(f"{file} has no service: this deletes the whole catalog ({len(removed)} service(s))")
-    risks += [f"{s} is removed but {n} node(s) still run it (in /current)" for s, n in running.items()]
-    for risk in risks:
-        warn(risk)
-    if risks and not dry_run:
-        confirm("store this catalog?", force)
-    if not dry_run and changes:
-        store.put_catalog(new, version)
-    if as_json:
-        emit_json({"changes": changes, "stored": bool(changes) and not dry_run, "warnings": risks})
-        return
-    for line in changes or ["(no changes)"]:
-        say(line)
-    if changes:
-        say("dry run: nothing stored" if dry_run else f"catalog stored ({len(new['services'])} services)")
-
-
-@services_group.command("list")
-@json_option
-@pass_ctx
-@handle_errors
-def services_list(ctx: Ctx, as_json: bool) -> None:
-    """List the services of the catalog with their quorum and dependencies."""
-    data, _ = ctx.store().catalog()
-    services = (data or {}).get("services", {})
-    if as_json:
-        emit_json(services)
-        return
-    if not services:
-        say("no catalog stored (zkdeploy services apply FILE)")
-        return
-    table(None, ["SERVICE", "QUORUM", "DEPENDS ON", "HEALTH CHECKS", "KEEP"],
-          [[name, s.get("quorum"), ", ".join(s.get("depends_on", [])) or "-",
-            len(s.get("health_checks", [])), s.get("keep_releases", 3)] for name, s in sorted(services.items())])
-
-
-# -- stage --------------------------------------------------------------------------
-@click.command("stage")
-@click.argument("service")
-@click.argument("version")
-@click.argument("payload")
-@click.option("--no-torrent", is_flag=True, help="Agents fetch from the origin only (no swarm).")
-@click.option("--seed-until", type=click.IntRange(1), metavar="N",
-              help="Seed the payload from here until N hosts hold it (shows progress).")
-@click.option("--listen", default="127.0.0.1:0", show_default=True, metavar="IP:PORT",
-              help="With --seed-until: where this seeder listens (an address the agents reach).")
-@click.option("--seed-timeout", type=float, default=3600.0, show_default=True,
-              help="With --seed-until: give up after this many seconds (exit 5).")
-@click.option("--sign", "sign_key", metavar="KEYFILE", type=click.Path(exists=True, dir_okay=False),
-              help="Sign the release record with this key (zkdeploy keys generate).")
-@json_option
-@pass_ctx
-@handle_errors
-def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, seed_until: int | None,
-          listen: str, seed_timeout: float, sign_key: str | None, as_json: bool) -> None:
-    """Stage VERSION of SERVICE: hash PAYLOAD, make its torrent, record the release.
-
-    PAYLOAD is a tar archive (optionally compressed), given as a path that the
-    agents can read or as an http(s) URL: that is the origin, the fallback
-    when the swarm stalls.  Agents that run SERVICE fetch it from their peers
-    (ZooKeeper is the tracker), verify its SHA-256 and unpack it beside the
-    running release.  The first copy comes from this command with
-    --seed-until N, or from a `zkdeploy seed` daemon on the origin's host; when
-    nobody seeds, one agent is elected to fetch it from the origin and the
-    others get it from that agent.
-    """
-    check_name("service", service)
-    check_name("version", version)
-    if seed_until:
-        seed_endpoint(listen)  # a bad --listen refuses before anything is staged
-        positive_seconds("--seed-timeout", seed_timeout)
-    if not is_url(payload) and not Path(payload).is_file():
-        raise ConfigError(f"payload {payload} does not exist or is not a file")
-    key = load_private(sign_key) if sign_key else None
-    store = ctx.store()
-    catalog, _ = store.catalog()
-    if service not in (catalog or {}).get("services", {}):
-        raise ConfigError(f"unknown service {service!r}: it is not in the catalog (zkdeploy services apply)")
-    staged = store.release(service, version)
-    with _local_copy(payload) as path:
-        check_archive(path)
-        if no_torrent:
-            sha, size = payload_digest(path)
-            meta = None
-        else:
-            meta = make_torrent(path)
-            if meta.sha256 is None:  # make_torrent records the payload's SHA-256 as it hashes the pieces
-                raise PayloadError(f"{payload}: no SHA-256 was recorded for its torrent")
-            sha, size = meta.sha256, meta.size
-        origin = payload if is_url(payload) else str(Path(payload).resolve())
-        release = Release(service=service, version=version, sha256=sha, size=size, origin=origin,
-                          staged_by=who(), staged_at=time.time(), info_hash=meta.info_hash if meta else None)
-        blobs = {TORRENT_BLOB: meta.metainfo} if meta else {}
-        if key is not None:
-            blobs[SIGNATURE_BLOB] = release_signature(store, key, service, version, sha, size)
-        if staged is not None and staged.sha256 != sha:
-            raise ConfigError(f"{service}@{version} is already staged with a different payload (sha256 "
-                              f"{staged.sha256[:12]}..., this one {sha[:12]}...); stage a new version instead; "
-                              f"nothing was changed")
-        try:
-            store.put_release(release, blobs or None)
-        except ConflictError as exc:  # staged meanwhile by someone else: refused, nothing of ours was written
-            raise ConfigError(f"{exc}; nothing was changed") from None
-        if as_json:
-            emit_json({"service": service, "version": version, "sha256": sha, "size": size, "origin": origin,
-                       "info_hash": release.info_hash})
-        else:
-            say(f"staged {service}@{version}: {size} bytes, sha256 {sha}"
-                + (f", info-hash {meta.info_hash}" if meta else ""))
-        if seed_until and meta is not None:
-            seed_in_foreground(store, release, meta, path, seed_until, listen, seed_timeout, quiet=as_json)
-
-
-@contextlib.contextmanager
-def _local_copy(payload: str) -> Iterator[Path]:
-    """The payload as a local file: the path itself, or a temporary download of a URL."""
-    if not is_url(payload):
-        path = Path(payload)
-        if not path.is_file():
-            raise ConfigError(f"payload {payload} does not exist or is not a file")
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="zkdeploy-stage-") as tmp:
-        local = Path(tmp) / (Path(urlparse(payload).path).name or "payload")
-        try:
-            with open_origin(payload, 30.0) as src, open(local, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-        except OSError as exc:
-            raise PayloadError(f"cannot fetch payload from {payload}: {exc}") from None
-        yield local
 
 
 # -- deploy ------------------------------------------------------------------------------
@@ -441,108 +234,6 @@ def _report_queued(ctx: Ctx, names: list[str], entries: list[DeployEntry], wait:
         say("rollout complete: " + ", ".join(f"{e.service}@{e.version} done ({e.name})" for e in final))
 
 
-# -- abort / resume / killswitch -------------------------------------------------------------
-def _set_state(ctx: Ctx, name: str | None, new: DeployState) -> list[str]:
-    """Move deploy ``name`` (or, for None, every deploy an operator may move) to ``new``; the names moved.
-
-    A named deploy that cannot make the move is refused (DeployTransitionError,
-    exit 2) before anything is written.
-    """
-    store = ctx.store()
-    if name is not None:
-        entry = store.deploy(name)
-        if entry is None:
-            raise ConfigError(f"no deploy {name} (`zkdeploy deploys --all` lists them)")
-        entries = [entry]
-    else:
-        entries = [e for e in store.deploys() if e.state != new and can(e, new, by=Actor.OPERATOR)]
-    changed = []
-    for entry in entries:
-        store.update_deploy(transition(entry, new, by=Actor.OPERATOR, message=f"{new} by {who()}"))
-        changed.append(entry.name)
-    return changed
-
-
-@click.command("abort")
-@click.argument("deploy_name", required=False, metavar="[DEPLOY]")
-@click.option("--all", "all_", is_flag=True, help="Abort every open deploy.")
-@force_option
-@json_option
-@pass_ctx
-@handle_errors
-def abort(ctx: Ctx, deploy_name: str | None, all_: bool, force: bool, as_json: bool) -> None:
-    """Abort DEPLOY (its name or number: d-0000000003 or 3), or --all open deploys; asks first.
-
-    Nodes already restarted keep the new version; nodes not yet restarted
-    keep the old one; a restart in progress finishes.
-    """
-    name = _one_or_all(deploy_name, all_)
-    confirm(f"abort {name or 'every open deploy'}?", force)
-    _say_moved(_set_state(ctx, name, ABORTED), "aborted", as_json)
-
-
-@click.command("pause")
-@click.argument("deploy_name", required=False, metavar="[DEPLOY]")
-@click.option("--all", "all_", is_flag=True, help="Pause every pending deploy.")
-@json_option
-@pass_ctx
-@handle_errors
-def pause(ctx: Ctx, deploy_name: str | None, all_: bool, as_json: bool) -> None:
-    """Pause DEPLOY (its name or number) or --all pending ones: no node starts a new restart for
-    it; restarts under way finish."""
-    _say_moved(_set_state(ctx, _one_or_all(deploy_name, all_), PAUSED), "paused", as_json)
-
-
-@click.command("resume")
-@click.argument("deploy_name", required=False, metavar="[DEPLOY]")
-@click.option("--all", "all_", is_flag=True, help="Resume every paused deploy (halted ones are resumed by name).")
-@json_option
-@pass_ctx
-@handle_errors
-def resume(ctx: Ctx, deploy_name: str | None, all_: bool, as_json: bool) -> None:
-    """Resume DEPLOY (its name or number), paused or halted, or --all paused ones.
-
-    A halted deploy's failure budget is raised to the failures it already had,
-    so one more failure halts it again.
-    """
-    name = _one_or_all(deploy_name, all_)
-    store = ctx.store()
-    if name is None:
-        entries = [e for e in store.deploys() if e.state == PAUSED]
-    else:
-        entry = store.deploy(name)
-        if entry is None:
-            raise ConfigError(f"no deploy {name} (`zkdeploy deploys --all` lists them)")
-        if entry.state == PENDING:  # pending -> pending is an operator's move too (promote), but not a resume
-            raise ConfigError(f"deploy {name} ({entry.service}@{entry.version}) is pending: only a paused or "
-                              f"halted deploy resumes; nothing was changed")
-        entries = [entry]
-    moved = []
-    for entry in entries:
-        budget = len(entry.failures) if entry.state == HALTED else entry.max_failures
-        store.update_deploy(transition(entry, PENDING, by=Actor.OPERATOR, message=f"resumed by {who()}",
-                                       max_failures=budget))
-        moved.append(entry.name)
-    _say_moved(moved, "resumed", as_json)
-
-
-def _one_or_all(text: str | None, all_: bool) -> str | None:
-    """The full name of the one deploy named, or None for --all; ConfigError for neither or both."""
-    if (text is None) == (not all_):
-        raise ConfigError("name one deploy or give --all" if text is None else "name a deploy or give --all, not both")
-    return full_deploy_name(text) if text is not None else None
-
-
-def _say_moved(names: list[str], verb: str, as_json: bool) -> None:
-    if as_json:
-        emit_json({verb: names})
-        return
-    for name in names:
-        say(f"{verb} {name}")
-    if not names:
-        say(f"no deploy was {verb}")
-
-
 @click.command("rollback")
 @click.argument("service")
 @click.option("--to", "version", help="The version to go back to (default: the one the last deploy replaced).")
@@ -583,53 +274,6 @@ def rollback(ctx: Ctx, service: str, version: str | None, wait: bool, timeout: f
     names = store.enqueue(entries)
     _warn_killswitch(store)
     _report_queued(ctx, names, entries, wait, timeout, as_json)
-
-
-@click.command("killswitch")
-@click.argument("action", type=click.Choice(["on", "off", "show"]))
-@click.option("--message", "-m", default="", help="Why (shown by status and in every agent's log).")
-@json_option
-@pass_ctx
-@handle_errors
-def killswitch(ctx: Ctx, action: str, message: str, as_json: bool) -> None:
-    """Stop (on) or allow (off) every agent's new steps, fleet-wide, or show the killswitch.
-
-    With it on, no agent starts a new step anywhere; deploys still queue.
-    `on` needs --message and says which earlier message it replaces.
-    """
-    if action == "on" and not message:
-        raise ConfigError("killswitch on needs --message TEXT")
-    store = ctx.store()
-    earlier = store.killswitch()
-    if action == "on":
-        store.set_killswitch(Killswitch(message=message, by=who(), since=time.time()))
-    elif action == "off":
-        store.set_killswitch(None)
-    switch = store.killswitch()
-    replaced = earlier if action == "on" and earlier is not None else None
-    if as_json:
-        emit_json({**_killswitch_dict(switch), "replaced": _killswitch_dict(replaced) if replaced else None})
-        return
-    if replaced is not None:
-        say(f"replaced the earlier killswitch message: {replaced.message} (by {replaced.by}, "
-            f"since {_when(replaced.since)})")
-    say(f"killswitch on: {switch.message} (by {switch.by}, since {_when(switch.since)})" if switch
-        else "killswitch off")
-
-
-def _killswitch_dict(switch: Killswitch | None) -> dict[str, Any]:
-    """The killswitch as ``killswitch show --json`` prints it: on, message, by, since (ISO 8601 UTC)."""
-    if switch is None:
-        return {"on": False, "message": None, "by": None, "since": None}
-    return {"on": True, "message": switch.message, "by": switch.by, "since": _iso(switch.since)}
-
-
-def _iso(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
-
-
-def _when(when: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
 
 
 # -- nodes forget ---------------------------------------------------------------------------
@@ -675,3 +319,4 @@ def nodes_forget(ctx: Ctx, node: str, services: tuple[str, ...], force: bool, as
         emit_json({"node": node, "forgotten": forgotten})
     else:
         say(f"forgot {node} as a member of {', '.join(forgotten)}" if forgotten else f"{node}: nothing to forget")
+

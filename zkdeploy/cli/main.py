@@ -18,6 +18,9 @@ from zkdeploy.cli.reports_cmd import history, plan, undo
 from zkdeploy.cli.scenario_cmd import scenario_group
 from zkdeploy.cli.security_cmd import acl, keys
 from zkdeploy.cli.seeding import seed, swarm
+from zkdeploy.cli.services_cmd import services_group
+from zkdeploy.cli.stage_cmd import stage
+from zkdeploy.cli.steering_cmd import abort, killswitch, pause, resume
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -65,17 +68,17 @@ def cli(ctx: click.Context, zk: str, root: str, zk_timeout: float, verbose: bool
                   tls_cert=zk_tls_cert, tls_key=zk_tls_key)
 
 
-cli.add_command(commands.services_group)
-cli.add_command(commands.stage)
+cli.add_command(services_group)
+cli.add_command(stage)
 cli.add_command(commands.deploy)
 cli.add_command(scenario_group)
 cli.add_command(deploys)
 cli.add_command(rollout)
-cli.add_command(commands.abort)
-cli.add_command(commands.resume)
-cli.add_command(commands.pause)
+cli.add_command(abort)
+cli.add_command(resume)
+cli.add_command(pause)
 cli.add_command(commands.rollback)
-cli.add_command(commands.killswitch)
+cli.add_command(killswitch)
 cli.add_command(promote)
 cli.add_command(mark)
 cli.add_command(unmark)
