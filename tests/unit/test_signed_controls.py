@@ -394,3 +394,30 @@ def test_every_option_of_the_controls_and_security_commands_has_help_and_mark_an
                 assert param.help, f"{command.name} {param.opts[0]} has no help text"
         if command.name in ("mark", "unmark", "pin", "unpin"):
             assert "--sign" in [o for p in command.params for o in p.opts], command.name
+
+
+def test_a_deploy_waits_for_a_node_whose_pin_elsewhere_is_forged_and_not_for_one_signed(
+        key: Ed25519PrivateKey) -> None:
+    from zkdeploy.agent.deploys import _pinned_elsewhere
+    from zkdeploy.coordination import Store
+    from zkdeploy.model import DeployEntry
+    from zkdeploy.testing.memory import MemoryEnsemble, MemorySession
+
+    store = Store(MemorySession(MemoryEnsemble()).start(), "/dc")
+    store.bootstrap()
+    store.set_pin(sign_pin(key, _pin("1", node="n1"), seq=1))
+    store.set_pin(_pin("1", node="n2"))  # unsigned: its own node ignores it
+    store.set_pin(dataclasses.replace(sign_pin(key, _pin("1", node="n3"), seq=1), version="0"))  # tampered
+    verifier = Verifier([key.public_key()])
+
+    def trusted(pin: Pin) -> bool:
+        try:
+            verifier.verify_control(pin)
+        except SignatureError:
+            return False
+        return True
+
+    entry = DeployEntry(service="web", version="2")
+    assert _pinned_elsewhere(store, entry, None) == {"n1", "n2", "n3"}  # no trusted keys: every pin counts
+    assert _pinned_elsewhere(store, entry, trusted) == {"n1"}
+    store.close()

@@ -28,8 +28,8 @@ from zkdeploy.agent.slots import SlotRequest, fence
 from zkdeploy.agent.states import Phase
 from zkdeploy.config.loader import parse_catalog
 from zkdeploy.coordination import Store
-from zkdeploy.errors import ConfigError, ConflictError, CoordinationError, JournalError
-from zkdeploy.model import ABORTED, FAILED, ONLINE, PENDING, DeployEntry
+from zkdeploy.errors import ConfigError, ConflictError, CoordinationError, JournalError, SignatureError
+from zkdeploy.model import ABORTED, FAILED, ONLINE, PENDING, DeployEntry, Pin
 from zkdeploy.policy.lifecycle import Actor, can, transition
 from zkdeploy.policy.progress import active_deploy, blocked_by
 from zkdeploy.runner.service import HostService
@@ -117,8 +117,9 @@ class Cycle:
             # steward per service (the first present node by name), not by every node: a fleet-wide
             # read of /current per node per cycle would grow with the square of the fleet.
             if head.waves:
-                deploys.advance_waves(self.store, head, self.rule.marks(head.service).get(head.version))
-            deploys.maybe_complete(self.store, head)
+                deploys.advance_waves(self.store, head, self.rule.marks(head.service).get(head.version),
+                                      self._trusted_pin())
+            deploys.maybe_complete(self.store, head, self._trusted_pin())
             current = self.store.deploy(head.name)
             if current is not None and current.state == PENDING and self._is_steward(head.service):
                 self._watch_progress(current)
@@ -323,6 +324,21 @@ class Cycle:
                 versions.append(newest)
             running = self.presence.local[service].version
             self.payloads.want(service, [v for v in versions if v != running])
+
+    def _trusted_pin(self) -> deploys.PinCheck | None:
+        """With trusted signing keys: a check that a pin's signature verifies (any node's pin)."""
+        guard = self.payloads.guard
+        if guard is None:
+            return None
+        verifier = guard.verifier
+
+        def trusted(pin: Pin) -> bool:
+            try:
+                verifier.verify_control(pin)
+            except SignatureError:
+                return False
+            return True
+        return trusted
 
     def _is_steward(self, service: str) -> bool:
         nodes = self.view.current_nodes(service) if service in self.host.names else self.store.current_nodes(service)

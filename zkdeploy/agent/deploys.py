@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from tenacity import RetryError, retry, retry_if_exception_type, stop_after_attempt, wait_random
 
 from zkdeploy.coordination import Store
 from zkdeploy.errors import AccessDeniedError, ConflictError, CoordinationError, DeployTransitionError
-from zkdeploy.model import ABORTED, DONE, FAILED, HALTED, PENDING, ROLLED_BACK, DeployEntry, Mark
+from zkdeploy.model import ABORTED, DONE, FAILED, HALTED, PENDING, ROLLED_BACK, DeployEntry, Mark, Pin
 from zkdeploy.policy.discovery import answers
 from zkdeploy.policy.lifecycle import Actor, can, transition
 from zkdeploy.policy.marks import effective
@@ -24,6 +25,9 @@ from zkdeploy.policy.quorum import failure_budget
 from zkdeploy.policy.waves import advance
 
 log = logging.getLogger(__name__)
+
+#: whether a pin record is one this agent accepts (its signature verifies against the trusted keys)
+PinCheck = Callable[[Pin], bool]
 
 #: attempts at a conditional write that keeps losing races before giving up until the next cycle
 RETRIES = 10
@@ -106,7 +110,7 @@ def _roll_back(store: Store, node: str, failed: DeployEntry, previous: str) -> N
     log.error("deploy %s failed; queued rollback %s to %s", failed.name, name, previous)
 
 
-def advance_waves(store: Store, head: DeployEntry, mark: Mark | None) -> str:
+def advance_waves(store: Store, head: DeployEntry, mark: Mark | None, trusted: PinCheck | None = None) -> str:
     """Move ``head``'s waves one step on when they may (zkdeploy.policy.waves.advance); returns what
     the next step waits for.  A conditional write: the loser of a race re-reads next cycle."""
     entry = store.deploy(head.name)
@@ -116,7 +120,7 @@ def advance_waves(store: Store, head: DeployEntry, mark: Mark | None) -> str:
     labels = {n: dict(r.labels) for n, r in store.nodes().items()}
     failed = {f["node"] for f in entry.failures}
     moved, why = advance(entry, store.current(entry.service), labels, release.staged_at if release else 0.0,
-                         mark.mark if mark else None, excused=failed | _pinned_elsewhere(store, entry))
+                         mark.mark if mark else None, excused=failed | _pinned_elsewhere(store, entry, trusted))
     if moved is not None:
         try:
             store.update_deploy(transition(moved, PENDING, by=Actor.AGENT, message=why))
@@ -126,13 +130,15 @@ def advance_waves(store: Store, head: DeployEntry, mark: Mark | None) -> str:
     return why
 
 
-def _pinned_elsewhere(store: Store, entry: DeployEntry) -> set[str]:
-    """Nodes pinned to another release of the entry's service: a deploy does not wait for them."""
+def _pinned_elsewhere(store: Store, entry: DeployEntry, trusted: PinCheck | None) -> set[str]:
+    """Nodes pinned to another release of the entry's service: a deploy does not wait for them.
+    With ``trusted`` (an agent that verifies signed controls), only pins it accepts count: a forged
+    pin that its node ignores must not let a deploy stop waiting for that node either."""
     return {p.node for p in store.pins() if p.service == entry.service and p.version != entry.version
-            and p.active(time.time())}
+            and p.active(time.time()) and (trusted is None or trusted(p))}
 
 
-def maybe_complete(store: Store, head: DeployEntry) -> None:
+def maybe_complete(store: Store, head: DeployEntry, trusted: PinCheck | None = None) -> None:
     """Mark the head done when every present node of its service is online at its version.
 
     Nodes whose restart failed within the failure budget keep the previous
@@ -151,7 +157,7 @@ def maybe_complete(store: Store, head: DeployEntry) -> None:
     # a deploy of discovered nodes (--select) waits for those only: the others do not restart for it
     unselected = set(entries) - set(head.nodes) if head.nodes else set()
     if not is_complete(entries, head.version, store.slots(head.service),
-                       excused=failed | _pinned_elsewhere(store, head) | unselected):
+                       excused=failed | _pinned_elsewhere(store, head, trusted) | unselected):
         return
     left = sorted(failed & set(entries))
     message = (f"done; {len(left)} node(s) failed within the failure budget and run the previous "
