@@ -85,7 +85,7 @@ def _reason(node: str, st: Mapping[str, Any] | None, absent: Mapping[str, Any], 
     if st.get("phase") and st["phase"] != "idle":
         text += f", {st['phase']}"
     detail = st.get("detail") or ""
-    if detail == f"online at {st.get('version')}":  # what an agent says at rest: nothing to add
+    if st.get("state") == ONLINE and detail in ("", f"online at {st.get('version')}"):  # at rest, nothing to add
         return text + ", not restarted yet"
     return text + (f": {detail}" if detail else "")
 

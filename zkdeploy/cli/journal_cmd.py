@@ -7,7 +7,6 @@ of its ZkdeployError kind (JournalError: 7) and prints its message to stderr.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from zkdeploy.cli.context import confirm
+from zkdeploy.cli.output import emit_json
 from zkdeploy.errors import ConfigError, ZkdeployError
 from zkdeploy.hostlayout import HostLayout
 from zkdeploy.journal import Journal, backout_steps, recover, render_change, render_changes, undo_change
@@ -68,7 +68,7 @@ SINCE = SinceType()
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True))
+    emit_json(value)
 
 
 @dataclass
