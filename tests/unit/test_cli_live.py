@@ -237,14 +237,14 @@ def test_status_watch_json_lines_carry_the_whole_status(capsys: pytest.CaptureFi
 
 
 def test_the_seeding_meter_prints_a_line_per_change_or_draws_a_bar(capsys: pytest.CaptureFixture[str]) -> None:
-    with live.meter("hosts hold db@2", 3) as shown:
+    with live.Meter("hosts hold db@2", 3) as shown:
         for done in (0, 0, 2, 3):
             shown.update(done, "swarm 1.0 MB/s")
     assert capsys.readouterr().out.splitlines() == ["0/3 hosts hold db@2; swarm 1.0 MB/s",
                                                     "2/3 hosts hold db@2; swarm 1.0 MB/s",
                                                     "3/3 hosts hold db@2; swarm 1.0 MB/s"]
     console = terminal()
-    with live.meter("hosts hold db@2", 3, console=console) as shown:
+    with live.Meter("hosts hold db@2", 3, console=console) as shown:
         shown.update(2, "swarm 1.0 MB/s")
     text = console.export_text()
     assert "2/3" in text and "━" in text and "swarm 1.0 MB/s" in text

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -180,7 +179,8 @@ def follow_deploys(store: Store, names: Sequence[str], *, title: str, timeout: f
 
 class Meter:
     """One count going up to a total (``stage --seed-until``: hosts that hold the payload): a
-    progress bar on a terminal, a plain line per change otherwise, nothing when ``quiet``."""
+    progress bar on a terminal, drawn while the ``with`` block runs and left on the screen; a plain
+    line per change otherwise; nothing when ``quiet``."""
 
     def __init__(self, description: str, total: int, *, quiet: bool = False, console: Console | None = None) -> None:
         self.description = description
@@ -191,7 +191,23 @@ class Meter:
         self._task: TaskID | None = None
         self._last = ""
 
+    def __enter__(self) -> Meter:
+        if not self.quiet and self.console.is_terminal:
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=self.console,
+                                      auto_refresh=False)
+            self._task = self._progress.add_task(self.description, total=self.total, note="")
+            self._progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
     def update(self, done: int, note: str) -> None:
+        """``done`` of the total now, and a note (the swarm's rate...)."""
         if self.quiet:
             return
         if self._progress is not None and self._task is not None:
@@ -201,18 +217,3 @@ class Meter:
         if line != self._last:
             output.say(line)
             self._last = line
-
-
-@contextmanager
-def meter(description: str, total: int, *, quiet: bool = False, console: Console | None = None) -> Iterator[Meter]:
-    """A Meter, its bar drawn while the block runs (on a terminal) and left on the screen."""
-    m = Meter(description, total, quiet=quiet, console=console)
-    if quiet or not m.console.is_terminal:
-        yield m
-        return
-    m._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=m.console,
-                           auto_refresh=False)
-    m._task = m._progress.add_task(description, total=total, note="")
-    with m._progress:
-        yield m

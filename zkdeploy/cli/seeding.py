@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
-from zkdeploy.cli.live import meter
+from zkdeploy.cli.live import Meter
 from zkdeploy.cli.output import emit_json, say, table
 from zkdeploy.coordination import Store
 from zkdeploy.errors import ConfigError, PayloadError
@@ -56,7 +56,7 @@ def seed_in_foreground(store: Store, release: Release, meta: TorrentMeta, path: 
         store.register_peer(meta.info_hash, name, {"address": address, "port": port, "complete": True,
                                                    "rack": None, "dc": None, "seeder": True})
         deadline = time.monotonic() + timeout
-        with meter(f"hosts hold {release.service}@{release.version}", until, quiet=quiet) as shown:
+        with Meter(f"hosts hold {release.service}@{release.version}", until, quiet=quiet) as shown:
             while True:
                 holders = store.holders(release.service, release.version)
                 peers = store.peers(meta.info_hash)
