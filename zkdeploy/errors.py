@@ -82,6 +82,12 @@ class NotEmptyError(ConflictError):
     """A delete found children under the node."""
 
 
+class Declined(ZkdeployError):
+    """The operator did not confirm (answered no, or nothing): refused, nothing was changed."""
+
+    exit_code = 2
+
+
 class DeployRefusedError(ZkdeployError):
     """A deploy request was refused before anything was queued."""
 

@@ -15,7 +15,7 @@ from zkdeploy.cli.output import error
 from zkdeploy.coordination import Store
 from zkdeploy.coordination.credentials import Credentials, Security, TlsOptions
 from zkdeploy.coordination.layout import DEPLOY_PREFIX
-from zkdeploy.errors import ConfigError, ZkdeployError
+from zkdeploy.errors import ConfigError, Declined, ZkdeployError
 
 
 @dataclass
@@ -58,12 +58,6 @@ force_option = click.option("--force", "--yes", "-y", "force", is_flag=True, hel
 
 #: exit code of a command interrupted by Ctrl-C (128 + SIGINT), as shells report it
 EXIT_INTERRUPTED = 130
-
-
-class Declined(ZkdeployError):
-    """The operator did not confirm (answered no, or nothing): refused, nothing was changed."""
-
-    exit_code = 2
 
 
 def confirm(question: str, force: bool) -> None:

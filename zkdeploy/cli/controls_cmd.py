@@ -15,7 +15,15 @@ from datetime import datetime
 import click
 
 from zkdeploy.cli.commands import who
-from zkdeploy.cli.context import Ctx, deploy_name as full_deploy_name, handle_errors, json_option, pass_ctx
+from zkdeploy.cli.context import (
+    Ctx,
+    confirm,
+    deploy_name as full_deploy_name,
+    force_option,
+    handle_errors,
+    json_option,
+    pass_ctx,
+)
 from zkdeploy.cli.output import emit_json, say
 from zkdeploy.cli.views import pin_dict
 from zkdeploy.config.schema import parse_duration
@@ -85,7 +93,7 @@ sign_option = click.option(
 @click.argument("version")
 @click.argument("how", metavar="bad|badfwd|good", type=click.Choice([rules.BAD, rules.BADFWD, rules.GOOD]))
 @click.option("-m", "--message", "why", required=True, help="Why (kept with the mark, shown by status).")
-@click.option("--force", "--yes", "force", is_flag=True, help="Do not ask for confirmation (bad, badfwd).")
+@force_option
 @sign_option
 @json_option
 @pass_ctx
@@ -114,8 +122,8 @@ def mark(ctx: Ctx, service: str, version: str, how: str, why: str, force: bool, 
     _known_release(store, service, version)
     marks = rules.effective(store.marks(service).values())
     running, effect = _effect(store, service, version, how, marks)
-    if how != rules.GOOD and not force and not click.confirm(f"mark {service}@{version} {how}? {effect}"):
-        raise click.Abort()
+    if how != rules.GOOD:
+        confirm(f"mark {service}@{version} {how}? {effect}", force)
     record = Mark(service=service, version=version, mark=how, by=who(), at=time.time(), why=why)
     if key is not None:
         record = sign_mark(key, record, _mark_seq(store, service))
