@@ -71,7 +71,7 @@ def test_the_figures_move_as_the_rollout_does(make_fleet):
             ("zkdeploy_restarts_total", {"service": "db", "outcome": "rolled_back"}),
             ("zkdeploy_quorum_wait_seconds_count", {"service": "db"}),
             ("zkdeploy_restart_phase_duration_seconds_count", {"phase": "starting"}),
-            ("zkdeploy_journal_change_sets_total", {"status": "done"}),
+            ("zkdeploy_journal_change_sets_total", {"status": "done", "cause": "restart"}),
         ]]
         assert moved == [1, 0, 1, 1, 1], h.name
         fetched = sum(value(after, "zkdeploy_payload_bytes_total", source=s)

@@ -90,7 +90,7 @@ def test_a_rollout_moves_every_figure_on_every_node(fleet: SimFleet) -> None:
         for phase in ("draining", "stopping", "switching", "starting", "checking"):
             assert value(samples, "zkdeploy_restart_phase_duration_seconds_count", phase=phase) == 1, (node, phase)
         assert value(samples, "zkdeploy_quorum_wait_seconds_count", service="db") == 1
-        assert value(samples, "zkdeploy_journal_change_sets_total", status="done") == 1
+        assert value(samples, "zkdeploy_journal_change_sets_total", status="done", cause="restart") == 1
         # the version series moved: the old one is gone, not left behind at 1
         assert value(samples, "zkdeploy_service_version_info", service="db", version="2") == 1
         assert value(samples, "zkdeploy_service_version_info", service="db", version="1") is None
@@ -110,7 +110,7 @@ def test_a_release_that_fails_its_checks_counts_as_rolled_back(fleet: SimFleet) 
               if value(scrape(agent_metrics(fleet, n)), "zkdeploy_restarts_total", service="db",
                        outcome="rolled_back") == 1]
     samples = scrape(agent_metrics(fleet, failed[0]))
-    assert value(samples, "zkdeploy_journal_change_sets_total", status="undone") == 1
+    assert value(samples, "zkdeploy_journal_change_sets_total", status="undone", cause="restart") == 1
     assert value(samples, "zkdeploy_restart_phase_duration_seconds_count", phase="rolling_back") == 1
     assert value(samples, "zkdeploy_service_version_info", service="db", version="1") == 1
 
@@ -179,3 +179,17 @@ def test_the_metrics_settings_default_to_loopback_and_are_checked() -> None:
     with pytest.raises(ValueError, match="extra"):
         AgentConfig(node="n1", data_dir="/tmp/x", services=("db",), metrics={"port": 1})
     assert issubclass(ConfigError, ZkdeployError)
+
+
+def test_an_operators_undo_request_counts_the_change_sets_it_undid(fleet: SimFleet) -> None:
+    fleet.stage("db", "2", at=2.0)
+    name = fleet.deploy(("db", "2"))[0]
+    rounds_until(fleet, lambda: getattr(fleet.operator.deploy(name), "state", None) == "done")
+    fleet.operator.request_undo("n1", {"last": 1, "since": None, "state": "pending", "by": "test"})
+    agent = fleet.agents["n1"].agent
+    assert agent is not None and agent.reports is not None
+    agent.reports.serve_undo_requests()
+    samples = scrape(agent_metrics(fleet, "n1"))
+    assert value(samples, "zkdeploy_journal_change_sets_total", status="undone", cause="undo") == 1
+    assert value(samples, "zkdeploy_journal_change_sets_total", status="done", cause="restart") == 1
+    assert fleet.versions("db")["n1"] == "1"

@@ -245,7 +245,7 @@ class Cycle:
         try:
             with self.host.changing:
                 fence(self.store, service, self.node)
-                recovery.undo_interrupted(self.host)
+                recovery.undo_interrupted(self.host, self.metrics)
         except Exception:
             self._give_back(pending)
             raise

@@ -196,7 +196,7 @@ class Agent:
         if self.config.signing.trusted_keys:
             self.payloads.guard = ReleaseGuard.from_files(store, self.host, list(self.config.signing.trusted_keys))
         self.reports = Reports(store, self.host, self.presence, self.payloads, self.transport.fetch,
-                               self.stopping)
+                               self.stopping, metrics=self.metrics)
         self.cycle = Cycle(store, self.host, self.presence, self.payloads, self.reports, self.wake,
                            self.stopping, deferred_recovery=self._deferred_recovery, metrics=self.metrics)
         store.on_session_change(self._session_changed)
@@ -209,7 +209,7 @@ class Agent:
         for releases in self.host.releases.values():
             releases.sweep()  # what a crash left half-removed or half-unpacked (the directory is ours now)
         self.host.open_journal()
-        self._deferred_recovery = settle_at_start(self.host)
+        self._deferred_recovery = settle_at_start(self.host, self.metrics)
 
     def _session_changed(self, state: str) -> None:
         self.metrics.session_changed(state)

@@ -82,8 +82,9 @@ class Metrics:
             "zkdeploy_zookeeper_last_contact_timestamp_seconds",
             "Unix time of the last successful contact with ZooKeeper (0: never).", registry=r)
         self.change_sets = Counter(
-            "zkdeploy_journal_change_sets", "Change sets this agent's restarts wrote to the journal, by the "
-            "status they ended in.", ["status"], registry=r)
+            "zkdeploy_journal_change_sets", "Change sets this agent wrote or undid in its journal, by the "
+            "status they ended in and what caused it: a restart, an operator's undo request, a crash "
+            "recovery.", ["status", "cause"], registry=r)
         for source in SOURCES:  # absent series read as "no data", not 0: create them up front
             self.payload_bytes.labels(source=source)
         for state in SESSION_STATES:
@@ -141,8 +142,9 @@ class Metrics:
         """ZooKeeper answered just now."""
         self.last_contact.set(time.time())
 
-    def change_set_finished(self, status: str) -> None:
-        self.change_sets.labels(status=status).inc()
+    def change_set_finished(self, status: str, cause: str = "restart") -> None:
+        """A change set ended in ``status``; ``cause``: restart, undo (an operator's request) or recovery."""
+        self.change_sets.labels(status=status, cause=cause).inc()
 
     # -- exposing --------------------------------------------------------------------
     def text(self) -> str:

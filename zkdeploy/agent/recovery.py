@@ -17,12 +17,14 @@ from pathlib import Path
 
 from zkdeploy.agent.host import Host
 from zkdeploy.agent.host_actions import HOOKS
+from zkdeploy.agent.metrics import Metrics
 from zkdeploy.journal import NOTHING_TO_UNDO, recover, undo_change
 
 log = logging.getLogger(__name__)
 
-def undo_interrupted(host: Host) -> None:
-    """Finish or undo the in-flight task of every interrupted change set, then undo the sets."""
+def undo_interrupted(host: Host, metrics: Metrics | None = None) -> None:
+    """Finish or undo the in-flight task of every interrupted change set, then undo the sets (each
+    counted in ``metrics`` by the status it ended in)."""
     interrupted: list[int] = []
     for action in recover(host.journal, host.registry, policy="undo"):
         log.warning("journal recovery: change set %s: %s %s", action.change_id, action.action, action.detail)
@@ -33,15 +35,17 @@ def undo_interrupted(host: Host) -> None:
             report = undo_change(host.journal, host.registry, change.id)
             log.warning("journal recovery: undid change set %d (%s): %s", change.id, change.description,
                         report.status)
+            if metrics is not None:
+                metrics.change_set_finished(report.status, "recovery")
 
 
-def settle_at_start(host: Host) -> bool:
+def settle_at_start(host: Host, metrics: Metrics | None = None) -> bool:
     """Settle what can be settled before ZooKeeper; True if the rest must wait for registration."""
     interrupted = host.journal.interrupted_changes()
     if not interrupted:
         return False
     if not any(host.change_left_running(change) for change in interrupted):
-        undo_interrupted(host)
+        undo_interrupted(host, metrics)
         return False
     log.warning("journal: change set(s) %s were interrupted while their service runs; settling them "
                 "under a restart slot once registered", ", ".join(str(c.id) for c in interrupted))

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from zkdeploy.agent.host import Host
+from zkdeploy.agent.metrics import Metrics
 from zkdeploy.agent.payloads import Payloads
 from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.restart import restart_tasks
@@ -36,8 +37,9 @@ class Reports:
     """Plans, history and undo requests of one node."""
 
     def __init__(self, store: Store, host: Host, presence: Presence, payloads: Payloads,
-                 fetch: Callable[..., Any], stopping: threading.Event) -> None:
+                 fetch: Callable[..., Any], stopping: threading.Event, metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.host = host
         self.presence = presence
         self.payloads = payloads
@@ -193,6 +195,9 @@ class Reports:
             for lock in locks:
                 lock.release()
         log.info("undo request carried out: %s", ", ".join(f"{r.change_id} {r.status}" for r in reports))
+        if self.metrics is not None:
+            for report in reports:
+                self.metrics.change_set_finished(report.status, "undo")
         return [r.to_dict() for r in reports]
 
     def _abort_reason(self) -> str | None:
