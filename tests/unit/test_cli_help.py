@@ -72,3 +72,23 @@ def test_help_prints_and_exits_0(path: tuple[str, ...]) -> None:
     result = CliRunner().invoke(cli, [*path[1:], "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output and "Traceback" not in result.output
+
+
+def test_shell_completion_as_the_readme_documents_it_completes_commands_and_options() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "zkdeploy"
+    script = subprocess.run([str(exe)], env={**os.environ, "_ZKDEPLOY_COMPLETE": "bash_source"},
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "_zkdeploy_completion" in script and "complete " in script
+    words = subprocess.run([str(exe)], env={**os.environ, "_ZKDEPLOY_COMPLETE": "bash_complete",
+                                            "COMP_WORDS": "zkdeploy roll", "COMP_CWORD": "1"},
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "plain,rollback" in words and "plain,rollout" in words
+    words = subprocess.run([str(exe)], env={**os.environ, "_ZKDEPLOY_COMPLETE": "bash_complete",
+                                            "COMP_WORDS": "zkdeploy deploy --ma", "COMP_CWORD": "2"},
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "plain,--max-failures" in words
