@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -266,3 +267,33 @@ def test_pause_resume_and_rollback_requests(run, catalog_file: Path, tmp_path: P
     assert store.deploy(name).state == "aborted"
     latest = store.deploys()[-1]
     assert (latest.service, latest.version, latest.kind) == ("db", "3", "rollback")
+
+
+def test_stage_from_a_url_downloads_it_saying_how_far_it_got(run, catalog_file: Path, tmp_path: Path,
+                                                               store: Store) -> None:
+    import functools
+    import http.server
+    import threading
+
+    run("services", "apply", str(catalog_file))
+    path = tmp_path / "big.tar"
+    with tarfile.open(path, "w") as tar:  # 3 MiB that do not compress: more than one step of the meter
+        blob = os.urandom(3 << 20)
+        info = tarfile.TarInfo("blob")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+        result = run("stage", "web", "2", url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "download" in line]
+    assert lines and lines[-1].endswith("MiB, done"), result.output  # plain lines: not a terminal
+    assert "\x1b[" not in result.output
+    release = store.release("web", "2")
+    assert release is not None and release.origin == url and release.size == path.stat().st_size

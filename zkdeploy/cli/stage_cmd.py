@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlparse
 
 import click
 
 from zkdeploy.cli.commands import who
 from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx, positive_seconds
+from zkdeploy.cli.live import Meter
 from zkdeploy.cli.output import emit_json, say
 from zkdeploy.cli.security_cmd import release_signature
 from zkdeploy.cli.seeding import seed_endpoint, seed_in_foreground
@@ -69,7 +70,7 @@ def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, 
     if service not in (catalog or {}).get("services", {}):
         raise ConfigError(f"unknown service {service!r}: it is not in the catalog (zkdeploy services apply)")
     staged = store.release(service, version)
-    with _local_copy(payload) as path:
+    with _local_copy(payload, quiet=as_json) as path:
         check_archive(path)
         if no_torrent:
             sha, size = payload_digest(path)
@@ -104,8 +105,9 @@ def stage(ctx: Ctx, service: str, version: str, payload: str, no_torrent: bool, 
 
 
 @contextlib.contextmanager
-def _local_copy(payload: str) -> Iterator[Path]:
-    """The payload as a local file: the path itself, or a temporary download of a URL."""
+def _local_copy(payload: str, *, quiet: bool = False) -> Iterator[Path]:
+    """The payload as a local file: the path itself, or a temporary download of a URL (with a
+    progress bar on a terminal, a line per twentieth otherwise)."""
     if not is_url(payload):
         path = Path(payload)
         if not path.is_file():
@@ -116,7 +118,23 @@ def _local_copy(payload: str) -> Iterator[Path]:
         local = Path(tmp) / (Path(urlparse(payload).path).name or "payload")
         try:
             with open_origin(payload, 30.0) as src, open(local, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+                _download(src, out, local.name, quiet)
         except OSError as exc:
             raise PayloadError(f"cannot fetch payload from {payload}: {exc}") from None
         yield local
+
+
+def _download(src: IO[bytes], out: IO[bytes], name: str, quiet: bool) -> None:
+    """Copy ``src`` to ``out``, showing how far it got (in MiB, of its Content-Length when known)."""
+    length = getattr(src, "headers", {}).get("Content-Length")
+    total = int(length) if length and str(length).isdigit() else 0
+    step = max(total // 20, 1 << 20) if total else 64 << 20
+    copied = shown = 0
+    with Meter(f"download {name} (MiB)", max(1, -(-total // (1 << 20))), quiet=quiet) as meter:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+            copied += len(chunk)
+            if copied - shown >= step:
+                shown = copied
+                meter.update(copied >> 20, f"{copied / (1 << 20):.1f} MiB")
+        meter.update(-(-copied // (1 << 20)), f"{copied / (1 << 20):.1f} MiB, done")
