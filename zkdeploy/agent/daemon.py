@@ -39,7 +39,6 @@ from zkdeploy.agent.payloads import Payloads
 from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.recovery import settle_at_start
 from zkdeploy.agent.reports import Reports
-from zkdeploy.agent.signatures import ReleaseGuard
 from zkdeploy.agent.view import View
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
@@ -194,6 +193,8 @@ class Agent:
         self.payloads = Payloads(store, self.host, self.presence, self.transport, self.wake.set,
                                  threaded=threaded, view=view)
         if self.config.signing.trusted_keys:
+            from zkdeploy.agent.signatures import ReleaseGuard  # cryptography only where releases are signed
+
             self.payloads.guard = ReleaseGuard.from_files(store, self.host, list(self.config.signing.trusted_keys))
         self.reports = Reports(store, self.host, self.presence, self.payloads, self.transport.fetch,
                                self.stopping, metrics=self.metrics)
