@@ -40,6 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_overhead import handoffs, in_restart
+
 from zkdeploy.cli.views import fleet_status
 from zkdeploy.demo.scenario import wait_deploys
 from zkdeploy.errors import ZkdeployError
@@ -69,6 +71,13 @@ def server_packets(port: int) -> int:
         if line.startswith("zk_packets_received"):
             return int(line.split()[-1])
     return -1
+
+
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def timed_status(operator: Operator) -> tuple[float, int]:
@@ -107,6 +116,7 @@ def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, 
         packets = server_packets(zk.servers[0].client_port)
         mid: list[tuple[float, int]] = []
         started = time.time()
+        cpu_before = cpu_times()
         name = operator.deploy((SERVICE, "2"))[0]
         ideal = math.ceil(n / k) * step
         timer = threading.Timer(ideal / 2, lambda: mid.append(timed_status(operator)))
@@ -118,6 +128,8 @@ def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, 
             out["error"] = str(exc)
             out["wall"] = float("nan")
         timer.cancel()
+        cpu_after = cpu_times()
+        out["cpu_busy"] = (cpu_after[0] - cpu_before[0]) / max(1.0, cpu_after[1] - cpu_before[1])
         out["server_packets"] = server_packets(zk.servers[0].client_port) - packets
         report = merge(fleet.call("report", timeout=600))
         out["status_mid"] = mid[0] if mid else (float("nan"), 0)
@@ -154,6 +166,17 @@ def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, 
     out["granted_p50"], out["granted_p95"] = (statistics.median(granted) if granted else float("nan"),
                                               pct(granted, 0.95))
     out["cycles"] = sum(len(c) for c in report["cycles"].values()) / per
+    drains = sorted(t for t, _n, _s, step in report["timeline"] if step == "pre_stop")
+    onlines = sorted(t for t, _n, _s, state in report["transitions"] if state == ONLINE)
+    out["to_first_drain"] = drains[0] - started if drains else float("nan")
+    out["to_kth_drain"] = drains[k - 1] - started if len(drains) >= k else float("nan")
+    out["after_last_online"] = started + out["wall"] - onlines[-1] if onlines else float("nan")
+    within, _ = handoffs(report, [SERVICE], k)
+    restarts = in_restart(report)
+    out["handoff_p50"], out["handoff_p95"] = (statistics.median(within) if within else float("nan"),
+                                              pct(within, 0.95))
+    out["restart_p50"], out["restart_p95"] = (statistics.median(restarts) if restarts else float("nan"),
+                                              pct(restarts, 0.95))
     return out
 
 
@@ -188,6 +211,7 @@ def main() -> int:
     row("measured seconds", "{:.1f}", "wall")
     row("nodes at the new version", "{}", "restarted")
     row("rollout efficiency", "{:.3f}", "efficiency")
+    row("machine CPU busy during the rollout", "{:.0%}", "cpu_busy")
     print("per node per rollout (fleet totals / restarts made):")
     row("  zk requests (client count)", "{:.1f}", "requests")
     row("  zk packets (server's count)", "{:.1f}", "server_per_node")
@@ -198,6 +222,13 @@ def main() -> int:
     row("quorum decision p50 ms (every poll)", "{:.1f}", lambda r: r["poll_p50"] * 1000)
     row("quorum decision p95 ms (every poll)", "{:.1f}", lambda r: r["poll_p95"] * 1000)
     row("quorum decision p95 ms (polls that took it)", "{:.1f}", lambda r: r["granted_p95"] * 1000)
+    row("deploy queued -> first drain ms", "{:.0f}", lambda r: r["to_first_drain"] * 1000)
+    row("deploy queued -> k-th drain ms (all slots busy)", "{:.0f}", lambda r: r["to_kth_drain"] * 1000)
+    row("last node online -> deploy seen done ms", "{:.0f}", lambda r: r["after_last_online"] * 1000)
+    row("hand-off p50 ms (a node online -> next drain)", "{:.0f}", lambda r: r["handoff_p50"] * 1000)
+    row("hand-off p95 ms", "{:.0f}", lambda r: r["handoff_p95"] * 1000)
+    row("one restart p50 ms (drain -> online; step)", "{:.0f}", lambda r: r["restart_p50"] * 1000)
+    row("one restart p95 ms", "{:.0f}", lambda r: r["restart_p95"] * 1000)
     row("zkdeploy status ms, idle", "{:.0f}", lambda r: r["status_idle"][0] * 1000)
     row("zkdeploy status ms, mid-rollout", "{:.0f}", lambda r: r["status_mid"][0] * 1000)
     row("zkdeploy status requests", "{}", lambda r: r["status_idle"][1])

@@ -77,13 +77,22 @@ class Presence:
             log.info("%s: %s -> %s%s", service, old.value, new.value, f" ({detail})" if detail else "")
             state = RESTARTING if new in RESTART_PHASES else None
             with self.lock:
-                later = self._later is not None and state in (None, self.local[service].state)
-                self.publish(service, state=state, detail=detail, write=not later)
-                if later:
-                    assert self._later is not None
-                    self._later.add(service)
-                    self._later_due.set()
+                if state in (None, self.local[service].state):
+                    self.note(service, detail)
+                else:
+                    self.publish(service, state=state, detail=detail)
         return changed
+
+    def note(self, service: str, detail: str) -> None:
+        """Say why ``service`` is where it is (a detail, availability unchanged): written by the
+        background writer when there is one, at once otherwise."""
+        with self.lock:
+            later = self._later is not None
+            self.publish(service, detail=detail, write=not later)
+            if later:
+                assert self._later is not None
+                self._later.add(service)
+                self._later_due.set()
 
     def _write_later(self) -> None:
         """The background writer: what a phase change left unwritten, each service's latest record.
@@ -176,6 +185,7 @@ class Presence:
             self.store.register_node(record)
             for service in self.host.services():
                 self.store.add_member(service, self.node)  # after the presence node: see Store.forget_member
+                self.store.prepare_service(service)
                 with self.lock:
                     if not self.machines[service].restarting:
                         self.observe(service)

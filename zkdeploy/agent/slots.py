@@ -126,7 +126,7 @@ class SlotRequest:
         if reason != self.reason:
             log.info("%s: %s", self.service, reason)
             if not (queued and self.reason.startswith(QUEUED)):
-                self.presence.publish(self.service, detail=reason)
+                self.presence.note(self.service, reason)
             self.reason = reason
         return False
 

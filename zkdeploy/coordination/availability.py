@@ -149,9 +149,7 @@ class Availability(StoreCore):
         member is added or forgotten (each such change wakes the waiting head once)."""
         fire: Watcher | None = (lambda *_: changed.set()) if changed is not None else None
         down_dir = self._layout.down_service(service)
-        if down_dir not in self._ensured:
-            self._session.ensure_path(down_dir)  # a child watch needs the parent to exist
-            self._ensured.add(down_dir)
+        self._ensure(down_dir)  # a child watch needs the parent to exist
         present = frozenset(self._children(self._layout.current_service(service), fire))
         down = frozenset(self._children(down_dir, fire))
         members = frozenset(self._children(self._layout.service_members(service), fire))
@@ -181,6 +179,14 @@ class Availability(StoreCore):
     def member_services(self) -> list[str]:
         """The services that have members."""
         return self._children(self._layout.members)
+
+    def prepare_service(self, service: str) -> None:
+        """Make the persistent parents a restart of ``service`` writes under (its restart queue, its
+        slots, its down index) exist now, at registration, rather than in the burst of every node
+        joining the queue of a service's first rollout at once."""
+        for path in (self._layout.lock_queue(service), self._layout.slots(service),
+                     self._layout.down_service(service)):
+            self._ensure(path)
 
     def add_member(self, service: str, node: str, now: float | None = None) -> Member:
         """Record ``node`` as a member of ``service``, or refresh its ``last_seen``; the stored record.
@@ -270,10 +276,8 @@ class Availability(StoreCore):
         """
         slots = self._layout.slots(service)
         slot = self._layout.slot(service, entry.node)
-        for parent in (slots, self._layout.down_service(service)):
-            if parent not in self._ensured:
-                self._session.ensure_path(parent)
-                self._ensured.add(parent)
+        self._ensure(slots)
+        self._ensure(self._layout.down_service(service))
         generation = self._session.generation
         current = self._layout.current_entry(service, entry.node)
         marker = self._layout.down_marker(service, entry.node)

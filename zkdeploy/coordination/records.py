@@ -49,6 +49,12 @@ class StoreCore:
         wait = self._session.negotiated_timeout if timeout is None else timeout
         return await_session(self._session, generation, time.monotonic() + wait)
 
+    def _ensure(self, path: str) -> None:
+        """Make the persistent ``path`` exist, once per Store (a parent a child watch or a create needs)."""
+        if path not in self._ensured:
+            self._session.ensure_path(path)
+            self._ensured.add(path)
+
     # -- generic helpers -----------------------------------------------
     def _get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
         return self._session.get(path, watch)
