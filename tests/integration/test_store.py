@@ -151,3 +151,27 @@ def test_an_expired_session_releases_locks_and_slots(zk_hosts: str, zk_root: str
 def test_unreachable_zookeeper_is_a_clear_error() -> None:
     with pytest.raises(CoordinationError, match="cannot reach ZooKeeper at 127.0.0.1:1 within 1.5s"):
         Store.connect("127.0.0.1:1", "/dc", connect_timeout=1.5)
+
+
+def test_children_of_several_paths_in_one_round_trip_read_as_one_after_the_other(store: Store, zk_hosts: str,
+                                                                                  zk_root: str) -> None:
+    session = store._session  # noqa: SLF001 (the seam under the store, exercised on a real server)
+    for node in ("a", "b"):
+        session.create(f"{zk_root}/p1/{node}", makepath=True)
+    session.create(f"{zk_root}/p2/c", makepath=True)
+    fired: list[str] = []
+    changed = threading.Event()
+
+    def watch(_kind: str, path: str) -> None:
+        fired.append(path)
+        changed.set()
+
+    paths = [f"{zk_root}/p1", f"{zk_root}/missing", f"{zk_root}/p2"]
+    got = session.children_all(paths, watch)
+    assert [sorted(c) for c in got] == [["a", "b"], [], ["c"]] == [sorted(session.children(p)) for p in paths]
+    other = Store.connect(zk_hosts, zk_root)
+    try:
+        other._session.create(f"{zk_root}/p2/d")  # noqa: SLF001
+        assert changed.wait(5) and fired == [f"{zk_root}/p2"]  # each path got the watch
+    finally:
+        other.close()

@@ -150,10 +150,9 @@ class Availability(StoreCore):
         fire: Watcher | None = (lambda *_: changed.set()) if changed is not None else None
         down_dir = self._layout.down_service(service)
         self._ensure(down_dir)  # a child watch needs the parent to exist
-        present = frozenset(self._children(self._layout.current_service(service), fire))
-        down = frozenset(self._children(down_dir, fire))
-        members = frozenset(self._children(self._layout.service_members(service), fire))
-        return QuorumView(present, down, members, self.current_entry(service, node))
+        present, down, members = self._session.children_all(
+            [self._layout.current_service(service), down_dir, self._layout.service_members(service)], fire)
+        return QuorumView(frozenset(present), frozenset(down), frozenset(members), self.current_entry(service, node))
 
     def owns_current(self, service: str, node: str) -> bool:
         """True only if this session owns the /current entry of ``node`` for ``service``."""

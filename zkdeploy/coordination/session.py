@@ -189,6 +189,13 @@ class Session(ABC):
     def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
         """Stat of ``path`` or None; ``watch`` fires once when it is created, changed or deleted."""
 
+    def children_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[list[str]]:
+        """``children`` of each of ``paths``, in order, with the same ``watch`` on each.  The
+        server answers a session's requests in the order they were sent, so the result is what
+        reading them one after the other gives; an implementation may send them together (one
+        round trip instead of one per path)."""
+        return [self.children(path, watch) for path in paths]
+
     # -- writes ------------------------------------------------------------------
     @abstractmethod
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
@@ -334,6 +341,9 @@ class ForwardingSession(Session):
 
     def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
         return self.inner.exists(path, watch)
+
+    def children_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[list[str]]:
+        return self.inner.children_all(paths, watch)
 
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
                makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:

@@ -273,6 +273,21 @@ class ZooKeeperSession(Session):
         except NoNodeError:
             return []
 
+    def children_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[list[str]]:
+        """Every request sent before the first answer is awaited: one round trip."""
+        relay = _relay(watch)
+        pending = [(path, self.client.get_children_async(path, relay)) for path in paths]
+        out: list[list[str]] = []
+        for path, answer in pending:
+            try:
+                out.append(list(answer.get(timeout=self._operation_timeout)))
+            except Exception as exc:  # translated below; nothing is swallowed
+                error = translate(exc, f"get_children {path}")
+                if not isinstance(error, NoNodeError):
+                    raise error from None
+                out.append([])
+        return out
+
     def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
         try:
             stat = self._call("exists", path, _relay(watch))

@@ -130,6 +130,20 @@ class CountingSession(ForwardingSession):
                            lambda: self.inner.children(path, self._watcher(watch)),
                            read=lambda r: sum(len(c) for c in r))
 
+    def children_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[list[str]]:
+        """Counted as one ``children`` request per path (they are sent together: one round trip)."""
+        if not paths:
+            return []
+
+        def size(results: list[list[str]]) -> int:
+            return sum(len(name) for names in results for name in names)
+
+        results: list[list[str]] = self._timed("children", paths[0],
+                                               lambda: self.inner.children_all(paths, self._watcher(watch)), read=size)
+        for path in paths[1:]:
+            self._timed("children", path, lambda: None)  # answered by the same round trip
+        return results
+
     def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
         return self._timed("exists", path, lambda: self.inner.exists(path, self._watcher(watch)))  # type: ignore[no-any-return]
 
