@@ -17,8 +17,11 @@ from zkdeploy.cli.main import cli
 def walk(command: click.Command, path: tuple[str, ...] = ("zkdeploy",)) -> Iterator[tuple[tuple[str, ...],
                                                                                           click.Command]]:
     yield path, command
-    if isinstance(command, click.Group):
-        for name, sub in sorted(command.commands.items()):
+    if isinstance(command, click.Group):  # through list/get_command: the top group loads its commands lazily
+        ctx = click.Context(command)
+        for name in sorted(command.list_commands(ctx)):
+            sub = command.get_command(ctx, name)
+            assert sub is not None, name
             yield from walk(sub, (*path, name))
 
 
@@ -92,3 +95,17 @@ def test_shell_completion_as_the_readme_documents_it_completes_commands_and_opti
                                             "COMP_WORDS": "zkdeploy deploy --ma", "COMP_CWORD": "2"},
                            capture_output=True, text=True, timeout=60, check=True).stdout
     assert "plain,--max-failures" in words
+
+
+def test_the_agent_command_loads_neither_the_other_commands_nor_their_libraries() -> None:
+    """``zkdeploy agent`` runs on every node for ever: what it imports is what it holds in memory."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from zkdeploy.cli.main import load_command; load_command('agent'); "
+             "import zkdeploy.agent.daemon, zkdeploy.agent.lbcheck; "
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('rich', 'cryptography', 'libtorrent') or m.startswith('zkdeploy.cli.'))))")
+    loaded = set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                                check=True).stdout.split())
+    assert loaded == {"zkdeploy.cli.agent_cmd", "zkdeploy.cli.context", "zkdeploy.cli.main", "zkdeploy.cli.output"}

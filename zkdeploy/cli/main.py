@@ -2,28 +2,52 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
 
 from zkdeploy import __version__, logs
-from zkdeploy.cli import commands, show
-from zkdeploy.cli.agent_cmd import agent
 from zkdeploy.cli.context import Ctx, check_globals
-from zkdeploy.cli.controls_cmd import mark, pin, promote, unmark, unpin
-from zkdeploy.cli.demo_cmd import demo
-from zkdeploy.cli.deploys_cmd import deploys, rollout
-from zkdeploy.cli.journal_cmd import journal
-from zkdeploy.cli.reports_cmd import history, plan, undo
-from zkdeploy.cli.scenario_cmd import scenario_group
-from zkdeploy.cli.security_cmd import acl, keys
-from zkdeploy.cli.seeding import seed, swarm
-from zkdeploy.cli.services_cmd import services_group
-from zkdeploy.cli.stage_cmd import stage
-from zkdeploy.cli.steering_cmd import abort, killswitch, pause, resume
+
+#: every command: its name -> "module:attribute" under zkdeploy.cli, in the order ``--help`` lists them.
+#: A command's module is imported only when that command runs (or help lists them all), so that
+#: ``zkdeploy agent`` loads the agent and not every command's libraries (docs/benchmarks.md, footprint).
+COMMANDS = {
+    "services": "services_cmd:services_group", "stage": "stage_cmd:stage", "deploy": "commands:deploy",
+    "scenario": "scenario_cmd:scenario_group", "deploys": "deploys_cmd:deploys", "rollout": "deploys_cmd:rollout",
+    "abort": "steering_cmd:abort", "resume": "steering_cmd:resume", "pause": "steering_cmd:pause",
+    "rollback": "commands:rollback", "killswitch": "steering_cmd:killswitch", "promote": "controls_cmd:promote",
+    "mark": "controls_cmd:mark", "unmark": "controls_cmd:unmark", "pin": "controls_cmd:pin",
+    "unpin": "controls_cmd:unpin", "status": "show:status", "nodes": "show:nodes", "agent": "agent_cmd:agent",
+    "demo": "demo_cmd:demo", "plan": "reports_cmd:plan", "history": "reports_cmd:history",
+    "undo": "reports_cmd:undo", "seed": "seeding:seed", "swarm": "seeding:swarm", "journal": "journal_cmd:journal",
+    "acl": "security_cmd:acl", "keys": "security_cmd:keys",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def load_command(name: str) -> click.Command:
+    """The command ``name`` of COMMANDS, its module imported now."""
+    module, attribute = COMMANDS[name].split(":")
+    command: click.Command = getattr(importlib.import_module(f"zkdeploy.cli.{module}"), attribute)
+    if name == "nodes" and isinstance(command, click.Group) and "forget" not in command.commands:
+        from zkdeploy.cli.commands import nodes_forget
+
+        command.add_command(nodes_forget)
+    return command
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when first used (click's documented lazy-loading pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load_command(cmd_name) if cmd_name in COMMANDS else None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--zk", envvar="ZKDEPLOY_ZK", default="127.0.0.1:2181", show_default=True, metavar="HOSTS",
               help="ZooKeeper servers, comma-separated host:port (env ZKDEPLOY_ZK).")
 @click.option("--root", envvar="ZKDEPLOY_ROOT", default="/dc", show_default=True, metavar="PATH",
@@ -66,39 +90,6 @@ def cli(ctx: click.Context, zk: str, root: str, zk_timeout: float, verbose: bool
         logs.setup(node="cli", level=logging.DEBUG if verbose else logging.WARNING, cli=True)
     ctx.obj = Ctx(zk=zk, root=root, timeout=zk_timeout, auth_file=zk_auth_file, tls_ca=zk_tls_ca,
                   tls_cert=zk_tls_cert, tls_key=zk_tls_key)
-
-
-cli.add_command(services_group)
-cli.add_command(stage)
-cli.add_command(commands.deploy)
-cli.add_command(scenario_group)
-cli.add_command(deploys)
-cli.add_command(rollout)
-cli.add_command(abort)
-cli.add_command(resume)
-cli.add_command(pause)
-cli.add_command(commands.rollback)
-cli.add_command(killswitch)
-cli.add_command(promote)
-cli.add_command(mark)
-cli.add_command(unmark)
-cli.add_command(pin)
-cli.add_command(unpin)
-cli.add_command(show.status)
-cli.add_command(show.nodes)
-show.nodes.add_command(commands.nodes_forget)
-cli.add_command(agent)
-cli.add_command(demo)
-cli.add_command(plan)
-cli.add_command(history)
-cli.add_command(undo)
-cli.add_command(seed)
-cli.add_command(swarm)
-
-
-cli.add_command(journal)
-cli.add_command(acl)
-cli.add_command(keys)
 
 
 def main() -> None:

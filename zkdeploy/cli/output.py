@@ -6,13 +6,27 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:  # rich is loaded on the first print: ``zkdeploy agent`` never prints through it
+    from rich.console import Console
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+_consoles: dict[bool, Console] = {}
+
+
+def _console(stderr: bool = False) -> Console:
+    if stderr not in _consoles:
+        from rich.console import Console
+
+        _consoles[stderr] = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return _consoles[stderr]
+
+
+def __getattr__(name: str) -> Any:
+    """``output.console`` and ``output.err_console``, made when first asked for."""
+    if name in ("console", "err_console"):
+        return _console(stderr=name == "err_console")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: the width output is laid out to when it does not go to a terminal (a file, a pipe, a CI log):
 #: wide enough that no line is ever wrapped; a terminal gets its own width
@@ -25,6 +39,8 @@ def _out(target: Console) -> Console:
     writes to can change (tests, redirections)."""
     if target.is_terminal:
         return target
+    from rich.console import Console
+
     return Console(stderr=target.stderr, highlight=False, soft_wrap=True, width=UNWRAPPED)
 
 
@@ -68,23 +84,25 @@ def emit_json(data: Any, *, one_line: bool = False) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, box=None,
               header_style="bold")
     for col in columns:
         t.add_column(col)
     for row in rows:
         t.add_row(*["" if v is None else str(v) for v in row])
-    _out(console).print(t)
+    _out(_console()).print(t)
 
 
 def say(text: str) -> None:
-    _out(console).print(text, markup=False)
+    _out(_console()).print(text, markup=False)
 
 
 def error(text: str) -> None:
-    _out(err_console).print(f"error: {text}", markup=False, style="red")
+    _out(_console(stderr=True)).print(f"error: {text}", markup=False, style="red")
 
 
 def warn(text: str) -> None:
     """A warning on stderr: the command went on, but the operator should know."""
-    _out(err_console).print(f"warning: {text}", markup=False, style="yellow")
+    _out(_console(stderr=True)).print(f"warning: {text}", markup=False, style="yellow")
