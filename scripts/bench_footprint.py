@@ -109,7 +109,7 @@ def main() -> int:
         "kazoo": import_rss("import kazoo.client"),
         "pydantic": import_rss("import pydantic"),
         "the config models (zkdeploy.config.schema)": import_rss("import zkdeploy.config.schema"),
-        "the agent's modules (zkdeploy.agent.daemon; loads libtorrent through transfer/)": import_rss(
+        "the agent's modules (zkdeploy.agent.daemon; libtorrent only with the swarm)": import_rss(
             "import zkdeploy.agent.daemon"),
         "libtorrent": import_rss("import libtorrent"),
         "the CLI entry point (zkdeploy.cli.main)": import_rss("import zkdeploy.cli.main"),
