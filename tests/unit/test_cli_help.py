@@ -109,3 +109,19 @@ def test_the_agent_command_loads_neither_the_other_commands_nor_their_libraries(
     loaded = set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
                                 check=True).stdout.split())
     assert loaded == {"zkdeploy.cli.agent_cmd", "zkdeploy.cli.context", "zkdeploy.cli.main", "zkdeploy.cli.output"}
+
+
+def test_the_readme_names_every_command_and_no_other() -> None:
+    """``zkdeploy --help`` and the README agree: every command is in the README's command table, and
+    every command the README shows in code exists."""
+    from pathlib import Path
+
+    from zkdeploy.cli.main import COMMANDS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    shown = set(re.findall(r"`zkdeploy ([a-z][a-z-]*)", readme))
+    assert shown == set(COMMANDS)
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.help, name
