@@ -310,3 +310,32 @@ def test_a_deploy_held_back_by_quorum_past_its_progress_deadline_is_marked_stall
         assert set(fleet.versions("db").values()) == {"1"}
     finally:
         fleet.close()
+
+
+# -- found by the chaos suite (seed 306): a crash recovery granted at no cost must look again ----------
+def test_a_recovery_granted_at_no_cost_gives_the_slot_back_if_the_service_answers_before_the_undo() -> None:
+    fleet = make_fleet(3, {"services": {"db": {"quorum": 2, "start": "run db"}}})
+    try:
+        fleet.stage("db", "2", at=2.0)
+        fleet.world.bad.add(("db", "2"))
+        fleet.deploy(("db", "2"), max_failures=3)
+        with crash.installed(crash.raise_at("db:checking")):
+            fleet.cycle("n1")  # dies checking db@2, which fails its health check: db@2 runs, failing
+        assert fleet.agents["n1"].agent is None and fleet.versions("db")["n1"] == "2"
+        fleet.expire_dead_sessions()
+        agent = fleet.start("n1")  # the interrupted change waits for a slot: db is failing, so at no cost
+        publish = agent.presence.publish
+
+        def mended_publish(service: str, **kw: object) -> None:  # db@2 answers again right then
+            publish(service, **kw)  # type: ignore[arg-type]
+            if kw.get("state") == "restarting":
+                fleet.world.bad.clear()
+
+        agent.presence.publish = mended_publish  # type: ignore[method-assign]
+        fleet.monitor("n1")
+        fleet.cycle("n1")
+        assert ("n1", "db", "stop", "2") not in fleet.world.steps, "a recovery at no cost took down a service " \
+                                                                   "that answered"
+        assert fleet.operator.slots("db") == [] and len(fleet.world.up("db")) == 3
+    finally:
+        fleet.close()

@@ -242,6 +242,14 @@ class Cycle:
         """Undo what a crash interrupted, now that the slot is held (the service may go down)."""
         service = svc.name
         machine = self.presence.machines[service]
+        if pending.request.free and self.host.probe(svc, self.host.releases[service].current_version()) is None:
+            # granted at no cost because the service did not answer; it answers now, so undoing (which
+            # stops it) would cost quorum: give the slot back and decide again (as Restart.enter does)
+            log.info("%s: answers again; the recovery decides again for a slot that costs quorum", service)
+            self._give_back(pending)
+            machine.reset("answers again: deciding again")
+            self.presence.observe(service, write=True)
+            return
         try:
             with self.host.changing:
                 fence(self.store, service, self.node)
