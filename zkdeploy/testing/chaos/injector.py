@@ -489,6 +489,7 @@ def restart_while_failing(injector: Injector, fault: PlannedFault) -> None:
         return
     service = injector.slot_of(host.name)
     broken = False
+    record: FaultRecord | None = None
     try:
         if service is not None:
             failing_by_itself = injector.plan.fail_health and service == FAILING_SERVICE
@@ -509,6 +510,10 @@ def restart_while_failing(injector: Injector, fault: PlannedFault) -> None:
         if broken:
             with injector.lock:
                 set_health_fault(host, service or "", None)
+            if record is not None:
+                # the service stays down for the agents (its health check fails) until this moment, not
+                # only until the new agent started: the judge's grace runs from here
+                record.resumed = time.time()
         injector.release_host(host)  # again (host_fault released it too): also when it was never called
 
 
