@@ -264,6 +264,14 @@ class Verifier:
                                  f"must sign the rollback (zkdeploy keys sign {service}@{version} --rollback)")
         return record
 
+    def accepts(self, item: Mark | Pin) -> bool:
+        """Whether ``item`` is signed by a trusted key and matches its signature (verify_control)."""
+        try:
+            self.verify_control(item)
+        except SignatureError:
+            return False
+        return True
+
     def verify_control(self, item: Mark | Pin) -> ControlRecord:
         """The verified record of a mark or a pin; SignatureError saying why it is refused: not
         signed, signed by a key that is not trusted, or a signature that does not match the record

@@ -28,8 +28,8 @@ from zkdeploy.agent.slots import SlotRequest, fence
 from zkdeploy.agent.states import Phase
 from zkdeploy.config.loader import parse_catalog
 from zkdeploy.coordination import Store
-from zkdeploy.errors import ConfigError, ConflictError, CoordinationError, JournalError, SignatureError
-from zkdeploy.model import ABORTED, FAILED, ONLINE, PENDING, DeployEntry, Pin
+from zkdeploy.errors import ConfigError, ConflictError, CoordinationError, JournalError
+from zkdeploy.model import ABORTED, FAILED, ONLINE, PENDING, DeployEntry
 from zkdeploy.policy.lifecycle import Actor, can, transition
 from zkdeploy.policy.progress import active_deploy, blocked_by
 from zkdeploy.runner.service import HostService
@@ -336,17 +336,7 @@ class Cycle:
     def _trusted_pin(self) -> deploys.PinCheck | None:
         """With trusted signing keys: a check that a pin's signature verifies (any node's pin)."""
         guard = self.payloads.guard
-        if guard is None:
-            return None
-        verifier = guard.verifier
-
-        def trusted(pin: Pin) -> bool:
-            try:
-                verifier.verify_control(pin)
-            except SignatureError:
-                return False
-            return True
-        return trusted
+        return None if guard is None else guard.verifier.accepts
 
     def _is_steward(self, service: str) -> bool:
         nodes = self.view.current_nodes(service) if service in self.host.names else self.store.current_nodes(service)

@@ -95,12 +95,7 @@ class QueueLock:
 
         The read of the queue is also the check that our node is still there: its name carries
         this waiter's own prefix, and a node of an ended session is caught by the generation."""
-        if self.node is None:
-            raise LockLostError(f"not queued for {self.service}")
-        self._session.require_connected()
-        if self._session.generation != self._generation:
-            self.node = None
-            raise LockLostError(f"the session that queued for {self.service} has ended")
+        self._require_same_session()
         contenders = self._contenders()
         if self.node not in contenders:
             lost, self.node = self.node, None
@@ -138,14 +133,19 @@ class QueueLock:
         contenders = self._contenders()
         return contenders.index(self.node) if self.node in contenders else None
 
-    def require_queued(self) -> None:
-        """Raise LockLostError unless our queue node still belongs to this session."""
+    def _require_same_session(self) -> None:
+        """LockLostError unless queued, connected, and in the session that queued."""
         if self.node is None:
             raise LockLostError(f"not queued for {self.service}")
         self._session.require_connected()
         if self._session.generation != self._generation:
             self.node = None
             raise LockLostError(f"the session that queued for {self.service} has ended")
+
+    def require_queued(self) -> None:
+        """Raise LockLostError unless our queue node still belongs to this session."""
+        self._require_same_session()
+        assert self.node is not None
         stat = self._session.exists(self.path + "/" + self.node)
         if stat is None or stat.owner != self._session.session_id:
             self.node = None
