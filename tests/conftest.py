@@ -1,13 +1,18 @@
-"""Fixtures shared by every tier: a real ZooKeeper server and an isolated fleet root per test."""
+"""Fixtures shared by every tier: a real ZooKeeper server and an isolated fleet root per test; a
+process-group reaper; ``wait_for``."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from zkdeploy.coordination import Store
+from zkdeploy.runner.process import ManagedProcess
 from zkdeploy.testing.zkserver import ZkCluster, available
 
 
@@ -38,3 +43,29 @@ def store(zk_hosts: str, zk_root: str) -> Iterator[Store]:
     s = Store.connect(zk_hosts, zk_root, session_timeout=4.0)
     yield s
     s.close()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
+    """``predicate()``'s first true value, polled every ``interval`` seconds; AssertionError naming
+    ``what`` after ``timeout`` (a bound, never a measurement)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+@pytest.fixture
+def kill_after() -> Iterator[list[ManagedProcess]]:
+    """Services a test started: their process groups are SIGKILLed when it ends, whatever happened."""
+    made: list[ManagedProcess] = []
+    yield made
+    for managed in made:
+        pid = managed.pid()
+        if pid is not None:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # gone already

@@ -6,12 +6,12 @@ import hashlib
 import json
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_for
 from zkdeploy.coordination import Store
 from zkdeploy.demo.fleet import DemoService, LocalFleet, ServiceTiming
 from zkdeploy.demo.scenario import wait_deploys
@@ -22,16 +22,6 @@ FAST = ServiceTiming(start_delay=0.2, stop_delay=0.1)
 def two_services(db_quorum: int | str = 3, web_quorum: int | str = 3) -> list[DemoService]:
     return [DemoService("db", quorum=db_quorum, timing=FAST),
             DemoService("web", quorum=web_quorum, depends_on=("db",), timing=FAST)]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def tree_digest(root: Path) -> dict[str, str]:

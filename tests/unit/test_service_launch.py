@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_for
 from zkdeploy.errors import ConfigError, ServiceError
 from zkdeploy.runner.launch import DIRECT, SYSTEMD, Launch, resolve, unit_name
 from zkdeploy.runner.process import ManagedProcess, RunnerSettings
@@ -61,27 +59,6 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSystemd:
     return made
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[ManagedProcess]]:
-    made: list[ManagedProcess] = []
-    yield made
-    for managed in made:
-        pid = managed.pid()
-        if pid is not None:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 # --------------------------------------------------------------------------- names and argv
@@ -159,11 +136,11 @@ def test_systemd_mode_that_cannot_make_a_scope_stops_the_agent_with_the_reason(
 
 
 def test_a_service_and_its_log_pump_start_in_scopes_and_the_scope_is_cleaned_up_on_stop(
-        fake: FakeSystemd, tmp_path: Path, cleanup: list[ManagedProcess]) -> None:
+        fake: FakeSystemd, tmp_path: Path, kill_after: list[ManagedProcess]) -> None:
     settings = RunnerSettings(Launch(SYSTEMD, fake.systemd_run, "zkdeploy.slice", ("MemoryMax=1G",)),
                               log_max_bytes=1 << 20, log_keep=3)
     managed = ManagedProcess(tmp_path / "run" / "web.pid", tmp_path / "logs" / "web.log", settings)
-    cleanup.append(managed)
+    kill_after.append(managed)
     pid = managed.start("sh -c 'echo hello from $ZKDEPLOY_SERVICE; exec sleep 30'", cwd=str(tmp_path),
                         env={"ZKDEPLOY_SERVICE": "web"})
     wait_for(lambda: managed.logfile.read_text() == "hello from web\n", 10, "the service's line in its log")
@@ -188,10 +165,10 @@ def test_a_service_and_its_log_pump_start_in_scopes_and_the_scope_is_cleaned_up_
 
 
 def test_a_direct_service_has_no_scope_to_clean_up(fake: FakeSystemd, tmp_path: Path,
-                                                   cleanup: list[ManagedProcess]) -> None:
+                                                   kill_after: list[ManagedProcess]) -> None:
     managed = ManagedProcess(tmp_path / "run" / "web.pid", tmp_path / "logs" / "web.log",
                              RunnerSettings(Launch(DIRECT)))
-    cleanup.append(managed)
+    kill_after.append(managed)
     managed.start("sleep 30", cwd=str(tmp_path), env={})
     assert "unit" not in json.loads(managed.pidfile.read_text())
     assert managed.stop(timeout=5) is True
@@ -199,11 +176,11 @@ def test_a_direct_service_has_no_scope_to_clean_up(fake: FakeSystemd, tmp_path: 
 
 
 def test_a_scope_systemd_refuses_fails_the_start_with_its_message_in_the_log(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cleanup: list[ManagedProcess]) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill_after: list[ManagedProcess]) -> None:
     denied = FakeSystemd(tmp_path / "bin", fail=True)
     settings = RunnerSettings(Launch(SYSTEMD, denied.systemd_run), log_max_bytes=0)
     managed = ManagedProcess(tmp_path / "run" / "web.pid", tmp_path / "logs" / "web.log", settings)
-    cleanup.append(managed)
+    kill_after.append(managed)
     try:
         managed.start("sleep 30", cwd=str(tmp_path), env={})
     except ServiceError as exc:  # seen at once, or the service is found gone right after

@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
+from tests.conftest import wait_for
 from zkdeploy.runner.logpump import RotatingWriter
 from zkdeploy.runner.process import ManagedProcess, RunnerSettings
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def log_set(logfile: Path) -> list[Path]:
@@ -88,18 +74,6 @@ def test_the_writer_appends_to_what_an_earlier_pump_left(tmp_path: Path) -> None
 # --------------------------------------------------------------------------- a real service
 
 
-@pytest.fixture
-def stop_after() -> Iterator[list[ManagedProcess]]:
-    made: list[ManagedProcess] = []
-    yield made
-    for managed in made:
-        pid = managed.pid()
-        if pid is not None:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
 
 def chatty(lines: int, then: str = "exec sleep 30") -> str:
     """A service that prints ``lines`` numbered lines of 40 bytes, then ``then``."""
@@ -109,10 +83,10 @@ def chatty(lines: int, then: str = "exec sleep 30") -> str:
 
 
 def test_a_service_writing_past_the_limit_has_its_log_rotated_and_loses_no_line(
-        tmp_path: Path, stop_after: list[ManagedProcess]) -> None:
+        tmp_path: Path, kill_after: list[ManagedProcess]) -> None:
     managed = ManagedProcess(tmp_path / "run" / "web.pid", tmp_path / "logs" / "web.log",
                              RunnerSettings(log_max_bytes=4096, log_keep=100))
-    stop_after.append(managed)
+    kill_after.append(managed)
     managed.start(chatty(2000), cwd=str(tmp_path), env={})   # 80 kB: about 20 files
     expected = [f"service line {i:06d} ................" for i in range(2000)]
     wait_for(lambda: all_lines(managed.logfile)[-1:] == expected[-1:], 30, "the last line in the log")
@@ -124,10 +98,10 @@ def test_a_service_writing_past_the_limit_has_its_log_rotated_and_loses_no_line(
     assert managed.stop(timeout=5) is True
 
 
-def test_old_files_beyond_keep_are_dropped(tmp_path: Path, stop_after: list[ManagedProcess]) -> None:
+def test_old_files_beyond_keep_are_dropped(tmp_path: Path, kill_after: list[ManagedProcess]) -> None:
     managed = ManagedProcess(tmp_path / "run" / "web.pid", tmp_path / "logs" / "web.log",
                              RunnerSettings(log_max_bytes=4096, log_keep=2))
-    stop_after.append(managed)
+    kill_after.append(managed)
     managed.start(chatty(2000), cwd=str(tmp_path), env={})
     last = "service line 001999 ................"
     wait_for(lambda: all_lines(managed.logfile)[-1:] == [last], 30, "the last line in the log")
@@ -138,10 +112,10 @@ def test_old_files_beyond_keep_are_dropped(tmp_path: Path, stop_after: list[Mana
 
 
 def test_without_rotation_the_service_writes_its_file_itself(tmp_path: Path,
-                                                             stop_after: list[ManagedProcess]) -> None:
+                                                             kill_after: list[ManagedProcess]) -> None:
     managed = ManagedProcess(tmp_path / "run" / "web.pid", tmp_path / "logs" / "web.log",
                              RunnerSettings(log_max_bytes=0))
-    stop_after.append(managed)
+    kill_after.append(managed)
     pid = managed.start(chatty(200), cwd=str(tmp_path), env={})
     wait_for(lambda: len(all_lines(managed.logfile)) == 200, 10, "200 lines")
     assert log_set(managed.logfile) == [managed.logfile]
@@ -150,7 +124,7 @@ def test_without_rotation_the_service_writes_its_file_itself(tmp_path: Path,
 
 
 def test_the_log_pump_outlives_the_agent_that_started_the_service(tmp_path: Path,
-                                                                  stop_after: list[ManagedProcess]) -> None:
+                                                                  kill_after: list[ManagedProcess]) -> None:
     """SIGKILL the process that started the service (the agent): the service goes on writing, and
     its output goes on arriving in the log, rotated."""
     ticker = "sh -c " + shlex.quote("i=0; while :; do printf 'tick %06d\\n' $i; i=$((i+1)); "
@@ -168,7 +142,7 @@ def test_the_log_pump_outlives_the_agent_that_started_the_service(tmp_path: Path
     )
     agent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), ticker], stdout=subprocess.PIPE)
     managed = ManagedProcess(tmp_path / "run" / "web.pid", tmp_path / "logs" / "web.log")
-    stop_after.append(managed)
+    kill_after.append(managed)
     try:
         assert agent.stdout is not None and agent.stdout.readline() == b"started\n"
         wait_for(lambda: len(all_lines(managed.logfile)) > 20, 10, "the first ticks")

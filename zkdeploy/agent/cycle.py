@@ -242,7 +242,7 @@ class Cycle:
         """Undo what a crash interrupted, now that the slot is held (the service may go down)."""
         service = svc.name
         machine = self.presence.machines[service]
-        if pending.request.free and self.host.probe(svc, self.host.releases[service].current_version()) is None:
+        if pending.request.free and self.host.answers(svc):
             # granted at no cost because the service did not answer; it answers now, so undoing (which
             # stops it) would cost quorum: give the slot back and decide again (as Restart.enter does)
             log.info("%s: answers again; the recovery decides again for a slot that costs quorum", service)

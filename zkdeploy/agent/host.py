@@ -124,6 +124,11 @@ class Host:
         except ServiceError as exc:
             return str(exc)
 
+    def answers(self, svc: HostService) -> bool:
+        """Whether the release ``current`` points at passes one quick probe now (a slot granted at no
+        cost because the service did not answer is given back when this turns true)."""
+        return self.probe(svc, self.releases[svc.name].current_version()) is None
+
     def wait_healthy(self, svc: HostService, version: str | None) -> None:
         """HealthCheckError (or ServiceError) unless ``svc`` passes its checks within their retries."""
         svc.wait_healthy(version)

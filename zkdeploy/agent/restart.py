@@ -162,8 +162,7 @@ class Restart:
 
         A slot granted at no cost (the service did not answer) is given back before the service is
         taken down if it answers again by then: going down would now cost quorum."""
-        if self.free and phase in (Phase.DRAINING, Phase.STOPPING) \
-                and self.host.probe(self.svc, self.host.releases[self.service].current_version()) is None:
+        if self.free and phase in (Phase.DRAINING, Phase.STOPPING) and self.host.answers(self.svc):
             raise LockLostError(f"{self.service} answers again: taking it down costs quorum now; deciding again")
         self._timed(phase)
         self.machine.to(phase, detail)

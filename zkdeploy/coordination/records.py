@@ -121,7 +121,7 @@ class StoreCore:
                 self._written[path] = (generation, 0)
                 return
             except NodeExistsError:
-                pass
+                pass  # there already: whose is it?
             stat = self._session.exists(path)
             if stat is None:
                 continue

@@ -128,7 +128,7 @@ def pump(source: int, writer: RotatingWriter, errors: int = 2) -> None:
                 writer.close()
                 writer.reopen()
             except OSError:
-                pass
+                pass  # still failing: reported above; the next write tries again
 
 
 def command(logfile: Path, max_bytes: int, keep: int) -> list[str]:
@@ -150,7 +150,7 @@ def main(argv: list[str]) -> int:
     try:
         os.write(1, READY)
     except OSError:
-        pass
+        pass  # the agent stopped waiting for it: pump anyway, the service's output must not block
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # the agent's end of the ready pipe sees end of file: nothing more comes
     os.close(devnull)
