@@ -8,8 +8,10 @@ import time
 import pytest
 
 from zkdeploy.coordination import Store
+from zkdeploy.coordination.lock import QueueLock
 from zkdeploy.errors import ConflictError, CoordinationError, LockLostError, RolloutAborted
 from zkdeploy.model import ONLINE, RESTARTING, CurrentEntry, DeployEntry, Release
+from zkdeploy.testing.counting import CountingSession, Counts
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +110,33 @@ def test_queue_lock_is_fifo_and_wakes_only_the_next(zk_hosts: str, zk_root: str)
             s.close()
 
 
+def test_a_waiter_reads_the_queue_again_only_when_its_predecessor_goes(zk_hosts: str, zk_root: str) -> None:
+    a, b = _stores(zk_hosts, zk_root, 2)
+    try:
+        first = a.restart_queue("db", "a")
+        first.join()
+        counts = Counts()
+        waiter = QueueLock(CountingSession(b._session, counts), b._layout.lock_queue("db"), "db", "b")
+        waiter.join()
+        assert waiter.poll(threading.Event()) == 1
+        made = Counts.total(counts.snapshot())
+        wake = threading.Event()  # the cycle's wake-up event, set by anything (a deploy, /current)
+        for _ in range(20):
+            assert waiter.poll(wake) == 1
+        assert Counts.total(counts.snapshot()) == made  # twenty wake-ups, no read of the queue
+        assert not wake.is_set()
+        first.release()
+        assert wake.wait(5), "the predecessor's going did not wake the latest event"
+        assert waiter.poll(wake) == 0
+        assert Counts.total(counts.snapshot()) > made
+        b._session.delete(b._layout.lock_queue("db") + "/" + str(waiter.node))
+        with pytest.raises(LockLostError, match="disappeared"):
+            waiter.poll(wake)  # the head reads the queue on every poll: a lost node is seen
+    finally:
+        a.close()
+        b.close()
+
+
 def test_queue_lock_waiter_gives_up_when_told(zk_hosts: str, zk_root: str) -> None:
     a, b = _stores(zk_hosts, zk_root, 2)
     try:
@@ -155,7 +184,7 @@ def test_unreachable_zookeeper_is_a_clear_error() -> None:
 
 def test_children_of_several_paths_in_one_round_trip_read_as_one_after_the_other(store: Store, zk_hosts: str,
                                                                                   zk_root: str) -> None:
-    session = store._session  # noqa: SLF001 (the seam under the store, exercised on a real server)
+    session = store._session
     for node in ("a", "b"):
         session.create(f"{zk_root}/p1/{node}", makepath=True)
     session.create(f"{zk_root}/p2/c", makepath=True)
@@ -171,7 +200,7 @@ def test_children_of_several_paths_in_one_round_trip_read_as_one_after_the_other
     assert [sorted(c) for c in got] == [["a", "b"], [], ["c"]] == [sorted(session.children(p)) for p in paths]
     other = Store.connect(zk_hosts, zk_root)
     try:
-        other._session.create(f"{zk_root}/p2/d")  # noqa: SLF001
+        other._session.create(f"{zk_root}/p2/d")
         assert changed.wait(5) and fired == [f"{zk_root}/p2"]  # each path got the watch
     finally:
         other.close()

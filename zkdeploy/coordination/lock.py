@@ -49,6 +49,13 @@ class QueueLock:
         self.prefix = f"{QUEUE_PREFIX}{uuid.uuid4().hex}__"
         self.node: str | None = None
         self._generation: int | None = None
+        # the predecessor whose watch is armed, and the place it was read at: until that watch fires,
+        # being first cannot have changed, so a poll answers without a read (N waiters woken by
+        # other things would otherwise list an N-long queue on every wake-up)
+        self._watched: str | None = None
+        self._place = 0
+        self._moved = threading.Event()
+        self._wake: threading.Event | None = None
 
     def _contenders(self) -> list[str]:
         return sorted((c for c in self._session.children(self.path) if c.startswith(QUEUE_PREFIX)),
@@ -94,8 +101,17 @@ class QueueLock:
         node is gone (the session that owned it ended).
 
         The read of the queue is also the check that our node is still there: its name carries
-        this waiter's own prefix, and a node of an ended session is caught by the generation."""
+        this waiter's own prefix, and a node of an ended session is caught by the generation.
+
+        While the predecessor's watch is armed and has not fired, the answer is the place read
+        when it was armed, with no request (only the predecessor's going can make this waiter
+        first; the places of those further ahead moving up only change the number, which is
+        logged, not acted on)."""
         self._require_same_session()
+        if wake is not None and self._watched is not None and not self._moved.is_set():
+            self._wake = wake
+            return self._place
+        self._watched = None
         contenders = self._contenders()
         if self.node not in contenders:
             lost, self.node = self.node, None
@@ -104,9 +120,20 @@ class QueueLock:
         if index == 0 or wake is None:
             return index
         predecessor = self.path + "/" + contenders[index - 1]
-        if self._session.exists(predecessor, lambda *_: wake.set()) is None:
+        self._moved.clear()
+        self._wake = wake
+        if self._session.exists(predecessor, self._predecessor_changed) is None:
             wake.set()  # it went between the two reads: look again at once
+        else:
+            self._watched, self._place = predecessor, index
         return index
+
+    def _predecessor_changed(self, *_: object) -> None:
+        """The predecessor's watch: the next poll reads the queue again, and the waiter wakes."""
+        self._moved.set()
+        wake = self._wake
+        if wake is not None:
+            wake.set()
 
     def acquire(self, should_abort: Callable[[], str | None], poll: float = 1.0) -> None:
         """Join (once) and block until first in the queue.
@@ -139,7 +166,7 @@ class QueueLock:
             raise LockLostError(f"not queued for {self.service}")
         self._session.require_connected()
         if self._session.generation != self._generation:
-            self.node = None
+            self.node = self._watched = None
             raise LockLostError(f"the session that queued for {self.service} has ended")
 
     def require_queued(self) -> None:
@@ -156,6 +183,7 @@ class QueueLock:
         """Leave the queue.  Safe when not queued; retries through connection losses while the
         session that made the node lives (its node would otherwise stay at the head)."""
         node, self.node = self.node, None
+        self._watched = None
         if node is None:
             return
         generation = self._session.generation if self._generation is None else self._generation
