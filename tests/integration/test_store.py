@@ -204,3 +204,22 @@ def test_children_of_several_paths_in_one_round_trip_read_as_one_after_the_other
         assert changed.wait(5) and fired == [f"{zk_root}/p2"]  # each path got the watch
     finally:
         other.close()
+
+
+def test_entries_read_together_are_those_read_one_by_one_and_a_vanished_one_is_left_out(
+        store: Store, zk_hosts: str, zk_root: str) -> None:
+    for node in ("n1", "n2", "n3"):
+        store.add_member("web", node)
+    session = store._session
+    paths = [store._layout.member("web", n) for n in ("n1", "gone", "n3")]
+    got = session.get_all(paths)
+    assert [g is not None for g in got] == [True, False, True]
+    assert [g[0] if g else None for g in got] == [(r[0] if (r := session.get(p)) else None) for p in paths]
+    counts = Counts()
+    counting = Store.connect(zk_hosts, zk_root)
+    counting._session = CountingSession(counting._session, counts)
+    try:
+        assert sorted(counting.members("web")) == ["n1", "n2", "n3"]
+        assert counts.snapshot()["requests"] == {"children": 1, "get": 3}
+    finally:
+        counting.close()

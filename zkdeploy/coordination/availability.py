@@ -53,9 +53,8 @@ class Availability(StoreCore):
     # -- presence and current state ------------------------------------------
     def nodes(self) -> dict[str, NodeRecord]:
         out = {}
-        for name in self._children(self._layout.nodes):
-            got = self._get(self._layout.node(name))
-            if got and (node := self._record(NodeRecord, self._layout.node(name), got)) is not None:
+        for name, got in self._get_children(self._layout.nodes):
+            if (node := self._record(NodeRecord, self._layout.node(name), got)) is not None:
                 out[name] = node
         return out
 
@@ -71,8 +70,13 @@ class Availability(StoreCore):
         deciding and waiting is missed.
         """
         base = self._layout.current_service(service)
-        fire: Watcher | None = (lambda *_: changed.set()) if changed is not None else None
         out = {}
+        if changed is None:  # no watches: every entry in one round trip
+            for name, data in self._get_children(base):
+                if (entry := self._record(CurrentEntry, base + "/" + name, data)) is not None:
+                    out[name] = entry
+            return out
+        fire: Watcher = lambda *_: changed.set()  # noqa: E731
         for name in self._children(base, fire):
             got = self._get(base + "/" + name, fire)
             if got and (entry := self._record(CurrentEntry, base + "/" + name, got)) is not None:
@@ -163,9 +167,8 @@ class Availability(StoreCore):
         """Every member of ``service`` (a node that registered it and was not forgotten), present or not."""
         base = self._layout.service_members(service)
         out = {}
-        for name in self._children(base):
-            got = self._get(base + "/" + name)
-            if got and (member := self._record(Member, base + "/" + name, got)) is not None:
+        for name, got in self._get_children(base):
+            if (member := self._record(Member, base + "/" + name, got)) is not None:
                 out[name] = member
         return out
 
@@ -245,13 +248,8 @@ class Availability(StoreCore):
 
     def queue(self, service: str) -> list[str]:
         """The nodes waiting in the restart queue of ``service``, first (lock holder) first."""
-        base = self._layout.lock_queue(service)
-        out = []
-        for name in sorted(self._children(base), key=sequence_of):
-            got = self._get(base + "/" + name)
-            if got:
-                out.append(got[0].decode(errors="replace"))
-        return out
+        got = self._get_children(self._layout.lock_queue(service))
+        return [data.decode(errors="replace") for _, (data, _stat) in sorted(got, key=lambda g: sequence_of(g[0]))]
 
     def queue_length(self, service: str) -> int:
         """How many nodes wait in the restart queue of ``service`` (one read)."""

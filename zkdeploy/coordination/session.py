@@ -196,6 +196,11 @@ class Session(ABC):
         round trip instead of one per path)."""
         return [self.children(path, watch) for path in paths]
 
+    def get_all(self, paths: Sequence[str]) -> list[tuple[bytes, Stat] | None]:
+        """``get`` of each of ``paths``, in order, without watches (None for an absent node); an
+        implementation may send them together (one round trip instead of one per path)."""
+        return [self.get(path) for path in paths]
+
     # -- writes ------------------------------------------------------------------
     @abstractmethod
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
@@ -344,6 +349,9 @@ class ForwardingSession(Session):
 
     def children_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[list[str]]:
         return self.inner.children_all(paths, watch)
+
+    def get_all(self, paths: Sequence[str]) -> list[tuple[bytes, Stat] | None]:
+        return self.inner.get_all(paths)
 
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
                makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:

@@ -288,6 +288,22 @@ class ZooKeeperSession(Session):
                 out.append([])
         return out
 
+    def get_all(self, paths: Sequence[str]) -> list[tuple[bytes, Stat] | None]:
+        """Every request sent before the first answer is awaited: one round trip."""
+        pending = [(path, self.client.get_async(path)) for path in paths]
+        out: list[tuple[bytes, Stat] | None] = []
+        for path, answer in pending:
+            try:
+                data, stat = answer.get(timeout=self._operation_timeout)
+            except Exception as exc:  # translated below; nothing is swallowed
+                error = translate(exc, f"get {path}")
+                if not isinstance(error, NoNodeError):
+                    raise error from None
+                out.append(None)
+                continue
+            out.append((data, _stat(stat)))
+        return out
+
     def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
         try:
             stat = self._call("exists", path, _relay(watch))

@@ -130,6 +130,20 @@ class CountingSession(ForwardingSession):
                            lambda: self.inner.children(path, self._watcher(watch)),
                            read=lambda r: sum(len(c) for c in r))
 
+    def get_all(self, paths: Sequence[str]) -> list[tuple[bytes, Stat] | None]:
+        """Counted as one ``get`` request per path (they are sent together: one round trip)."""
+        if not paths:
+            return []
+
+        def size(results: list[tuple[bytes, Stat] | None]) -> int:
+            return sum(len(r[0]) for r in results if r)
+
+        results: list[tuple[bytes, Stat] | None] = self._timed("get", paths[0],
+                                                               lambda: self.inner.get_all(paths), read=size)
+        for path in paths[1:]:
+            self._timed("get", path, lambda: None)  # answered by the same round trip
+        return results
+
     def children_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[list[str]]:
         """Counted as one ``children`` request per path (they are sent together: one round trip)."""
         if not paths:
