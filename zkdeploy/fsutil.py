@@ -86,3 +86,11 @@ def replace_durably(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -
     fsync_file(src)
     os.replace(src, dest)
     fsync_dir(Path(dest).parent)
+
+
+def write_durably(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name beside it, so that after a power loss
+    ``path`` holds either what it held before or the whole of ``data``."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_bytes(data)
+    replace_durably(tmp, path)

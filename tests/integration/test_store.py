@@ -212,7 +212,8 @@ def test_entries_read_together_are_those_read_one_by_one_and_a_vanished_one_is_l
         store.add_member("web", node)
     session = store._session
     paths = [store._layout.member("web", n) for n in ("n1", "gone", "n3")]
-    got = session.get_all(paths)
+    changed = threading.Event()
+    got = session.get_all(paths, lambda *_: changed.set())
     assert [g is not None for g in got] == [True, False, True]
     assert [g[0] if g else None for g in got] == [(r[0] if (r := session.get(p)) else None) for p in paths]
     counts = Counts()
@@ -221,5 +222,8 @@ def test_entries_read_together_are_those_read_one_by_one_and_a_vanished_one_is_l
     try:
         assert sorted(counting.members("web")) == ["n1", "n2", "n3"]
         assert counts.snapshot()["requests"] == {"children": 1, "get": 3}
+        assert not changed.is_set()
+        counting.add_member("web", "n3")  # rewrites n3's record: the watch left by the read fires
+        assert changed.wait(5)
     finally:
         counting.close()

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from zkdeploy.errors import IntegrityError, PayloadError
-from zkdeploy.transfer.swarm import SwarmConfig, SwarmSession, SwarmStalled
+from zkdeploy.transfer.swarm import SwarmSession
+from zkdeploy.transfer.swarm_config import SwarmConfig, SwarmStalled
 from zkdeploy.transfer.torrent import make_torrent
 
 REPO = Path(__file__).resolve().parents[2]

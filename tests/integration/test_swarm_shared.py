@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from zkdeploy.transfer.swarm import SwarmConfig, SwarmSession
+from zkdeploy.transfer.swarm import SwarmSession
+from zkdeploy.transfer.swarm_config import SwarmConfig
 from zkdeploy.transfer.torrent import make_torrent
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,7 @@ import libtorrent as lt
 import pytest
 
 from zkdeploy.errors import PayloadError
-from zkdeploy.transfer.torrent import (GiB, KiB, MAX_METAINFO_BYTES, MiB, choose_piece_size,
-                                       load_metainfo, make_torrent)
+from zkdeploy.transfer.torrent import MAX_METAINFO_BYTES, GiB, KiB, MiB, choose_piece_size, load_metainfo, make_torrent
 
 
 @pytest.mark.parametrize("size, piece", [
@@ -128,7 +127,7 @@ def test_bad_expected_sha256_is_rejected(payload: Path) -> None:
 
 
 def test_closed_swarm_settings_keep_the_swarm_closed() -> None:
-    from zkdeploy.transfer.swarm import SwarmConfig, closed_swarm_settings
+    from zkdeploy.transfer.swarm_config import SwarmConfig, closed_swarm_settings
 
     s = closed_swarm_settings(SwarmConfig(listen_ip="198.18.0.3", listen_port=6881,
                                           upload_rate_limit=1000))

@@ -70,16 +70,10 @@ class Availability(StoreCore):
         deciding and waiting is missed.
         """
         base = self._layout.current_service(service)
+        fire: Watcher | None = (lambda *_: changed.set()) if changed is not None else None
         out = {}
-        if changed is None:  # no watches: every entry in one round trip
-            for name, data in self._get_children(base):
-                if (entry := self._record(CurrentEntry, base + "/" + name, data)) is not None:
-                    out[name] = entry
-            return out
-        fire: Watcher = lambda *_: changed.set()  # noqa: E731
-        for name in self._children(base, fire):
-            got = self._get(base + "/" + name, fire)
-            if got and (entry := self._record(CurrentEntry, base + "/" + name, got)) is not None:
+        for name, got in self._get_children(base, fire):
+            if (entry := self._record(CurrentEntry, base + "/" + name, got)) is not None:
                 out[name] = entry
         return out
 

@@ -49,10 +49,10 @@ class QueueLock:
         self.prefix = f"{QUEUE_PREFIX}{uuid.uuid4().hex}__"
         self.node: str | None = None
         self._generation: int | None = None
-        # the predecessor whose watch is armed, and the place it was read at: until that watch fires,
-        # being first cannot have changed, so a poll answers without a read (N waiters woken by
-        # other things would otherwise list an N-long queue on every wake-up)
-        self._watched: str | None = None
+        # whether the predecessor's watch is armed, and the place read when it was: until that watch
+        # fires, being first cannot have changed, so a poll answers without a read (N waiters woken
+        # by other things would otherwise list an N-long queue on every wake-up)
+        self._armed = False
         self._place = 0
         self._moved = threading.Event()
         self._wake: threading.Event | None = None
@@ -108,10 +108,10 @@ class QueueLock:
         first; the places of those further ahead moving up only change the number, which is
         logged, not acted on)."""
         self._require_same_session()
-        if wake is not None and self._watched is not None and not self._moved.is_set():
+        if wake is not None and self._armed and not self._moved.is_set():
             self._wake = wake
             return self._place
-        self._watched = None
+        self._armed = False
         contenders = self._contenders()
         if self.node not in contenders:
             lost, self.node = self.node, None
@@ -125,7 +125,7 @@ class QueueLock:
         if self._session.exists(predecessor, self._predecessor_changed) is None:
             wake.set()  # it went between the two reads: look again at once
         else:
-            self._watched, self._place = predecessor, index
+            self._armed, self._place = True, index
         return index
 
     def _predecessor_changed(self, *_: object) -> None:
@@ -166,7 +166,7 @@ class QueueLock:
             raise LockLostError(f"not queued for {self.service}")
         self._session.require_connected()
         if self._session.generation != self._generation:
-            self.node = self._watched = None
+            self.node, self._armed = None, False
             raise LockLostError(f"the session that queued for {self.service} has ended")
 
     def require_queued(self) -> None:
@@ -183,7 +183,7 @@ class QueueLock:
         """Leave the queue.  Safe when not queued; retries through connection losses while the
         session that made the node lives (its node would otherwise stay at the head)."""
         node, self.node = self.node, None
-        self._watched = None
+        self._armed = False
         if node is None:
             return
         generation = self._session.generation if self._generation is None else self._generation

@@ -59,11 +59,12 @@ class StoreCore:
     def _get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
         return self._session.get(path, watch)
 
-    def _get_children(self, base: str) -> list[tuple[str, tuple[bytes, Stat]]]:
+    def _get_children(self, base: str, watch: Watcher | None = None) -> list[tuple[str, tuple[bytes, Stat]]]:
         """The children of ``base`` that are still there when read, with their data, in name
-        order: one read of the names, then every child's data in one round trip."""
-        names = self._children(base)
-        got = self._session.get_all([base + "/" + name for name in names])
+        order: one read of the names, then every child's data in one round trip; ``watch`` on the
+        names and on each child's data."""
+        names = self._children(base, watch)
+        got = self._session.get_all([base + "/" + name for name in names], watch)
         return [(name, data) for name, data in zip(names, got, strict=True) if data is not None]
 
     def _children(self, path: str, watch: Watcher | None = None) -> list[str]:

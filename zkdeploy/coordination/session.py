@@ -196,10 +196,12 @@ class Session(ABC):
         round trip instead of one per path)."""
         return [self.children(path, watch) for path in paths]
 
-    def get_all(self, paths: Sequence[str]) -> list[tuple[bytes, Stat] | None]:
-        """``get`` of each of ``paths``, in order, without watches (None for an absent node); an
-        implementation may send them together (one round trip instead of one per path)."""
-        return [self.get(path) for path in paths]
+    def get_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[tuple[bytes, Stat] | None]:
+        """``get`` of each of ``paths``, in order, with the same ``watch`` on each (None for an
+        absent node, which may or may not leave a watch for its creation: read the children of its
+        parent with a watch to see it come); an implementation may send them together (one round
+        trip instead of one per path)."""
+        return [self.get(path, watch) for path in paths]
 
     # -- writes ------------------------------------------------------------------
     @abstractmethod
@@ -350,8 +352,8 @@ class ForwardingSession(Session):
     def children_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[list[str]]:
         return self.inner.children_all(paths, watch)
 
-    def get_all(self, paths: Sequence[str]) -> list[tuple[bytes, Stat] | None]:
-        return self.inner.get_all(paths)
+    def get_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[tuple[bytes, Stat] | None]:
+        return self.inner.get_all(paths, watch)
 
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
                makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:

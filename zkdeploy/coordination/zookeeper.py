@@ -288,9 +288,10 @@ class ZooKeeperSession(Session):
                 out.append([])
         return out
 
-    def get_all(self, paths: Sequence[str]) -> list[tuple[bytes, Stat] | None]:
+    def get_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[tuple[bytes, Stat] | None]:
         """Every request sent before the first answer is awaited: one round trip."""
-        pending = [(path, self.client.get_async(path)) for path in paths]
+        relay = _relay(watch)
+        pending = [(path, self.client.get_async(path, relay)) for path in paths]
         out: list[tuple[bytes, Stat] | None] = []
         for path, answer in pending:
             try:

@@ -130,7 +130,7 @@ class CountingSession(ForwardingSession):
                            lambda: self.inner.children(path, self._watcher(watch)),
                            read=lambda r: sum(len(c) for c in r))
 
-    def get_all(self, paths: Sequence[str]) -> list[tuple[bytes, Stat] | None]:
+    def get_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[tuple[bytes, Stat] | None]:
         """Counted as one ``get`` request per path (they are sent together: one round trip)."""
         if not paths:
             return []
@@ -139,7 +139,8 @@ class CountingSession(ForwardingSession):
             return sum(len(r[0]) for r in results if r)
 
         results: list[tuple[bytes, Stat] | None] = self._timed("get", paths[0],
-                                                               lambda: self.inner.get_all(paths), read=size)
+                                                               lambda: self.inner.get_all(paths, self._watcher(watch)),
+                                                               read=size)
         for path in paths[1:]:
             self._timed("get", path, lambda: None)  # answered by the same round trip
         return results

@@ -25,7 +25,8 @@ import time
 from typing import Any
 
 from zkdeploy.errors import ZkdeployError
-from zkdeploy.transfer.swarm import Endpoint, SwarmConfig, SwarmSession, TransferStatus
+from zkdeploy.transfer.swarm import SwarmSession
+from zkdeploy.transfer.swarm_config import Endpoint, SwarmConfig, TransferStatus
 from zkdeploy.transfer.torrent import load_metainfo
 
 

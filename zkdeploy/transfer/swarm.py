@@ -21,115 +21,34 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import libtorrent as lt
 
 from zkdeploy.errors import IntegrityError, PayloadError
+from zkdeploy.fsutil import write_durably
 from zkdeploy.transfer.fetch import payload_digest
+from zkdeploy.transfer.swarm_config import (
+    DownloadCancelled,
+    Endpoint,
+    PeersProvider,
+    SwarmConfig,
+    SwarmStalled,
+    TransferStatus,
+    closed_swarm_settings,
+    format_endpoint,
+)
 from zkdeploy.transfer.torrent import MiB, TorrentMeta, normalize_sha256
 
 log = logging.getLogger(__name__)
-
-Endpoint = tuple[str, int]
-PeersProvider = Callable[[], Iterable[Endpoint]]
 
 PROGRESS_LOG_INTERVAL = 5.0
 _FLUSH_TIMEOUT = 60.0
 _STOP_RESUME_TIMEOUT = 5.0
 _CHECKING_STATES = frozenset({"checking_files", "checking_resume_data", "queued_for_checking",
                               "allocating"})
-
-
-class SwarmStalled(PayloadError):
-    """No payload byte arrived for ``stall_timeout`` seconds; fall back to the HTTP origin."""
-
-
-class DownloadCancelled(PayloadError):
-    """The caller's cancel event was set while a download was running."""
-
-
-@dataclass(frozen=True)
-class SwarmConfig:
-    """How one agent's session listens and behaves.
-
-    ``listen_port`` 0 lets the OS choose (read ``listen_endpoint`` after
-    ``start``).  Rate caps are bytes/s, 0 = unlimited; they apply to every
-    peer, RFC1918 and loopback included.  ``free_space`` returns the free
-    bytes of a directory (a seam for tests); ``extra_settings`` overrides any
-    libtorrent setting (for the lab).
-    """
-
-    listen_ip: str = "127.0.0.1"
-    listen_port: int = 6881
-    upload_rate_limit: int = 0
-    download_rate_limit: int = 0
-    allow_multiple_connections_per_ip: bool = False
-    disk_margin_bytes: int = 64 * MiB
-    free_space: Callable[[str], int] | None = None
-    peer_refresh_interval: float = 2.0
-    resume_save_interval: float = 10.0
-    start_timeout: float = 10.0
-    seed_max_uploads: int = -1
-    stripe_pieces: bool = True
-    extra_settings: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TransferStatus:
-    """A snapshot of one torrent in the session (rates in bytes/s)."""
-
-    info_hash: str
-    name: str
-    state: str
-    progress: float
-    download_rate: int
-    upload_rate: int
-    num_peers: int
-    is_seeding: bool
-    total_download: int
-    total_upload: int
-    hash_failures: int
-
-
-def closed_swarm_settings(config: SwarmConfig) -> dict[str, Any]:
-    """The libtorrent settings pack for a closed, TCP-only swarm (docs/swarm.md)."""
-    settings: dict[str, Any] = {
-        "listen_interfaces": _format_endpoint(config.listen_ip, config.listen_port),
-        "max_retry_port_bind": 0,
-        "listen_system_port_fallback": False,
-        "enable_dht": False,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "dht_bootstrap_nodes": "",
-        "enable_ip_notifier": False,
-        "enable_incoming_utp": False,
-        "enable_outgoing_utp": False,
-        "allow_multiple_connections_per_ip": bool(config.allow_multiple_connections_per_ip),
-        "min_reconnect_time": 1,
-        "max_failcount": 100,
-        "unchoke_slots_limit": -1,
-        "upload_rate_limit": int(config.upload_rate_limit),
-        "download_rate_limit": int(config.download_rate_limit),
-        "alert_mask": (lt.alert_category.error | lt.alert_category.status
-                       | lt.alert_category.storage),
-        # Lab-tuned (docs/swarm.md): pick by priority from the first piece
-        # (no random start) and keep request queues short, so a downloader
-        # asks the origin for pieces of its own slice rather than piling up
-        # requests for pieces another downloader is already fetching there.
-        "initial_picker_threshold": 0,
-        "request_queue_time": 1,
-        "user_agent": "zkdeploy",
-    }
-    settings.update(config.extra_settings)
-    return settings
-
-
-def _format_endpoint(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class _Torrent:
@@ -202,14 +121,14 @@ class SwarmSession:
         if not self._listening.wait(self.config.start_timeout):
             self.close()
             raise PayloadError(f"swarm session did not start listening on "
-                               f"{_format_endpoint(self.config.listen_ip, self.config.listen_port)}"
+                               f"{format_endpoint(self.config.listen_ip, self.config.listen_port)}"
                                f" within {self.config.start_timeout:.0f}s")
         if self._listen_error is not None:
             err = self._listen_error
             self.close()
             raise PayloadError(f"swarm session cannot listen: {err}")
         assert self._endpoint is not None
-        log.info("swarm listening on %s", _format_endpoint(*self._endpoint))
+        log.info("swarm listening on %s", format_endpoint(*self._endpoint))
         return self._endpoint
 
     @property
@@ -372,7 +291,7 @@ class SwarmSession:
             if not ok and meta.info_hash in self._torrents:
                 self._save_resume(t, wait=_STOP_RESUME_TIMEOUT)
                 self._discard(t, remove_file=False)
-        _remove_quietly(resume_path)
+        Path(resume_path).unlink(missing_ok=True)
         st = self.status(meta.info_hash)
         log.info("fetched %s: %d bytes downloaded, %d hash failures, verified SHA-256 %s",
                  meta.name, st.total_download, t.hash_failures, expected)
@@ -409,7 +328,7 @@ class SwarmSession:
                                    f"no payload byte for {stall_timeout:.0f}s")
         os.makedirs(os.path.dirname(target), exist_ok=True)
         tmp = target + ".shared"
-        _remove_quietly(tmp)
+        Path(tmp).unlink(missing_ok=True)
         try:
             os.link(t.path, tmp)
         except OSError:
@@ -432,7 +351,7 @@ class SwarmSession:
             except (OSError, RuntimeError, ValueError) as e:
                 log.warning("ignoring resume data %s (%s); libtorrent will recheck any partial "
                             "file", resume_path, e)
-                _remove_quietly(resume_path)
+                Path(resume_path).unlink(missing_ok=True)
                 atp = None
         if atp is None:
             atp = lt.add_torrent_params()
@@ -602,12 +521,12 @@ class SwarmSession:
             # remove_torrent is asynchronous: the file may still be mapped.
             deadline = time.monotonic() + 5
             while True:
-                _remove_quietly(t.path)
+                Path(t.path).unlink(missing_ok=True)
                 if not os.path.exists(t.path) or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
             if t.resume_path:
-                _remove_quietly(t.resume_path)
+                Path(t.resume_path).unlink(missing_ok=True)
 
     # -- status --------------------------------------------------------------
 
@@ -685,7 +604,7 @@ class SwarmSession:
                         "distrusted", t.meta.name, a.piece_index, t.hash_failures)
         elif isinstance(a, lt.save_resume_data_alert):
             if t.resume_path:
-                _write_atomically(t.resume_path, lt.write_resume_data_buf(a.params))
+                write_durably(t.resume_path, lt.write_resume_data_buf(a.params))
             t.notify(resume_saves=t.resume_saves + 1)
         elif isinstance(a, lt.save_resume_data_failed_alert):
             t.notify(resume_saves=t.resume_saves + 1)
@@ -703,19 +622,3 @@ class SwarmSession:
             return None  # handle already removed
         with self._lock:
             return self._torrents.get(key)
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

@@ -27,9 +27,10 @@ from zkdeploy.errors import CoordinationError, PayloadError
 from zkdeploy.fsutil import fsync_dir, fsync_file
 from zkdeploy.model import Release
 from zkdeploy.transfer.fetch import fetch
+from zkdeploy.transfer.swarm_config import SwarmConfig, SwarmStalled, TransferStatus
 
 if TYPE_CHECKING:  # libtorrent (about 10 MB) is imported only by an agent whose swarm is enabled
-    from zkdeploy.transfer.swarm import SwarmSession, TransferStatus
+    from zkdeploy.transfer.swarm import SwarmSession
     from zkdeploy.transfer.torrent import TorrentMeta
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Transport:
         settings = self.config.swarm
         if not settings.enabled:
             return
-        from zkdeploy.transfer.swarm import SwarmConfig, SwarmSession
+        from zkdeploy.transfer.swarm import SwarmSession
 
         self.session = SwarmSession(SwarmConfig(
             listen_ip=self.config.address, listen_port=settings.listen_port,
@@ -197,8 +198,6 @@ class Transport:
         """Put the verified payload of ``release`` at ``dest``: from the swarm, else from the origin."""
         meta = self.metainfo(release) if self.session is not None else None
         if meta is not None:
-            from zkdeploy.transfer.swarm import SwarmStalled  # loaded already: the swarm session runs
-
             self._announce(meta, complete=False)
             if self._goes_to_source(meta):
                 log.info("%s@%s: no peer holds the payload yet; this node fetches it from the origin for the swarm",
