@@ -208,10 +208,12 @@ class Injector:
             self._busy[host.name] = time.monotonic() + HOST_SETTLE
 
     def host_fault(self, fault: PlannedFault, action: HostAction, host: Host | None = None,
-                   preferred: Callable[[], list[str]] | None = None, service: str = "") -> FaultRecord | None:
+                   preferred: Callable[[], list[str]] | None = None, service: str = "",
+                   since: float | None = None) -> FaultRecord | None:
         """Hit a host chosen for ``fault`` (or ``host``, already reserved) with ``action``, hold, and
         resume it; the host is released (after :data:`HOST_SETTLE`) whatever happens.  The record,
-        or None when nothing was hit."""
+        or None when nothing was hit.  ``since``: when the fault began, if before the hit (a health
+        endpoint broken ahead of the kill); the record starts then."""
         host = host or self.choose_host(fault, preferred)
         if host is None:
             return None
@@ -222,7 +224,7 @@ class Injector:
                     return None
                 phases = self._phases(host.name)
                 pid = host.process.pid
-                record.started = time.time()
+                record.started = time.time() if since is None else since
                 action.hit(self, host)
                 record.detail = phases
                 self.records.append(record)
@@ -488,7 +490,7 @@ def restart_while_failing(injector: Injector, fault: PlannedFault) -> None:
     if host is None:
         return
     service = injector.slot_of(host.name)
-    broken = False
+    broken_at: float | None = None  # the service is down for the agents from here (its check fails)
     record: FaultRecord | None = None
     try:
         if service is not None:
@@ -496,18 +498,23 @@ def restart_while_failing(injector: Injector, fault: PlannedFault) -> None:
             if not failing_by_itself:
                 with injector.lock:
                     set_health_fault(host, service, "malformed")
-                    broken = True
+                    broken_at = time.time()
             deadline = time.monotonic() + 8.0  # the service starts in about 1 s, then is checked
             while time.monotonic() < deadline and injector.phase_of(host.name, service) != "checking" \
                     and not injector.cancelled():
                 injector.sleep(0.1)
-        record = injector.host_fault(fault, AGENT_KILL, host=host, service=service or "")
+        record = injector.host_fault(fault, AGENT_KILL, host=host, service=service or "", since=broken_at)
         if record is not None and service is None:
             record.detail += " (no restart under way)"
-        if broken and not injector.cancelled():
+        if record is None and broken_at is not None:  # the agent was not killed: the broken health is the fault
+            record = FaultRecord(fault.kind, host.name, broken_at, None, fault.hold,
+                                 detail="health broken, agent not killed", service=service or "")
+            with injector.lock:
+                injector.records.append(record)
+        if broken_at is not None and not injector.cancelled():
             injector.sleep(fault.hold)
     finally:
-        if broken:
+        if broken_at is not None:
             with injector.lock:
                 set_health_fault(host, service or "", None)
             if record is not None:
