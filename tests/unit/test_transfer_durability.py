@@ -94,6 +94,7 @@ class FakeSwarm:
     """Stands for libtorrent: 'downloads' a verified file into the staging directory."""
 
     listen_endpoint = ("127.0.0.1", 6881)
+    running = True  # a started worker
 
     def download(self, meta: Any, staging: str, sha256: str, peers: Any, *, stall_timeout: float,
                  on_progress: Any) -> str:

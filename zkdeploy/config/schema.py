@@ -254,6 +254,9 @@ class SwarmSettings(_Strict):
     stall_timeout: float = Field(60.0, gt=0)         # no byte from any peer this long: fall back to the origin
     allow_multiple_connections_per_ip: bool = False  # true only when several agents share one address
     max_peers: int = Field(50, ge=1)                 # peers to connect to, nearest first
+    # the session runs in a worker process started when there is something to fetch or a fetcher wakes
+    # this holder, and stopped after this many seconds with no download and no peer (0: never stopped)
+    idle_stop: float = Field(60.0, ge=0)
 
 
 class Labels(BaseModel):

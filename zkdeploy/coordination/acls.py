@@ -75,6 +75,8 @@ _RULES: list[tuple[tuple[str, ...], Rule]] = [
     (("locks", "*", "queue"), Rule(RCD)), (("locks", "*", "queue", "*"), OWNED),
     (("locks", "*", "slots"), Rule(RCD)), (("locks", "*", "slots", "*"), OWNED),
     (("swarm",), Rule(RC)), (("swarm", "*"), Rule(RCD)), (("swarm", "*", "*"), OWNED),
+    # a fetcher asks a holder to seed under the holder's name; the holder removes what it read
+    (("wake",), Rule(RC)), (("wake", "*"), Rule(RCD)), (("wake", "*", "*"), OWNED),
     (("control", "undo"), Rule(RC)), (("control", "undo", "*", "*"), Rule(RW)),
     (("reports", "plans", "*"), Rule(RC)), (("reports", "plans", "*", "*"), OWNED),
     (("reports", "history"), Rule(RCD)), (("reports", "history", "*"), OWNED),

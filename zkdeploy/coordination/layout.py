@@ -19,7 +19,8 @@
     <root>/deploy/d-<seq>                   persistent-sequential  the deploy queue (DeployEntry)
     <root>/locks/<service>/queue/q-<uuid>__<seq>  ephemeral-sequential  FIFO of agents waiting to restart
     <root>/locks/<service>/slots/<node>     ephemeral   a restart in progress (proof of permission)
-    <root>/swarm/<info-hash>/<node>         ephemeral   torrent peers
+    <root>/swarm/<info-hash>/<node>         ephemeral   torrent peers (a holder whose swarm worker is stopped has none)
+    <root>/wake/<node>/w-<seq>              ephemeral-sequential  a fetcher asks a holder to seed an info-hash
     <root>/control/killswitch               persistent  present = no agent starts a new step
     <root>/reports/plans/p-<seq>            persistent-sequential  a fleet-wide dry run request
     <root>/reports/plans/p-<seq>/<node>     persistent  one node's plan (NoAction) for that request
@@ -39,6 +40,7 @@ PLAN_PREFIX = "p-"
 HISTORY_PREFIX = "h-"
 UNDO_PREFIX = "u-"
 MARK_PREFIX = "m-"
+WAKE_PREFIX = "w-"
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,10 @@ class Layout:
     def swarm_peer(self, info_hash: str, node: str) -> str:
         return self.swarm(info_hash) + "/" + check_name("node", node)
 
+    def wake(self, node: str) -> str:
+        """Where fetchers ask ``node`` to start its swarm worker and seed (docs/swarm.md)."""
+        return self._join("wake", check_name("node", node))
+
     # /control and /reports
     @property
     def control(self) -> str:
@@ -192,5 +198,5 @@ class Layout:
     def base_paths(self) -> list[str]:
         """The persistent parents that must exist before anything else is written."""
         return [self.nodes, self.current, self.down, self.members, self._join("marks"), self.pins, self.staging,
-                self.deploy, self._join("locks"), self._join("swarm"), self.control, self.reports, self.plans,
-                self.history, self._join("control", "undo")]
+                self.deploy, self._join("locks"), self._join("swarm"), self._join("wake"), self.control,
+                self.reports, self.plans, self.history, self._join("control", "undo")]

@@ -25,7 +25,14 @@ from typing import Any, TypedDict, Unpack
 
 from zkdeploy.coordination.availability import Availability, QuorumView
 from zkdeploy.coordination.credentials import Security
-from zkdeploy.coordination.layout import DEPLOY_PREFIX, HISTORY_PREFIX, MARK_PREFIX, PLAN_PREFIX, UNDO_PREFIX
+from zkdeploy.coordination.layout import (
+    DEPLOY_PREFIX,
+    HISTORY_PREFIX,
+    MARK_PREFIX,
+    PLAN_PREFIX,
+    UNDO_PREFIX,
+    WAKE_PREFIX,
+)
 from zkdeploy.coordination.session import (
     CONNECTED,
     Create,
@@ -230,6 +237,26 @@ class Store(Availability):
             if isinstance(peer, dict):
                 out[node] = peer
         return out
+
+    def wake_seeder(self, node: str, info_hash: str) -> None:
+        """Ask the holder ``node`` to start its swarm worker and seed ``info_hash`` (ephemeral: the
+        request goes with the asking session)."""
+        base = self._layout.wake(node)
+        self._ensure(base)
+        self._session.create(base + "/" + WAKE_PREFIX, info_hash.encode(), ephemeral=True, sequence=True)
+
+    def watch_wakes(self, node: str, fn: Callable[[list[str]], Any]) -> None:
+        """``fn(names)`` now and whenever the requests that ask ``node`` to seed change."""
+        self._session.watch_children(self._layout.wake(node), fn)
+
+    def take_wakes(self, node: str) -> list[str]:
+        """The info-hashes ``node`` is asked to seed, each request removed once read."""
+        base = self._layout.wake(node)
+        hashes = []
+        for name, (data, _stat) in self._get_children(base):
+            hashes.append(data.decode(errors="replace"))
+            self._delete(base + "/" + name)
+        return hashes
 
     # -- deploy queue --------------------------------------------------------
     def deploys(self, skip: Collection[str] = ()) -> list[DeployEntry]:

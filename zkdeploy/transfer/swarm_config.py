@@ -7,11 +7,12 @@ them must not load libtorrent (about 10 MB); ``zkdeploy.transfer.swarm`` is the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from zkdeploy.errors import PayloadError
+from zkdeploy.errors import IntegrityError, PayloadError
 
 Endpoint = tuple[str, int]
 PeersProvider = Callable[[], Iterable[Endpoint]]
@@ -23,6 +24,21 @@ class SwarmStalled(PayloadError):
 
 class DownloadCancelled(PayloadError):
     """The caller's cancel event was set while a download was running."""
+
+
+class SwarmLost(SwarmStalled):
+    """The swarm worker process ended (or was never running) during a transfer; fall back to the origin."""
+
+
+#: the errors a swarm worker's reply names by kind, most specific first (its parent raises the same class)
+ERROR_KINDS: dict[str, type[PayloadError]] = {
+    "SwarmLost": SwarmLost, "SwarmStalled": SwarmStalled, "DownloadCancelled": DownloadCancelled,
+    "IntegrityError": IntegrityError, "PayloadError": PayloadError,
+}
+
+
+def error_kind(exc: PayloadError) -> str:
+    return next(kind for kind, cls in ERROR_KINDS.items() if isinstance(exc, cls))
 
 
 @dataclass(frozen=True)
@@ -106,3 +122,11 @@ def closed_swarm_settings(config: SwarmConfig) -> dict[str, Any]:
 
 def format_endpoint(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def config_to_json(config: SwarmConfig) -> dict[str, Any]:
+    """The plain fields of a SwarmConfig, for a swarm worker's command line (``free_space`` is a
+    test seam and stays in the agent)."""
+    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "free_space"}
+    out["extra_settings"] = dict(config.extra_settings)
+    return out

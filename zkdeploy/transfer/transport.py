@@ -12,9 +12,11 @@ directory after), and the agent keeps seeding what it holds.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,14 +30,15 @@ from zkdeploy.fsutil import fsync_dir, fsync_file
 from zkdeploy.model import Release
 from zkdeploy.transfer.fetch import fetch
 from zkdeploy.transfer.swarm_config import SwarmConfig, SwarmStalled, TransferStatus
+from zkdeploy.transfer.swarm_process import SwarmProcess
 
-if TYPE_CHECKING:  # libtorrent (about 10 MB) is imported only by an agent whose swarm is enabled
-    from zkdeploy.transfer.swarm import SwarmSession
+if TYPE_CHECKING:  # libtorrent (about 10 MB) is loaded only by the swarm worker process
     from zkdeploy.transfer.torrent import TorrentMeta
 
 log = logging.getLogger(__name__)
 
 TORRENT_BLOB = "torrent"
+WAKE_HOLDERS = 3  # holders a fetcher wakes when none is seeding: enough to share the upload, not a herd
 
 
 class PayloadCounter(Protocol):
@@ -57,34 +60,64 @@ def peer_order(peers: dict[str, dict[str, Any]], me: str, rack: str | None, dc: 
     return [(p["address"], int(p["port"])) for _, p in ordered[:limit]]
 
 
+def wake_order(holders: list[str], me: str) -> list[str]:
+    """The holders a fetcher wakes first: a rendezvous hash of (fetcher, holder), so fetchers that
+    arrive together wake different holders and each holder is woken by few of them."""
+    return sorted(holders, key=lambda h: hashlib.sha256(f"{me}/{h}".encode()).digest())
+
+
+def _check_port_free(address: str, port: int) -> None:
+    """PayloadError if the swarm's ``port`` cannot be bound on ``address`` (checked once at start, so
+    a misconfigured agent says so then, not at its first fetch)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            raise PayloadError(f"the swarm cannot listen on {address}:{port}: {exc.strerror or exc} "
+                               "(swarm.listen_port)") from None
+
+
 class Transport:
-    """Fetches and seeds payloads for one agent."""
+    """Fetches and seeds payloads for one agent.
+
+    The swarm session runs in a worker process (``SwarmProcess``) that is started when this node
+    fetches a payload or a fetcher wakes it, and stopped when the worker has been idle for
+    ``swarm.idle_stop`` seconds.  While it runs, every payload this node holds is seeded and
+    announced in the tracker; while it is stopped, the node is still a holder
+    (``staging/<s>/<v>/holders``) but has no tracker entry, and a fetcher that finds no complete
+    peer wakes a few holders (``Store.wake_seeder``) instead of going to the origin.
+    """
 
     def __init__(self, config: AgentConfig, origin_timeout: float = 30.0,
-                 metrics: PayloadCounter | None = None) -> None:
+                 metrics: PayloadCounter | None = None, idle_stop: float | None = None) -> None:
         self.config = config
         self.metrics = metrics  # payload bytes by source, when the agent counts them
         self.node = config.node
         self.data_dir = Path(config.data_dir)
         self.origin_timeout = origin_timeout
+        self.idle_stop = config.swarm.idle_stop if idle_stop is None else idle_stop
         self.store: Store | None = None
-        self.session: SwarmSession | None = None
-        self._seeding: dict[str, TorrentMeta] = {}
-        self._lock = threading.Lock()
+        self.session: SwarmProcess | None = None
+        self._seeding: dict[str, tuple[TorrentMeta, Path]] = {}
+        self._fetching = 0
+        self._lock = threading.RLock()
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
-        """Start the swarm session (if enabled); PayloadError if it cannot listen."""
+        """Get the swarm ready (if enabled): the worker starts when first needed.  PayloadError now
+        if its port is taken, rather than at the first fetch."""
         settings = self.config.swarm
         if not settings.enabled:
             return
-        from zkdeploy.transfer.swarm import SwarmSession
-
-        self.session = SwarmSession(SwarmConfig(
+        if settings.listen_port:
+            _check_port_free(self.config.address, settings.listen_port)
+        self.session = SwarmProcess(SwarmConfig(
             listen_ip=self.config.address, listen_port=settings.listen_port,
             upload_rate_limit=settings.upload_rate_limit, download_rate_limit=settings.download_rate_limit,
-            allow_multiple_connections_per_ip=settings.allow_multiple_connections_per_ip))
-        self.session.start()
+            allow_multiple_connections_per_ip=settings.allow_multiple_connections_per_ip),
+            idle_stop=self.idle_stop, node=self.node, on_idle=self._idle, on_exit=self._worker_exited)
 
     def close(self) -> None:
         if self.session is not None:
@@ -93,10 +126,81 @@ class Transport:
 
     def attach(self, store: Store) -> None:
         self.store = store
+        if self.session is not None:
+            store.watch_wakes(self.node, self._woken)
+
+    # -- the swarm worker -----------------------------------------------------------
+    def _live(self) -> SwarmProcess:
+        """The running worker, started now if it is not (then seeding all this node holds and
+        announcing it); PayloadError if it cannot start."""
+        with self._lock:
+            if self.session is None:
+                raise PayloadError("the swarm is closed or disabled")
+            if self.session.running:
+                return self.session
+            self.session.start()
+            for meta, path in list(self._seeding.values()):
+                self._seed_in_worker(meta, path)
+            return self.session
+
+    def _seed_in_worker(self, meta: TorrentMeta, path: Path) -> None:
+        assert self.session is not None
+        try:
+            self.session.seed(meta, str(path))
+        except PayloadError as exc:
+            log.warning("cannot seed %s: %s", path, exc)
+            self._seeding.pop(meta.info_hash, None)
+            return
+        self._announce(meta, complete=True)
+
+    def _woken(self, requests: list[str]) -> None:
+        """A fetcher asked this holder to seed: start the worker if it holds what is asked."""
+        if not requests or self.store is None:
+            return
+        threading.Thread(target=self._answer_wakes, name="swarm-wake", daemon=True).start()
+
+    def _answer_wakes(self) -> None:
+        store = self.store
+        if store is None:
+            return
+        try:
+            asked = store.take_wakes(self.node)
+        except CoordinationError as exc:
+            log.warning("reading the requests to seed: %s", exc)
+            return
+        with self._lock:
+            held = [h for h in asked if h in self._seeding]
+            if not held or self.session is None:
+                return
+            if self.session.running:
+                return
+            log.info("a fetcher asked for %s: starting the swarm worker to seed", ", ".join(sorted(set(held))))
+            try:
+                self._live()
+            except PayloadError as exc:
+                log.error("cannot start the swarm worker to seed: %s", exc)
+
+    def _idle(self) -> None:
+        """The worker has had no download and no peer for ``idle_stop`` seconds: stop it (holders
+        stay; their tracker entries go, so a fetcher knows to wake them)."""
+        with self._lock:
+            if self._fetching or self.session is None or not self.session.running:
+                return
+            for info_hash in list(self._seeding):
+                self._unannounce(info_hash)
+            log.info("swarm idle for %gs: stopping its worker (%d payloads held, seeded again on request)",
+                     self.idle_stop, len(self._seeding))
+            self.session.close()
+
+    def _worker_exited(self, code: int | None) -> None:
+        """The worker died on its own: this node no longer listens, so it must not say it does."""
+        with self._lock:
+            for info_hash in list(self._seeding):
+                self._unannounce(info_hash)
 
     # -- the tracker -----------------------------------------------------------
     def _announce(self, meta: TorrentMeta, complete: bool, status: TransferStatus | None = None) -> None:
-        if self.store is None or self.session is None:
+        if self.store is None or self.session is None or not self.session.running:
             return
         address, port = self.session.listen_endpoint
         labels = self.config.labels
@@ -109,8 +213,17 @@ class Transport:
         except CoordinationError as exc:
             log.warning("could not announce %s in the tracker: %s", meta.info_hash, exc)
 
+    def _unannounce(self, info_hash: str) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.unregister_peer(info_hash, self.node)
+        except CoordinationError as exc:
+            log.warning("could not withdraw %s from the tracker: %s", info_hash, exc)
+
     def reseed(self, release: Release, payload: Path) -> None:
-        """At start: seed a payload this host already holds, and drop its finished download area."""
+        """At start: seed a payload this host already holds (when the worker runs, or is woken), and
+        drop its finished download area."""
         if self.session is None:
             return  # the swarm is disabled: nothing to seed
         try:
@@ -123,16 +236,18 @@ class Transport:
             shutil.rmtree(self.staging_dir(payload), ignore_errors=True)
 
     def reannounce(self) -> None:
-        """After a new ZooKeeper session: announce every payload this node seeds again."""
-        for meta in list(self._seeding.values()):
-            self._announce(meta, complete=True)
+        """After a new ZooKeeper session: announce every payload this node seeds again (when its
+        worker runs; a stopped worker's payloads are found through the holders)."""
+        with self._lock:
+            for meta, _ in list(self._seeding.values()):
+                self._announce(meta, complete=True)
 
-    def _swarm(self) -> tuple[Store, SwarmSession]:
-        """The store and session a swarm fetch uses (both set whenever a release has metainfo here);
-        PayloadError once the transport is closed."""
+    def _swarm(self) -> tuple[Store, SwarmProcess]:
+        """The store and running worker a swarm fetch uses; PayloadError once the transport is
+        closed or the worker cannot start."""
         if self.store is None or self.session is None:
             raise PayloadError("the swarm is closed or not attached to ZooKeeper")
-        return self.store, self.session
+        return self.store, self._live()
 
     def _peers_provider(self, meta: TorrentMeta) -> Callable[[], list[tuple[str, int]]]:
         """Peers for libtorrent, re-read from ZooKeeper only after the membership watch fired."""
@@ -145,7 +260,7 @@ class Transport:
             nonlocal stale
             stale = True
             if self.session is not None:
-                threading.Thread(target=self.session.notify_peers_changed, daemon=True).start()
+                self.session.notify_peers_changed()
 
         def provide() -> list[tuple[str, int]]:
             nonlocal stale, known
@@ -160,17 +275,28 @@ class Transport:
             return known
         return provide
 
-    def _goes_to_source(self, meta: TorrentMeta) -> bool:
-        """True when no peer holds the whole payload and this node is the one elected to fetch
-        it from the origin (the first announced peer by name); the others wait for it in the swarm,
-        so the origin serves one copy instead of one per host."""
+    def _goes_to_source(self, release: Release, meta: TorrentMeta) -> bool:
+        """True when no node holds the whole payload and this node is the one elected to fetch it
+        from the origin (the first announced peer by name); the others wait for it in the swarm,
+        so the origin serves one copy instead of one per host.  When holders exist but none is
+        seeding (their workers stopped while idle), a few of them are woken instead."""
         store, _ = self._swarm()
         time.sleep(0.5)  # let the nodes that saw the release at the same moment announce themselves
         try:
             peers = store.peers(meta.info_hash)
+            if any(p.get("complete") for p in peers.values()):
+                return False
+            dormant = [h for h in store.holders(release.service, release.version) if h != self.node]
         except CoordinationError:
             return False
-        if any(p.get("complete") for p in peers.values()):
+        if dormant:
+            for holder in wake_order(dormant, self.node)[:WAKE_HOLDERS]:
+                try:
+                    store.wake_seeder(holder, meta.info_hash)
+                except CoordinationError as exc:
+                    log.warning("could not wake %s to seed %s: %s", holder, meta.info_hash, exc)
+            log.info("%s@%s: waking %d of %d holders to seed it", release.service, release.version,
+                     min(WAKE_HOLDERS, len(dormant)), len(dormant))
             return False
         return min(peers, default=self.node) == self.node
 
@@ -197,29 +323,48 @@ class Transport:
     def fetch(self, release: Release, dest: Path) -> Path:
         """Put the verified payload of ``release`` at ``dest``: from the swarm, else from the origin."""
         meta = self.metainfo(release) if self.session is not None else None
-        if meta is not None:
-            self._announce(meta, complete=False)
-            if self._goes_to_source(meta):
-                log.info("%s@%s: no peer holds the payload yet; this node fetches it from the origin for the swarm",
-                         release.service, release.version)
-            else:
-                try:
-                    got = self._swarm_fetch(release, meta, Path(dest))
-                    if self.metrics is not None:
-                        self.metrics.payload_fetched("swarm", meta.size)
+        with self._lock:
+            self._fetching += 1
+        try:
+            if meta is not None:
+                got = self._fetch_from_swarm(release, meta, Path(dest))
+                if got is not None:
                     return got
-                except SwarmStalled as exc:
-                    log.warning("%s@%s: %s; falling back to the origin %s", release.service, release.version,
-                                exc, release.origin)
-        log.info("%s@%s: fetching %d bytes from origin %s", release.service, release.version,
-                 release.size, release.origin)
-        path = fetch(release.origin, dest, release.sha256, release.size, timeout=self.origin_timeout)
-        if self.metrics is not None:
-            self.metrics.payload_fetched("origin", release.size)
-        if meta is not None:
-            self.seed(meta, path)
-        return path
+            log.info("%s@%s: fetching %d bytes from origin %s", release.service, release.version,
+                     release.size, release.origin)
+            path = fetch(release.origin, dest, release.sha256, release.size, timeout=self.origin_timeout)
+            if self.metrics is not None:
+                self.metrics.payload_fetched("origin", release.size)
+            if meta is not None:
+                self.seed(meta, path)
+            return path
+        finally:
+            with self._lock:
+                self._fetching -= 1
 
+    def _fetch_from_swarm(self, release: Release, meta: TorrentMeta, dest: Path) -> Path | None:
+        """The payload from the swarm; None when this node should go to the origin (elected, the
+        swarm stalled, or its worker could not run)."""
+        try:
+            self._live()
+        except PayloadError as exc:
+            log.error("%s@%s: the swarm is unavailable (%s); fetching from the origin", release.service,
+                      release.version, exc)
+            return None
+        self._announce(meta, complete=False)
+        if self._goes_to_source(release, meta):
+            log.info("%s@%s: no peer holds the payload yet; this node fetches it from the origin for the swarm",
+                     release.service, release.version)
+            return None
+        try:
+            got = self._swarm_fetch(release, meta, dest)
+        except SwarmStalled as exc:
+            log.warning("%s@%s: %s; falling back to the origin %s", release.service, release.version,
+                        exc, release.origin)
+            return None
+        if self.metrics is not None:
+            self.metrics.payload_fetched("swarm", meta.size)
+        return got
     def staging_dir(self, dest: Path) -> Path:
         return dest.parent / f".swarm-{dest.stem}"
 
@@ -252,34 +397,30 @@ class Transport:
             raise PayloadError(f"{release.service}@{release.version}: cannot put the downloaded payload at "
                                f"{dest}: {exc.strerror or exc}") from None
         with self._lock:
-            self._seeding[meta.info_hash] = meta
+            self._seeding[meta.info_hash] = (meta, dest)
         self._announce(meta, complete=True)
         log.info("%s@%s: %d bytes from the swarm, sha256 verified", release.service, release.version, meta.size)
         return dest
 
     # -- seeding -----------------------------------------------------------------------
     def seed(self, meta: TorrentMeta, path: Path) -> None:
-        """Seed a payload this host holds (after an origin fetch, or at agent start)."""
+        """Seed a payload this host holds (after an origin fetch, or at agent start): now if the
+        worker runs, else when it next starts."""
         if self.session is None:
             return
-        try:
-            self.session.seed(meta, str(path))
-        except PayloadError as exc:
-            log.warning("cannot seed %s: %s", path, exc)
-            return
         with self._lock:
-            self._seeding[meta.info_hash] = meta
-        self._announce(meta, complete=True)
+            self._seeding[meta.info_hash] = (meta, Path(path))
+            if self.session.running:
+                self._seed_in_worker(meta, Path(path))
 
     def forget(self, release: Release, dest: Path) -> None:
         """Stop seeding a removed release and drop its swarm staging area."""
         if release.info_hash and self.session is not None:
-            self.session.stop_seeding(release.info_hash)
             with self._lock:
                 self._seeding.pop(release.info_hash, None)
-            if self.store is not None:
                 try:
-                    self.store.unregister_peer(release.info_hash, self.node)
-                except CoordinationError:
-                    pass
+                    self.session.stop_seeding(release.info_hash)
+                except PayloadError as exc:
+                    log.warning("could not stop seeding %s: %s", release.info_hash, exc)
+                self._unannounce(release.info_hash)
         shutil.rmtree(self.staging_dir(dest), ignore_errors=True)
