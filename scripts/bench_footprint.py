@@ -4,12 +4,15 @@
 Two real agent daemons (``python -m zkdeploy agent``) on a private ZooKeeper,
 side by side in the same run: node01 with the swarm enabled (the default),
 node02 with ``swarm: {enabled: false}``.  Both run the demo service, which
-is deployed once (so each holds a release, and node01 seeds it); then both
-sit idle and are measured over the same ``--seconds``: resident memory
-(VmRSS of the agent process, its service not included) at the end, and CPU
-(user + system time of the agent process) over the window as a share of one
-core.  For scale, the resident memory of a bare interpreter and of the
-agent's imports is printed beside them.
+is deployed once (so each holds a release, and node01's swarm worker seeds
+it).  Right after the deploy node01's agent and its swarm worker process are
+measured while the worker still runs; then both agents sit idle (``--settle``
+covers the default ``swarm.idle_stop`` of 60 s, after which node01's worker
+stops) and are measured over the same ``--seconds``: resident memory (VmRSS
+of the agent process plus its swarm worker if one runs, its service not
+included) at the end, and CPU (user + system time of the same processes)
+over the window as a share of one core.  For scale, the resident memory of a
+bare interpreter and of the agent's imports is printed beside them.
 
 Last line: agent_rss_mb=<m> agent_cpu_pct=<c> (the swarm-enabled agent, the default)
 """
@@ -53,6 +56,24 @@ def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def swarm_workers(pid: int) -> list[int]:
+    """The swarm worker processes among ``pid``'s children (not its services)."""
+    out = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"zkdeploy.transfer.worker" in cmdline:
+            out.append(int(child))
+    return out
+
+
+def agent_processes(pid: int) -> list[int]:
+    """The agent and its swarm worker, if one runs."""
+    return [pid, *swarm_workers(pid)]
+
+
 def import_rss(code: str) -> float:
     """Resident memory of a fresh interpreter after running ``code``."""
     proc = subprocess.Popen([sys.executable, "-c", code + "\nimport sys, time\nprint('ready', flush=True)\n"
@@ -69,7 +90,8 @@ def import_rss(code: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0, help="idle window measured")
-    parser.add_argument("--settle", type=float, default=10.0, help="idle seconds before the window")
+    parser.add_argument("--settle", type=float, default=75.0,
+                        help="idle seconds before the window (the default swarm.idle_stop is 60 s)")
     args = parser.parse_args()
     services = [DemoService("app", quorum=1)]
     with tempfile.TemporaryDirectory(prefix="zkdeploy-footprint-") as tmp, ZkCluster() as zk:
@@ -92,14 +114,20 @@ def main() -> int:
             fleet.cli("stage", "app", "1", str(fleet.payload("app", "1")))
             out = fleet.cli("deploy", "app@1", "--json").stdout
             wait_deploys(store, [q["name"] for q in json.loads(out)["queued"]], 300)
-            time.sleep(args.settle)
             pids = {h.name: h.process.pid for h in fleet.hosts if h.process is not None}
-            before = {n: cpu_seconds(p) for n, p in pids.items()}
+            busy = {"agent": rss_mb(pids["node01"]),
+                    "workers": sum(rss_mb(w) for w in swarm_workers(pids["node01"])),
+                    "count": len(swarm_workers(pids["node01"]))}
+            time.sleep(args.settle)
+            procs = {n: agent_processes(p) for n, p in pids.items()}
+            before = {n: sum(cpu_seconds(p) for p in ps) for n, ps in procs.items()}
             started = time.monotonic()
             time.sleep(args.seconds)
             elapsed = time.monotonic() - started
-            cpu = {n: (cpu_seconds(p) - before[n]) / elapsed * 100 for n, p in pids.items()}
-            rss = {n: rss_mb(p) for n, p in pids.items()}
+            procs = {n: [p for p in ps if Path(f"/proc/{p}").exists()] for n, ps in procs.items()}
+            cpu = {n: (sum(cpu_seconds(p) for p in ps) - before[n]) / elapsed * 100 for n, ps in procs.items()}
+            rss = {n: sum(rss_mb(p) for p in agent_processes(pids[n])) for n in pids}
+            workers = {n: len(swarm_workers(pids[n])) for n in pids}
             nthreads = {n: threads(p) for n, p in pids.items()}
         finally:
             fleet.stop()
@@ -111,14 +139,17 @@ def main() -> int:
         "the config models (zkdeploy.config.schema)": import_rss("import zkdeploy.config.schema"),
         "the agent's modules (zkdeploy.agent.daemon; libtorrent only with the swarm)": import_rss(
             "import zkdeploy.agent.daemon"),
-        "libtorrent": import_rss("import libtorrent"),
+        "libtorrent (only in the swarm worker)": import_rss("import libtorrent"),
+        "the swarm worker (zkdeploy.transfer.worker)": import_rss("import zkdeploy.transfer.worker"),
         "the CLI entry point (zkdeploy.cli.main)": import_rss("import zkdeploy.cli.main"),
     }
     print(f"idle window {args.seconds:g}s after a deploy and {args.settle:g}s settling; the daemon's default "
           "cycle_interval and monitor_interval")
-    print(f"{'agent':<34}{'RSS MB':>10}{'CPU % of a core':>18}{'threads':>10}")
+    print(f"right after the deploy, node01 (swarm enabled) {busy['agent']:.1f} MB RSS plus "
+          f"{busy['count']} running swarm worker(s) {busy['workers']:.1f} MB")
+    print(f"{'agent (idle)':<34}{'RSS MB':>10}{'CPU % of a core':>18}{'threads':>10}{'swarm workers':>15}")
     for name, label in (("node01", "swarm enabled (default)"), ("node02", "swarm disabled")):
-        print(f"{label:<34}{rss[name]:>10.1f}{cpu[name]:>18.2f}{nthreads[name]:>10}")
+        print(f"{label:<34}{rss[name]:>10.1f}{cpu[name]:>18.2f}{nthreads[name]:>10}{workers[name]:>15}")
     print(f"bare interpreter: {bare:.1f} MB RSS; after importing (each alone):")
     for what, mb in imports.items():
         print(f"  {mb:6.1f} MB  {what}")

@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -21,6 +22,7 @@ from tests.integration.test_transport import payload, stage
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.errors import PayloadError
 from zkdeploy.testing.zkserver import free_port
+from zkdeploy.transfer import transport as transport_module
 from zkdeploy.transfer.swarm_config import SwarmConfig, SwarmLost
 from zkdeploy.transfer.swarm_process import SwarmProcess
 from zkdeploy.transfer.torrent import make_torrent
@@ -146,6 +148,9 @@ def test_a_taken_swarm_port_is_refused_when_the_agent_starts(tmp_path, zk_hosts,
             "swarm": {"listen_port": taken.getsockname()[1]},
         })
         with pytest.raises(PayloadError, match=r"cannot listen on 127\.0\.0\.1:\d+: .*swarm\.listen_port"):
+            transport_module._check_port_free("127.0.0.1", taken.getsockname()[1], wait=1.0)
+        with pytest.raises(PayloadError, match=r"swarm\.listen_port"), \
+                mock.patch.object(transport_module, "PORT_WAIT_SECONDS", 0.5):
             Transport(config).start()
 
 

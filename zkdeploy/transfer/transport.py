@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # libtorrent (about 10 MB) is loaded only by the swarm worker
 log = logging.getLogger(__name__)
 
 TORRENT_BLOB = "torrent"
+PORT_WAIT_SECONDS = 15.0  # for the port of a previous life's worker, still closing, to be free
 WAKE_HOLDERS = 3  # holders a fetcher wakes when none is seeding: enough to share the upload, not a herd
 
 
@@ -66,17 +67,23 @@ def wake_order(holders: list[str], me: str) -> list[str]:
     return sorted(holders, key=lambda h: hashlib.sha256(f"{me}/{h}".encode()).digest())
 
 
-def _check_port_free(address: str, port: int) -> None:
-    """PayloadError if the swarm's ``port`` cannot be bound on ``address`` (checked once at start, so
-    a misconfigured agent says so then, not at its first fetch)."""
+def _check_port_free(address: str, port: int, wait: float | None = None) -> None:
+    """PayloadError if the swarm's ``port`` cannot be bound on ``address`` (checked at start, so a
+    misconfigured agent says so then, not at its first fetch).  Tried for ``wait`` seconds: the
+    worker of this agent's previous life may still be closing its session."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError as exc:
-            raise PayloadError(f"the swarm cannot listen on {address}:{port}: {exc.strerror or exc} "
-                               "(swarm.listen_port)") from None
+    deadline = time.monotonic() + (PORT_WAIT_SECONDS if wait is None else wait)
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address, port))
+                return
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise PayloadError(f"the swarm cannot listen on {address}:{port}: {exc.strerror or exc} "
+                                       "(swarm.listen_port)") from None
+        time.sleep(0.5)
 
 
 class Transport:
