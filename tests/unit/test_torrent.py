@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import libtorrent as lt
 import pytest
 
 from zkdeploy.errors import PayloadError
-from zkdeploy.transfer.torrent import MAX_METAINFO_BYTES, GiB, KiB, MiB, choose_piece_size, load_metainfo, make_torrent
+from zkdeploy.transfer.metainfo import MAX_METAINFO_BYTES, GiB, KiB, MiB, load_metainfo
+from zkdeploy.transfer.torrent import choose_piece_size, make_torrent
 
 
 @pytest.mark.parametrize("size, piece", [
@@ -140,3 +143,31 @@ def test_closed_swarm_settings_keep_the_swarm_closed() -> None:
     assert s["upload_rate_limit"] == 1000 and s["download_rate_limit"] == 0
     assert closed_swarm_settings(SwarmConfig(listen_ip="::1", listen_port=0))[
         "listen_interfaces"] == "[::1]:0"
+
+
+def test_metainfo_is_read_without_libtorrent_as_libtorrent_reads_it(payload: Path) -> None:
+    """The agent reads staged metainfo without loading libtorrent (only its swarm worker does)."""
+    meta = make_torrent(payload)
+    ti = lt.torrent_info(meta.metainfo)
+    assert meta.info_hash == str(ti.info_hashes().v1)
+    assert (meta.name, meta.size, meta.piece_size, meta.num_pieces) == (
+        ti.name(), ti.total_size(), ti.piece_length(), ti.num_pieces())
+    code = ("import sys; from zkdeploy.transfer.transport import Transport; "
+            "from zkdeploy.transfer.metainfo import load_metainfo; "
+            f"m = load_metainfo(open({str(payload) + '.torrent'!r}, 'rb').read()); "
+            "print(m.info_hash, 'libtorrent' in sys.modules)")
+    Path(str(payload) + ".torrent").write_bytes(meta.metainfo)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [meta.info_hash, "False"]
+
+
+@pytest.mark.parametrize("mangle, why", [
+    (lambda b: b.replace(b"6:lengthi", b"6:lengthi-"), "empty payload"),
+    (lambda b: b.replace(b"12:piece lengthi", b"12:piece lengthi9"), "piece table"),
+    (lambda b: b + b"x", "after its end"),
+    (lambda b: b"d4:infod" * 40 + b"e" * 80, "nested too deeply"),
+    (lambda b: b.replace(b"4:name", b"4:namX"), "unsafe"),
+])
+def test_load_metainfo_says_what_is_wrong(payload: Path, mangle, why: str) -> None:
+    with pytest.raises(PayloadError, match=why):
+        load_metainfo(mangle(make_torrent(payload).metainfo))

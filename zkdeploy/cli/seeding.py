@@ -20,9 +20,9 @@ from zkdeploy.coordination import Store
 from zkdeploy.errors import ConfigError, PayloadError
 from zkdeploy.model import Release
 from zkdeploy.names import check_name
+from zkdeploy.transfer.metainfo import TorrentMeta
 from zkdeploy.transfer.swarm import SwarmSession
 from zkdeploy.transfer.swarm_config import SwarmConfig
-from zkdeploy.transfer.torrent import TorrentMeta
 
 log = logging.getLogger(__name__)
 

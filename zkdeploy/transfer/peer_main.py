@@ -25,9 +25,9 @@ import time
 from typing import Any
 
 from zkdeploy.errors import ZkdeployError
+from zkdeploy.transfer.metainfo import load_metainfo
 from zkdeploy.transfer.swarm import SwarmSession
 from zkdeploy.transfer.swarm_config import Endpoint, SwarmConfig, TransferStatus
-from zkdeploy.transfer.torrent import load_metainfo
 
 
 def _emit(event: str, **fields: Any) -> None:

@@ -30,6 +30,7 @@ import libtorrent as lt
 from zkdeploy.errors import IntegrityError, PayloadError
 from zkdeploy.fsutil import write_durably
 from zkdeploy.transfer.fetch import payload_digest
+from zkdeploy.transfer.metainfo import MiB, TorrentMeta, normalize_sha256
 from zkdeploy.transfer.swarm_config import (
     DownloadCancelled,
     Endpoint,
@@ -40,7 +41,6 @@ from zkdeploy.transfer.swarm_config import (
     closed_swarm_settings,
     format_endpoint,
 )
-from zkdeploy.transfer.torrent import MiB, TorrentMeta, normalize_sha256
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ class SwarmConfig:
     upload_rate_limit: int = 0
     download_rate_limit: int = 0
     allow_multiple_connections_per_ip: bool = False
-    disk_margin_bytes: int = 64 << 20  # 64 MiB (zkdeploy.transfer.torrent, which loads libtorrent, has MiB)
+    disk_margin_bytes: int = 64 << 20  # 64 MiB (as zkdeploy.transfer.metainfo.MiB)
     free_space: Callable[[str], int] | None = None
     peer_refresh_interval: float = 2.0
     resume_save_interval: float = 10.0

@@ -20,9 +20,10 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from zkdeploy.errors import PayloadError
+from zkdeploy.transfer.metainfo import TorrentMeta
 from zkdeploy.transfer.swarm_config import (
     ERROR_KINDS,
     Endpoint,
@@ -32,9 +33,6 @@ from zkdeploy.transfer.swarm_config import (
     TransferStatus,
     config_to_json,
 )
-
-if TYPE_CHECKING:  # the agent never loads libtorrent: the worker does
-    from zkdeploy.transfer.torrent import TorrentMeta
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
@@ -29,11 +29,9 @@ from zkdeploy.errors import CoordinationError, PayloadError
 from zkdeploy.fsutil import fsync_dir, fsync_file
 from zkdeploy.model import Release
 from zkdeploy.transfer.fetch import fetch
+from zkdeploy.transfer.metainfo import TorrentMeta, load_metainfo
 from zkdeploy.transfer.swarm_config import SwarmConfig, SwarmStalled, TransferStatus
 from zkdeploy.transfer.swarm_process import SwarmProcess
-
-if TYPE_CHECKING:  # libtorrent (about 10 MB) is loaded only by the swarm worker process
-    from zkdeploy.transfer.torrent import TorrentMeta
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +310,6 @@ class Transport:
         """The release's torrent from ZooKeeper, validated; None if it was staged without one."""
         if not release.info_hash or self.store is None:
             return None
-        from zkdeploy.transfer.torrent import load_metainfo
-
         blob = self.store.release_blob(release.service, release.version, TORRENT_BLOB)
         if blob is None:
             raise PayloadError(f"{release.service}@{release.version}: the torrent metainfo is missing from ZooKeeper")

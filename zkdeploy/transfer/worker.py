@@ -33,9 +33,9 @@ import time
 from typing import Any
 
 from zkdeploy.errors import PayloadError
+from zkdeploy.transfer.metainfo import TorrentMeta, load_metainfo
 from zkdeploy.transfer.swarm import SwarmSession
 from zkdeploy.transfer.swarm_config import Endpoint, SwarmConfig, TransferStatus, error_kind
-from zkdeploy.transfer.torrent import TorrentMeta, load_metainfo
 
 log = logging.getLogger("zkdeploy.transfer.worker")
 
