@@ -59,7 +59,9 @@ def threads(pid: int) -> int:
 def swarm_workers(pid: int) -> list[int]:
     """The swarm worker processes among ``pid``'s children (not its services)."""
     out = []
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+    children = {c for task in Path(f"/proc/{pid}/task").iterdir()  # each thread's children (any may spawn)
+                for c in (task / "children").read_text().split()}
+    for child in sorted(children):
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         except FileNotFoundError:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from zkdeploy.errors import IntegrityError, PayloadError
-from zkdeploy.transfer.fetch import copy_verified, fetch, payload_digest
+from zkdeploy.transfer.fetch import copy_verified, fetch
+from zkdeploy.transfer.metainfo import payload_digest
 from zkdeploy.transfer.unpack import check_archive, unpack
 
 PAYLOAD = b"release payload\n" * 4096

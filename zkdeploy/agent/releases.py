@@ -28,7 +28,7 @@ from zkdeploy.hostlayout import HostLayout
 from zkdeploy.journal import NOOP, Action
 from zkdeploy.model import Release
 from zkdeploy.names import check_name
-from zkdeploy.transfer.fetch import payload_digest
+from zkdeploy.transfer.metainfo import payload_digest
 from zkdeploy.transfer.unpack import UNPACK_PREFIX, unpack
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from zkdeploy.errors import ConfigError, ConflictError, PayloadError
 from zkdeploy.model import Release
 from zkdeploy.names import check_name
 from zkdeploy.signing import SIGNATURE_BLOB, load_private
-from zkdeploy.transfer.fetch import is_url, open_origin, payload_digest
+from zkdeploy.transfer.fetch import is_url, open_origin
+from zkdeploy.transfer.metainfo import payload_digest
 from zkdeploy.transfer.torrent import make_torrent
 from zkdeploy.transfer.transport import TORRENT_BLOB
 from zkdeploy.transfer.unpack import check_archive

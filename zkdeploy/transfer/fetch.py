@@ -19,17 +19,10 @@ from urllib.parse import urlparse
 
 from zkdeploy import fsutil
 from zkdeploy.errors import IntegrityError, PayloadError
-from zkdeploy.fsutil import CHUNK, FileDigest
+from zkdeploy.fsutil import CHUNK
+from zkdeploy.transfer.metainfo import payload_digest
 
 log = logging.getLogger(__name__)
-
-
-def payload_digest(path: str | Path) -> FileDigest:
-    """SHA-256 and size of a payload file; PayloadError (exit 5) when it cannot be read."""
-    try:
-        return fsutil.sha256_file(path)
-    except OSError as exc:
-        raise PayloadError(f"cannot read payload {path}: {exc.strerror or exc}") from None
 
 
 def is_url(origin: str) -> bool:

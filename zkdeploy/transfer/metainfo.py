@@ -1,4 +1,4 @@
-"""A payload's torrent metainfo, read and checked without libtorrent.
+"""A payload's torrent metainfo, read and checked without libtorrent, and the payload's digest.
 
 The agent reads the metainfo staged in ZooKeeper before it starts a swarm worker (and whether or
 not it ever does), so this module must not load libtorrent (about 10 MB):
@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+from zkdeploy import fsutil
 from zkdeploy.errors import PayloadError
 
 KiB = 1 << 10
@@ -58,6 +60,14 @@ def normalize_sha256(value: str) -> str:
     if not _SHA256_HEX.match(v):
         raise PayloadError(f"not a SHA-256 hex digest: {value!r}")
     return v
+
+
+def payload_digest(path: str | Path) -> fsutil.FileDigest:
+    """SHA-256 and size of a payload file; PayloadError (exit 5) when it cannot be read."""
+    try:
+        return fsutil.sha256_file(path)
+    except OSError as exc:
+        raise PayloadError(f"cannot read payload {path}: {exc.strerror or exc}") from None
 
 
 def load_metainfo(data: bytes, sha256: str | None = None) -> TorrentMeta:

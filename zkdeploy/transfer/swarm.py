@@ -29,8 +29,7 @@ import libtorrent as lt
 
 from zkdeploy.errors import IntegrityError, PayloadError
 from zkdeploy.fsutil import write_durably
-from zkdeploy.transfer.fetch import payload_digest
-from zkdeploy.transfer.metainfo import MiB, TorrentMeta, normalize_sha256
+from zkdeploy.transfer.metainfo import MiB, TorrentMeta, normalize_sha256, payload_digest
 from zkdeploy.transfer.swarm_config import (
     DownloadCancelled,
     Endpoint,
