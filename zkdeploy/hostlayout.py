@@ -4,6 +4,8 @@
 
     <data>/state/journal.db                      the change journal (SQLite, WAL)
     <data>/state/agent.lock                      held (flock) by the one agent of this data directory
+    <data>/state/held/<service>.json             present while the service is held out (a scenario check
+                                                 failed): until its next restart or an operator's undo
     <data>/payloads/<service>/<version>.payload  verified payload (kept for seeding)
     <data>/releases/<service>/<version>/         unpacked release
     <data>/current/<service> -> ../releases/<service>/<version>   the live release (atomic symlink)
@@ -41,6 +43,9 @@ class HostLayout:
     @property
     def lockfile(self) -> Path:
         return self.state / "agent.lock"
+
+    def held(self, service: str) -> Path:
+        return self.state / "held" / f"{check_name('service', service)}.json"
 
     def releases(self, service: str) -> Path:
         return self.data_dir / "releases" / check_name("service", service)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from zkdeploy.config.scenario import Scenario
-from zkdeploy.model import DONE, FAILED, HALTED
+from zkdeploy.model import DONE, FAILED, HALTED, ONLINE
 from zkdeploy.testing.simfleet import SimFleet
 
 SCENARIO = Scenario.model_validate({
@@ -65,5 +67,41 @@ def test_a_failed_check_holds_the_host_before_its_service_is_touched_and_halts_t
         n2 = fleet.operator.current("db")["n2"]
         assert n2.state == FAILED and n2.detail.startswith("held:")  # keeps counting against the quorum
         assert "n2" not in fleet.online("db")
+    finally:
+        fleet.close()
+
+
+def test_a_held_host_stays_held_across_an_agent_restart() -> None:
+    """The hold is the operator's to lift (an undo or the next restart): a restarted agent (a crash,
+    an upgrade) neither undoes the kept change set nor puts the host back online behind its back."""
+    fleet = make_fleet()
+    try:
+        fleet.world.failing_checks.add(("n2", "block"))
+        name = fleet.deploy(("db", "2"), steps=STEPS)[0]
+        for _ in range(10):
+            fleet.rounds(1)
+        assert fleet.operator.current("db")["n2"].detail.startswith("held:")
+        held_detail = fleet.operator.current("db")["n2"].detail
+        fleet.crash("n2")
+        fleet.expire_dead_sessions()
+        fleet.world.failing_checks.clear()  # whatever it answers now, it is held
+        fleet.start("n2")
+        for _ in range(5):
+            fleet.rounds(1)
+            for node in fleet.agents:
+                fleet.monitor(node)
+        n2 = fleet.operator.current("db")["n2"]
+        assert n2.state == FAILED and n2.detail == held_detail, n2
+        assert "n2" not in fleet.online("db")
+        assert fleet.operator.deploy(name).state == HALTED
+
+        # the operator's undo of the kept change set lifts it
+        fleet.operator.request_undo("n2", {"last": 1, "since": None, "state": "pending", "by": "test"})
+        agent = fleet.agents["n2"].agent
+        assert agent is not None and agent.reports is not None
+        agent.reports.serve_undo_requests()
+        fleet.monitor("n2")
+        assert fleet.operator.current("db")["n2"].state == ONLINE
+        assert not (Path(agent.config.data_dir) / "state" / "held" / "db.json").exists()
     finally:
         fleet.close()

@@ -194,6 +194,7 @@ class Cycle:
                               self.store, self.node, deploy.name, error, halt=bool(deploy.steps)))
                           if deploy else None, metrics=self.metrics)
         started = time.monotonic()
+        self.host.release_hold(service)  # this restart ends the hold, whatever its outcome
         try:
             outcome = restart.run(old, self.host.running(svc))
         except Exception:
@@ -209,6 +210,7 @@ class Cycle:
             return
         current = releases.current_version()
         if outcome.held:  # out of the load balancer, counted as down, until its next restart or an undo
+            self.host.hold(service, f"held: {outcome.error}", outcome.change_id)  # also through an agent restart
             self.presence.publish(service, version=current or "", state=FAILED, detail=f"held: {outcome.error}",
                                   target="")
             if deploy is not None:

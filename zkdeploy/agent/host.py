@@ -10,9 +10,12 @@ host behind the real decision code (zkdeploy.testing.simhost).
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,6 +24,7 @@ from zkdeploy.agent.releases import ReleaseDir
 from zkdeploy.agent.scenario_checks import run_check
 from zkdeploy.config.schema import AgentConfig, Catalog
 from zkdeploy.errors import ConfigError, JournalError, ServiceError
+from zkdeploy.fsutil import fsync_dir, write_durably
 from zkdeploy.hostlayout import HostLayout
 from zkdeploy.journal import ChangeSet, Executor, Journal, Registry
 from zkdeploy.model import FAILED, ONLINE, STOPPED
@@ -28,6 +32,14 @@ from zkdeploy.runner.process import ManagedProcess
 from zkdeploy.runner.service import HostService
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a service is held out, and the change set that left it so (``<data>/state/held``)."""
+
+    detail: str
+    change_id: int | None
 
 
 class Host:
@@ -152,10 +164,43 @@ class Host:
                 return True
         return False
 
+    # -- holds ----------------------------------------------------------------------
+    def hold(self, service: str, detail: str, change_id: int | None) -> None:
+        """Record durably that ``service`` is held out by change set ``change_id`` (``detail`` says
+        why), so that a restarted agent keeps it held: failed, out of the load balancer, counted
+        as down, until its next restart or an undo of that change set."""
+        path = self.layout.held(service)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_durably(path, json.dumps({"detail": detail, "change_id": change_id, "at": time.time()}).encode())
+
+    def hold_of(self, service: str) -> Hold | None:
+        """Why ``service`` is held, None if it is not.  An unreadable record still holds it."""
+        path = self.layout.held(service)
+        try:
+            record = json.loads(path.read_bytes())
+            change = record.get("change_id")
+            return Hold(str(record["detail"]), int(change) if change is not None else None)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            return Hold(f"held: the hold record {path} is unreadable ({exc}); an undo or a restart lifts it", None)
+
+    def release_hold(self, service: str) -> None:
+        """The hold of ``service`` is over (its next restart, an undo)."""
+        path = self.layout.held(service)
+        if path.exists():
+            path.unlink()
+            fsync_dir(path.parent)
+            log.info("%s: no longer held", service)
+
     def observe(self, service: str) -> tuple[str, str, str]:
-        """What runs here now: (version, availability, detail)."""
+        """What runs here now: (version, availability, detail); a held service is failed whatever it
+        answers."""
         svc = self.service(service)
         version = self.releases[service].current_version()
+        held = self.hold_of(service)
+        if held is not None:
+            return version or "", FAILED, held.detail
         if version is None or not self.running(svc):
             return version or "", STOPPED, "not running"
         reason = self.probe(svc, version)

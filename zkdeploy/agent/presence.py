@@ -53,7 +53,10 @@ class Presence:
         self.host = host
         self.store = store
         self.local: dict[str, Local] = {s: Local() for s in config.services}
-        self.machines = {s: ServiceMachine(s, self._on_phase(s)) for s in config.services}
+        # a service held out when the agent stopped (a scenario check failed) starts held
+        self.machines = {s: ServiceMachine(s, self._on_phase(s),
+                                           Phase.HELD if host.hold_of(s) is not None else Phase.IDLE)
+                         for s in config.services}
         #: held while the local record is read and written; the health monitor re-checks under it
         self.lock = threading.RLock()
         self.registered_generation = -1

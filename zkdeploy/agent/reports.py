@@ -180,8 +180,12 @@ class Reports:
     def _undo(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         """Take a restart slot for every service the undo touches, undo, publish what now runs."""
         planned = self._select(request, dry_run=True)
-        touched = {self.host.journal.get_change(r.change_id).tasks[0].execute.params.get("service")
-                   for r in planned}
+        ids = {r.change_id for r in planned}
+        touched = {task.execute.params.get("service") for r in planned
+                   for task in self.host.journal.get_change(r.change_id).tasks[:1]}
+        # a change set that holds a service out (a failed scenario check) may have made no change:
+        # its undo still lifts the hold, under the service's slot
+        touched |= {s for s in self.host.services() if (hold := self.host.hold_of(s)) and hold.change_id in ids}
         services = {name: svc.spec.quorum for name, svc in sorted(self.host.services().items()) if name in touched}
         locks = [self.host.busy(s) for s in services]
         for lock in locks:

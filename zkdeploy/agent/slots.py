@@ -201,5 +201,6 @@ def _give_back(held: list[SlotRequest], presence: Presence, why: str) -> None:
             request.release()
         except CoordinationError as exc:
             log.warning("%s: could not give the slot back: %s", request.service, exc)
+        presence.host.release_hold(request.service)  # an undo (or a recovery) changed what a hold kept
         presence.machines[request.service].reset(f"{why} finished")
         presence.observe(request.service, write=True)

@@ -75,9 +75,12 @@ class ServiceMachine:
     agent publishes it to ZooKeeper and logs it).
     """
 
-    def __init__(self, service: str, on_change: Callable[[Phase, Phase, str], None]) -> None:
+    def __init__(self, service: str, on_change: Callable[[Phase, Phase, str], None],
+                 phase: Phase = Phase.IDLE) -> None:
+        if phase not in (Phase.IDLE, Phase.HELD):
+            raise TransitionError(f"{service}: an agent starts idle, or held as it was left")
         self.service = service
-        self._phase = Phase.IDLE
+        self._phase: Phase = phase
         self._on_change = on_change
         self._lock = threading.Lock()
 
