@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from zkdeploy.errors import CoordinationError
 
@@ -23,6 +23,10 @@ RESTARTING = "restarting"
 FAILED = "failed"
 STOPPED = "stopped"
 SERVICE_STATES = (ONLINE, RESTARTING, FAILED, STOPPED)
+
+#: what a tested scenario's step may do (zkdeploy.config.scenario; agents check steps read back from ZooKeeper)
+StepAction = Literal["lb_block", "install", "command", "lb_unblock"]
+STEP_ACTIONS: frozenset[str] = frozenset(get_args(StepAction))
 
 
 class DeployState(StrEnum):

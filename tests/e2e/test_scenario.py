@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.conftest import FAST, FleetHarness
+from tests.e2e.conftest import FAST, FleetHarness, tree_digest, wait_for
 from zkdeploy.coordination import Store
 from zkdeploy.demo.fleet import DemoService, FleetLb, LocalFleet
 from zkdeploy.demo.observer import Observer
+from zkdeploy.journal import Journal
 from zkdeploy.model import FAILED, HALTED
 from zkdeploy.testing.haproxy import HAProxy
 
@@ -212,6 +213,16 @@ def test_select_takes_exactly_the_4_hosts_it_discovers_and_a_wrong_count_changes
         "steps": [{"name": "install", "do": "install", "check": "version_answers",
                    "url": "http://127.0.0.1:{app_port}/", "timeout": 5}]}))
     queued = len(store.deploys())
+    wait_for(lambda: len(store.holders("app", "2.0")) == len(fleet.hosts), 60, "every agent to prefetch app 2.0")
+    before = {h.name: tree_digest(h.root / "data") for h in fleet.hosts}
+    dry = fleet.cli("scenario", "plan", str(path), "--json", check=False, timeout=120)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    planned = json.loads(dry.stdout)
+    assert sorted(planned["answers"]) == list(EDGE) and planned["missing"] == []  # only the discovered hosts
+    assert {h.name: tree_digest(h.root / "data") for h in fleet.hosts} == before  # nothing changed, ...
+    assert len(store.deploys()) == queued                                         # ... nothing was queued
+    text = fleet.cli("scenario", "plan", str(path)).stdout
+    assert "app: 1.0 -> 2.0" in text and "stop app 1.0" in text
     wrong = fleet.cli("scenario", "run", str(path), "--expect", "5", check=False)
     assert wrong.returncode == 2 and "found 4 node(s), expected 5; nothing changed" in wrong.stderr
     assert len(store.deploys()) == queued  # nothing was queued
@@ -227,3 +238,8 @@ def test_select_takes_exactly_the_4_hosts_it_discovers_and_a_wrong_count_changes
     for host in fleet.hosts:
         if host.name not in EDGE:  # untouched: the same service process, still at 1.0
             assert versions[host.name] == "1.0" and fleet.service_pids(host) == pids[host.name]
+        else:  # the plan was exactly what each host then did, step for step
+            plan = planned["answers"][host.name]["services"][0]
+            with Journal.open(host.root / "data" / "state" / "journal.db", create=False) as journal:
+                change = next(c for c in journal.list_changes() if c.description == "app 1.0 -> 2.0")
+            assert [t.execute.description for t in change.tasks] == [a["description"] for a in plan["actions"]]

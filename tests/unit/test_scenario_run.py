@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from zkdeploy.config.scenario import Scenario
@@ -103,5 +104,29 @@ def test_a_held_host_stays_held_across_an_agent_restart() -> None:
         fleet.monitor("n2")
         assert fleet.operator.current("db")["n2"].state == ONLINE
         assert not (Path(agent.config.data_dir) / "state" / "held" / "db.json").exists()
+    finally:
+        fleet.close()
+
+
+def test_a_scenario_plan_is_answered_by_the_hosts_it_names_with_its_steps_and_changes_nothing() -> None:
+    fleet = make_fleet()
+    try:
+        steps = [dict(step) for step in STEPS]
+        name = fleet.operator.request_plan({"targets": [{"service": "db", "version": "2", "steps": steps}],
+                                            "nodes": ["n1", "n3"], "created": time.time()})
+        bad = fleet.operator.request_plan({"targets": [{"service": "db", "version": "2",
+                                                        "steps": [{"name": "x", "do": "rm -rf /"}]}],
+                                           "created": time.time()})
+        done = list(fleet.world.steps)
+        for node in fleet.agents:
+            agent = fleet.agents[node].agent
+            assert agent is not None and agent.reports is not None
+            agent.reports.answer_plans()
+        answers = fleet.operator.plan_answers(name)
+        assert sorted(answers) == ["n1", "n3"]
+        actions = [a["description"] for a in answers["n1"]["services"][0]["actions"]]
+        assert any("stop db 1" in a for a in actions) and actions[-1] == "step load"  # the command step
+        assert fleet.operator.plan_answers(bad) == {}  # a step that is not a known action: no answer
+        assert fleet.world.steps == done and set(fleet.versions("db").values()) == {"1"}
     finally:
         fleet.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,17 +20,30 @@ from zkdeploy.agent.host import Host
 from zkdeploy.agent.metrics import Metrics
 from zkdeploy.agent.payloads import Payloads
 from zkdeploy.agent.presence import Presence
-from zkdeploy.agent.restart import restart_tasks
+from zkdeploy.agent.restart import restart_tasks, scenario_tasks
 from zkdeploy.agent.slots import hold_slots
 from zkdeploy.coordination import Store
 from zkdeploy.errors import CoordinationError, PayloadError, RolloutAborted, ZkdeployError
 from zkdeploy.journal import Executor, undo_last, undo_since
+from zkdeploy.model import STEP_ACTIONS
 from zkdeploy.transfer.unpack import check_archive
 
 log = logging.getLogger(__name__)
 
 #: plan requests older than this are ignored by agents that start later
 PLAN_MAX_AGE = 3600.0
+
+
+def _is_target(target: Any) -> bool:
+    """A plan request's target: a service, a version, and a scenario's steps if any (each a mapping
+    with a ``name`` and a known ``do``, as ``zkdeploy.config.scenario`` validated them)."""
+    if not (isinstance(target, dict) and isinstance(target.get("service"), str)
+            and isinstance(target.get("version"), str)):
+        return False
+    steps = target.get("steps") or []
+    return isinstance(steps, list) and all(
+        isinstance(step, dict) and isinstance(step.get("name"), str) and step.get("do") in STEP_ACTIONS
+        for step in steps)
 
 
 class Reports:
@@ -69,8 +82,9 @@ class Reports:
                 log.exception("reports: failed")
 
     # -- plans (NoAction) --------------------------------------------------------------
-    def plan_service(self, service: str, version: str) -> dict[str, Any]:
-        """This node's exact list of changes for restarting ``service`` into ``version``.
+    def plan_service(self, service: str, version: str, steps: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """This node's exact list of changes for restarting ``service`` into ``version`` (through a
+        scenario's ``steps`` when there are some; their checks are not run).
 
         Runs the restart's own code path in NoAction mode.  Fetching and
         verifying the payload is allowed (it lands in the payload cache);
@@ -99,7 +113,10 @@ class Reports:
             return out
         executor = Executor(self.host.journal, registry=self.host.registry, noaction=True)
         with executor.change_set(f"{service} {old or '-'} -> {version}") as cs:
-            restart_tasks(cs, svc, releases, old, version, running)
+            if steps:
+                scenario_tasks(cs, svc, releases, old, version, running, steps)
+            else:
+                restart_tasks(cs, svc, releases, old, version, running)
         out["actions"] = [{"kind": p.kind, "description": p.description, "undoable": p.undoable,
                            "params": p.params} for p in executor.plan]
         return out
@@ -113,20 +130,22 @@ class Reports:
             self._answered.add(name)
             request = self.store.plan_request(name)
             targets = request.get("targets") if isinstance(request, dict) else None
-            if not isinstance(targets, list) or not all(isinstance(t, dict) and isinstance(t.get("service"), str)
-                                                        and isinstance(t.get("version"), str) for t in targets):
+            if not isinstance(targets, list) or not all(_is_target(t) for t in targets) \
+                    or not isinstance(request, dict) or not isinstance(request.get("nodes") or [], list):
                 log.error("plan request %s is malformed; ignored: %.200r", name, request)
                 continue
-            assert isinstance(request, dict)
             if time.time() - float(request.get("created") or 0) > PLAN_MAX_AGE:
                 continue
+            if request.get("nodes") and node not in request["nodes"]:
+                continue  # a scenario's plan asks the hosts it discovered, and only them
             wanted = [t for t in targets if t["service"] in services]
             if not wanted or self.store.has_answered(name, node):
                 continue
             answers = []
             for target in wanted:
                 try:
-                    answers.append(self.plan_service(target["service"], target["version"]))
+                    answers.append(self.plan_service(target["service"], target["version"],
+                                                     target.get("steps") or ()))
                 except ZkdeployError as exc:
                     answers.append({"service": target["service"], "to": target["version"], "actions": [],
                                     "error": str(exc)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,11 +57,19 @@ def plan(ctx: Ctx, targets: tuple[str, ...], timeout: float, as_json: bool) -> N
     positive_seconds("--timeout", timeout)
     store = ctx.store()
     _, resolved = resolve_targets(store, targets, "plan")
+    show_plan(store, resolved, timeout, as_json)
+
+
+def show_plan(store: Store, resolved: list[tuple[str, str]], timeout: float, as_json: bool,
+              steps: Sequence[dict[str, Any]] = (), nodes: Sequence[str] = ()) -> None:
+    """Ask the hosts for their plan of ``resolved`` and print it, identical plans grouped.  With a
+    scenario's ``steps``, each host plans those steps; with ``nodes``, only they are asked.
+    RolloutError (exit 4) naming the hosts that did not answer within ``timeout``."""
     store.prune_plans(older_than=PLANS_KEPT_SECONDS)
-    services = [s for s, _ in resolved]
-    expected = _wanted_nodes(store, services)
-    name = store.request_plan({"targets": [{"service": s, "version": v} for s, v in resolved],
-                               "created": time.time(), "by": who()})
+    expected = set(nodes) if nodes else _wanted_nodes(store, [s for s, _ in resolved])
+    targets = [{"service": s, "version": v, **({"steps": list(steps)} if steps else {})} for s, v in resolved]
+    name = store.request_plan({"targets": targets, "created": time.time(), "by": who(),
+                               **({"nodes": sorted(nodes)} if nodes else {})})
     deadline = time.monotonic() + timeout
     answers: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -76,9 +85,9 @@ def plan(ctx: Ctx, targets: tuple[str, ...], timeout: float, as_json: bool) -> N
         emit_json({"request": name, "targets": resolved, "answers": answers, "missing": missing,
                    "groups": [{"nodes": nodes, "plan": answers[nodes[0]]["services"]} for nodes in groups.values()]})
     else:
-        for nodes in groups.values():
-            say(f"== {len(nodes)} host(s): {', '.join(nodes)}")
-            for svc in answers[nodes[0]]["services"]:
+        for group in groups.values():
+            say(f"== {len(group)} host(s): {', '.join(group)}")
+            for svc in answers[group[0]]["services"]:
                 head = f"  {svc['service']}: {svc.get('from') or '-'} -> {svc['to']}"
                 if svc.get("error"):
                     say(f"{head}: ERROR {svc['error']}")

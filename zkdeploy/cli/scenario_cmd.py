@@ -22,8 +22,9 @@ import click
 
 from zkdeploy.cli import discovery_cmd
 from zkdeploy.cli.commands import DEPLOYS_KEPT, make_entries, resolve_targets
-from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx
+from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx, positive_seconds
 from zkdeploy.cli.output import emit_json, say, table
+from zkdeploy.cli.reports_cmd import show_plan
 from zkdeploy.cli.waveplan import wave_plans
 from zkdeploy.config.scenario import load_scenario
 from zkdeploy.coordination import Store
@@ -115,6 +116,40 @@ def scenario_run(ctx: Ctx, file: str, wait: bool, timeout: float, select: str | 
         why = (f"deploy {name} {final.state}: {final.message}" if final.state != DONE
                else "not every host passed every step")
         raise RolloutError(f"scenario {spec.scenario} is not green: {why}")
+
+
+@scenario_group.command("plan")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for every discovered host to answer.")
+@discovery_cmd.select_option
+@discovery_cmd.expect_option
+@json_option
+@pass_ctx
+@handle_errors
+def scenario_plan(ctx: Ctx, file: str, timeout: float, select: str | None, expect: str | None,
+                  as_json: bool) -> None:
+    """Dry-run the scenario FILE on the hosts it discovers: each host's exact changes, step by
+    step (the checks are not run), as `zkdeploy plan` does for a plain deploy.
+
+    Validated and discovered as `scenario run` does (same refusals, exit 2);
+    nothing is queued and nothing changes on any host.  Identical plans are
+    grouped.  Exit code 4 if some host did not answer within --timeout.
+    """
+    positive_seconds("--timeout", timeout)
+    spec = load_scenario(file)
+    select = select if select is not None else spec.select
+    expect = expect if expect is not None else (spec.expect if select == spec.select else None)
+    store = ctx.store()
+    _, resolved = resolve_targets(store, (spec.deploy,), f"scenario {spec.scenario}")
+    service = resolved[0][0]
+    chosen = discovery_cmd.discover_for_deploy(store, [service], select, expect)
+    hosts = tuple(chosen[service]) if chosen else tuple(sorted(store.current(service)))
+    if not as_json:
+        say(f"scenario {spec.scenario}: {resolved[0][0]}@{resolved[0][1]} on {len(hosts)} host(s)"
+            + (f" discovered with {select!r}" if select else "") + f": {', '.join(hosts)}")
+    show_plan(store, resolved, timeout, as_json, steps=[step.model_dump(exclude_none=True) for step in spec.steps],
+              nodes=hosts)
 
 
 def _follow(store: Store, name: str, service: str, hosts: Sequence[str], timeout: float,

@@ -41,6 +41,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zkdeploy.errors import ConfigError, ZkdeployError
+from zkdeploy.model import StepAction
 from zkdeploy.names import check_name
 from zkdeploy.strictyaml import load_yaml
 
@@ -56,7 +57,7 @@ class Step(_Strict):
     """One step: an action, then the check that it worked (retried ``retries`` times, ``timeout`` each)."""
 
     name: str
-    do: Literal["lb_block", "install", "command", "lb_unblock"]
+    do: StepAction
     check: Literal["traffic_blocked", "version_answers", "command", "traffic_flows", "none"] = "none"
     command: str | None = None
     undo: str | None = None          # the command that reverses ``command`` (none: nothing to undo)
