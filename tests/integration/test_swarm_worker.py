@@ -17,6 +17,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import yaml
 
 from tests.integration.test_transport import payload, stage
 from zkdeploy.config.schema import AgentConfig
@@ -160,3 +161,40 @@ def test_fetchers_wake_different_holders_first():
     assert len(firsts) > 10  # spread, not every fetcher waking the same holder
     assert sorted(wake_order(holders, "f01")) == holders
     assert wake_order(holders, "f01") == wake_order(list(reversed(holders)), "f01")  # a function of the names
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.sources: list[str] = []
+
+    def payload_fetched(self, source: str, size: int) -> None:
+        self.sources.append(source)
+
+
+def test_the_long_running_seeder_keeps_its_worker_and_serves_the_first_copy(tmp_path, store, zk_hosts, zk_root):
+    """`zkdeploy seed` is no holder (nobody could wake it): its worker runs from the start."""
+    release = stage(store, payload(tmp_path / "db-2.tar"))
+    config = tmp_path / "seeder.yaml"
+    config.write_text(yaml.safe_dump({
+        "node": "seeder", "data_dir": str(tmp_path / "seeder"), "services": ["db"],
+        "zookeeper": {"hosts": zk_hosts, "root": zk_root},
+        "swarm": {"listen_port": free_port(), "allow_multiple_connections_per_ip": True, "idle_stop": 1}}))
+    seeder = subprocess.Popen([sys.executable, "-m", "zkdeploy", "seed", "--config", str(config)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    counter = Counter()
+    fetcher = transport(tmp_path, "a", zk_hosts, zk_root, idle_stop=0)
+    fetcher.metrics = counter
+    try:
+        fetcher.attach(store)
+        wait_for(lambda: store.peers(release.info_hash).get("seeder", {}).get("complete"), 30,
+                 "the seeder to announce the payload")
+        time.sleep(3)  # longer than its idle_stop: a seeder's worker is not stopped
+        assert "seeder" in store.peers(release.info_hash)
+        got = fetcher.fetch(release, tmp_path / "a" / "db-2.payload")
+        assert got.read_bytes() == (tmp_path / "db-2.tar").read_bytes()
+        assert counter.sources == ["swarm"]  # from the seeder, not the origin
+    finally:
+        fetcher.close()
+        seeder.terminate()
+        out, _ = seeder.communicate(timeout=30)
+    assert seeder.returncode == 0, out

@@ -132,7 +132,7 @@ def seed(config_path: str) -> None:
     try:
         config = load_agent_config(config_path)
         logs.setup(fmt=config.log_format, node=config.node)
-        run_seeder(config, Transport(config))
+        run_seeder(config, Transport(config, idle_stop=0))  # a seeder is no holder: nobody could wake it
     except ZkdeployError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(exc.exit_code) from None

@@ -130,9 +130,13 @@ class Transport:
             self.session = None
 
     def attach(self, store: Store) -> None:
+        """Use ``store`` as the tracker.  With ``idle_stop`` 0 the worker never stops, so it starts now
+        (PayloadError if it cannot); otherwise it starts when first needed."""
         self.store = store
         if self.session is not None:
             store.watch_wakes(self.node, self._woken)
+            if self.idle_stop <= 0:
+                self._live()
 
     # -- the swarm worker -----------------------------------------------------------
     def _live(self) -> SwarmProcess:
