@@ -26,7 +26,8 @@ from zkdeploy.cli.context import Ctx, handle_errors, json_option, pass_ctx, posi
 from zkdeploy.cli.output import emit_json, say, table
 from zkdeploy.cli.reports_cmd import show_plan
 from zkdeploy.cli.waveplan import wave_plans
-from zkdeploy.config.scenario import load_scenario
+from zkdeploy.config.scenario import Scenario, load_scenario
+from zkdeploy.config.schema import Catalog
 from zkdeploy.coordination import Store
 from zkdeploy.errors import RolloutError
 from zkdeploy.model import DONE, FAILED, ONLINE, PENDING, CurrentEntry, DeployEntry
@@ -50,6 +51,19 @@ RESTARTING_PHASES = frozenset({"draining", "stopping", "switching", "starting", 
 @click.group("scenario")
 def scenario_group() -> None:
     """Deploys as tested scenarios: discover, count, then checked steps on each host (docs/discovery.md)."""
+
+
+def _discover(ctx: Ctx, file: str, select: str | None, expect: str | None
+              ) -> tuple[Scenario, Store, Catalog, list[tuple[str, str]], dict[str, tuple[str, ...]], str | None]:
+    """The scenario FILE validated, its release resolved and its hosts discovered and counted
+    (--select/--expect override the file's): what `scenario run` and `scenario plan` start from."""
+    spec = load_scenario(file)
+    select = select if select is not None else spec.select
+    expect = expect if expect is not None else (spec.expect if select == spec.select else None)
+    store = ctx.store()
+    catalog, resolved = resolve_targets(store, (spec.deploy,), f"scenario {spec.scenario}")
+    chosen = discovery_cmd.discover_for_deploy(store, [resolved[0][0]], select, expect)
+    return spec, store, catalog, resolved, chosen, select
 
 
 @scenario_group.command("run")
@@ -76,13 +90,8 @@ def scenario_run(ctx: Ctx, file: str, wait: bool, timeout: float, select: str | 
     queued, with --no-wait), 2 refused, 3 ZooKeeper unreachable, 4 the
     deploy halted, a host is not green, or the wait timed out.
     """
-    spec = load_scenario(file)
-    select = select if select is not None else spec.select
-    expect = expect if expect is not None else (spec.expect if select == spec.select else None)
-    store = ctx.store()
-    catalog, resolved = resolve_targets(store, (spec.deploy,), f"scenario {spec.scenario}")
+    spec, store, catalog, resolved, chosen, select = _discover(ctx, file, select, expect)
     service, version = resolved[0]
-    chosen = discovery_cmd.discover_for_deploy(store, [service], select, expect)
     plans = wave_plans(store, catalog, [service], override=None, no_waves=False)
     entry = make_entries(store, catalog, resolved,
                          waves=discovery_cmd.restrict_waves(plans, chosen) if chosen else plans)[0]
@@ -137,13 +146,8 @@ def scenario_plan(ctx: Ctx, file: str, timeout: float, select: str | None, expec
     grouped.  Exit code 4 if some host did not answer within --timeout.
     """
     positive_seconds("--timeout", timeout)
-    spec = load_scenario(file)
-    select = select if select is not None else spec.select
-    expect = expect if expect is not None else (spec.expect if select == spec.select else None)
-    store = ctx.store()
-    _, resolved = resolve_targets(store, (spec.deploy,), f"scenario {spec.scenario}")
+    spec, store, _, resolved, chosen, select = _discover(ctx, file, select, expect)
     service = resolved[0][0]
-    chosen = discovery_cmd.discover_for_deploy(store, [service], select, expect)
     hosts = tuple(chosen[service]) if chosen else tuple(sorted(store.current(service)))
     if not as_json:
         say(f"scenario {spec.scenario}: {resolved[0][0]}@{resolved[0][1]} on {len(hosts)} host(s)"
