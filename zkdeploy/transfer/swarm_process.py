@@ -20,8 +20,10 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
+import zkdeploy
 from zkdeploy.errors import PayloadError
 from zkdeploy.transfer.metainfo import TorrentMeta
 from zkdeploy.transfer.swarm_config import (
@@ -89,7 +91,7 @@ class SwarmProcess:
             proc = subprocess.Popen(
                 [self.python, "-m", "zkdeploy.transfer.worker", json.dumps(spec)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, close_fds=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                env=_worker_env())
             assert proc.stdout is not None
             first = _read_line(proc.stdout, self.config.start_timeout + 20.0)
             event = _parse(first)
@@ -274,6 +276,14 @@ class SwarmProcess:
             log.error("swarm worker %d exited on its own (status %s)", proc.pid, code)
             if self.on_exit is not None:
                 self.on_exit(code)
+
+
+def _worker_env() -> dict[str, str]:
+    """The agent's environment, with the directory zkdeploy was imported from first on the path (an
+    agent run from a source tree, not installed, starts its worker from the same code)."""
+    here = str(Path(zkdeploy.__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": here + (os.pathsep + path if path else "")}
 
 
 def _b64(data: bytes) -> str:
