@@ -18,8 +18,11 @@ from unittest import mock
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_transport import payload, stage
+from zkdeploy.agent.metrics import Metrics
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.errors import PayloadError
 from zkdeploy.testing.zkserver import free_port
@@ -64,7 +67,16 @@ def test_an_idle_holder_stops_its_worker_and_a_fetcher_wakes_it_to_fetch_from_it
     origin = payload(tmp_path / "db-2.tar")
     release = stage(store, origin)
     a = transport(tmp_path, "a", zk_hosts, zk_root, idle_stop=2)
+    a.metrics = metrics = Metrics("a")
     b = transport(tmp_path, "b", zk_hosts, zk_root, idle_stop=0)
+
+    def worker(name: str, **labels: str) -> float | None:
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return None
+
     try:
         for t in (a, b):
             t.attach(store)
@@ -72,18 +84,23 @@ def test_an_idle_holder_stops_its_worker_and_a_fetcher_wakes_it_to_fetch_from_it
         got_a = a.fetch(release, tmp_path / "a" / "db-2.payload")  # nobody holds it: a goes to the origin
         store.add_holder("db", "2", "a")  # what the agent's payloads do once it is verified
         assert a.session.running and set(store.peers(release.info_hash)) == {"a"}
-        worker = a.session.pid
-        assert worker is not None
+        pid = a.session.pid
+        assert pid is not None
 
+        assert worker("zkdeploy_swarm_worker_running") == 1
+        assert worker("zkdeploy_swarm_worker_starts_total", reason="fetch") == 1
         wait_for(lambda: not a.session.running, why="a's idle worker to stop")
-        wait_for(lambda: gone(worker), why="a's worker process to exit")
+        wait_for(lambda: worker("zkdeploy_swarm_worker_running") == 0, why="the gauge once it exited")
+        wait_for(lambda: gone(pid), why="a's worker process to exit")
         assert store.peers(release.info_hash) == {}  # no tracker entry while stopped ...
         assert store.holders("db", "2") == ["a"]     # ... but still a holder
 
         origin.unlink()  # b can only get it from a, which must be woken for it
         got_b = b.fetch(release, tmp_path / "b" / "db-2.payload")
         assert got_b.read_bytes() == got_a.read_bytes()
-        assert a.session.running and a.session.pid != worker
+        assert a.session.running and a.session.pid != pid
+        assert worker("zkdeploy_swarm_worker_running") == 1
+        assert worker("zkdeploy_swarm_worker_starts_total", reason="wake") == 1
         assert store.take_wakes("a") == []  # a consumed the request that woke it
         peers = store.peers(release.info_hash)
         assert set(peers) == {"a", "b"} and all(p["complete"] for p in peers.values())
@@ -169,6 +186,9 @@ class Counter:
 
     def payload_fetched(self, source: str, size: int) -> None:
         self.sources.append(source)
+
+    def swarm_worker_changed(self, running: bool, reason: str = "") -> None:
+        pass
 
 
 def test_the_long_running_seeder_keeps_its_worker_and_serves_the_first_copy(tmp_path, store, zk_hosts, zk_root):

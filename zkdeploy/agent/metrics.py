@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 OUTCOMES = ("ok", "rolled_back", "held", "fenced")
 #: where payload bytes come from (label ``source`` of zkdeploy_payload_bytes_total)
 SOURCES = ("swarm", "origin")
+#: what starts the swarm worker (label ``reason`` of zkdeploy_swarm_worker_starts_total)
+WORKER_STARTS = ("fetch", "wake", "always")
 #: the session states of zkdeploy.coordination (label ``state`` of zkdeploy_zookeeper_session_state)
 SESSION_STATES = ("connected", "suspended", "lost")
 #: the states a node publishes for a service (label ``state`` of zkdeploy_service_state)
@@ -73,6 +75,12 @@ class Metrics:
         self.payload_bytes = Counter(
             "zkdeploy_payload_bytes", "Verified payload bytes this node fetched, by source.",
             ["source"], registry=r)
+        self.swarm_worker = Gauge(
+            "zkdeploy_swarm_worker_running", "1 while this agent's swarm worker process runs (it is started to "
+            "fetch or when woken to seed, and stopped when idle), else 0.", registry=r)
+        self.swarm_worker_starts = Counter(
+            "zkdeploy_swarm_worker_starts", "Starts of this agent's swarm worker, by what started it: a fetch, a "
+            "fetcher waking this holder, or always (idle_stop 0).", ["reason"], registry=r)
         self.session_state_gauge = Gauge(
             "zkdeploy_zookeeper_session_state", "1 for the ZooKeeper session's current state, 0 for the others.",
             ["state"], registry=r)
@@ -87,6 +95,8 @@ class Metrics:
             "recovery.", ["status", "cause"], registry=r)
         for source in SOURCES:  # absent series read as "no data", not 0: create them up front
             self.payload_bytes.labels(source=source)
+        for reason in WORKER_STARTS:
+            self.swarm_worker_starts.labels(reason=reason)
         for state in SESSION_STATES:
             self.session_state_gauge.labels(state=state).set(0)
         self._server: WSGIServer | None = None
@@ -129,6 +139,12 @@ class Metrics:
 
     def payload_fetched(self, source: str, size: int) -> None:
         self.payload_bytes.labels(source=source).inc(max(size, 0))
+
+    def swarm_worker_changed(self, running: bool, reason: str = "") -> None:
+        """The swarm worker started (``reason``: one of WORKER_STARTS) or stopped."""
+        self.swarm_worker.set(1 if running else 0)
+        if running:
+            self.swarm_worker_starts.labels(reason=reason).inc()
 
     def session_changed(self, state: str) -> None:
         """The ZooKeeper session is now ``state`` (connected, suspended or lost)."""

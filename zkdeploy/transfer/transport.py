@@ -41,9 +41,12 @@ WAKE_HOLDERS = 3  # holders a fetcher wakes when none is seeding: enough to shar
 
 
 class PayloadCounter(Protocol):
-    """Counts verified payload bytes by source (``swarm``, ``origin``): zkdeploy.agent.metrics.Metrics."""
+    """Counts verified payload bytes by source (``swarm``, ``origin``), and the swarm worker's starts
+    and stops: zkdeploy.agent.metrics.Metrics."""
 
     def payload_fetched(self, source: str, size: int) -> None: ...
+
+    def swarm_worker_changed(self, running: bool, reason: str = "") -> None: ...
 
 
 def peer_order(peers: dict[str, dict[str, Any]], me: str, rack: str | None, dc: str | None,
@@ -128,6 +131,8 @@ class Transport:
         if self.session is not None:
             self.session.close()
             self.session = None
+            if self.metrics is not None:
+                self.metrics.swarm_worker_changed(False)
 
     def attach(self, store: Store) -> None:
         """Use ``store`` as the tracker.  With ``idle_stop`` 0 the worker never stops, so it starts now
@@ -136,18 +141,20 @@ class Transport:
         if self.session is not None:
             store.watch_wakes(self.node, self._woken)
             if self.idle_stop <= 0:
-                self._live()
+                self._live("always")
 
     # -- the swarm worker -----------------------------------------------------------
-    def _live(self) -> SwarmProcess:
+    def _live(self, reason: str = "fetch") -> SwarmProcess:
         """The running worker, started now if it is not (then seeding all this node holds and
-        announcing it); PayloadError if it cannot start."""
+        announcing it); PayloadError if it cannot start.  ``reason``: what starts it (metrics)."""
         with self._lock:
             if self.session is None:
                 raise PayloadError("the swarm is closed or disabled")
             if self.session.running:
                 return self.session
             self.session.start()
+            if self.metrics is not None:
+                self.metrics.swarm_worker_changed(True, reason)
             for meta, path in list(self._seeding.values()):
                 self._seed_in_worker(meta, path)
             return self.session
@@ -185,7 +192,7 @@ class Transport:
                 return
             log.info("a fetcher asked for %s: starting the swarm worker to seed", ", ".join(sorted(set(held))))
             try:
-                self._live()
+                self._live("wake")
             except PayloadError as exc:
                 log.error("cannot start the swarm worker to seed: %s", exc)
 
@@ -200,12 +207,16 @@ class Transport:
             log.info("swarm idle for %gs: stopping its worker (%d payloads held, seeded again on request)",
                      self.idle_stop, len(self._seeding))
             self.session.close()
+            if self.metrics is not None:
+                self.metrics.swarm_worker_changed(False)
 
     def _worker_exited(self, code: int | None) -> None:
         """The worker died on its own: this node no longer listens, so it must not say it does."""
         with self._lock:
             for info_hash in list(self._seeding):
                 self._unannounce(info_hash)
+            if self.metrics is not None:
+                self.metrics.swarm_worker_changed(False)
 
     # -- the tracker -----------------------------------------------------------
     def _announce(self, meta: TorrentMeta, complete: bool, status: TransferStatus | None = None) -> None:
