@@ -218,3 +218,19 @@ def test_the_long_running_seeder_keeps_its_worker_and_serves_the_first_copy(tmp_
         seeder.terminate()
         out, _ = seeder.communicate(timeout=30)
     assert seeder.returncode == 0, out
+
+
+def test_a_worker_that_cannot_start_is_a_clear_error(tmp_path):
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'ImportError: libtorrent' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    worker = SwarmProcess(SwarmConfig(listen_ip="127.0.0.1", listen_port=0), python=str(broken))
+    with pytest.raises(PayloadError, match="did not start: it exited with status 3"):
+        worker.start()
+    assert not worker.running
+    with socket.socket() as taken:  # a port taken by someone else: the worker says so
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        worker = SwarmProcess(SwarmConfig(listen_ip="127.0.0.1", listen_port=taken.getsockname()[1], start_timeout=3))
+        with pytest.raises(PayloadError, match="did not start: swarm session"):
+            worker.start()

@@ -96,8 +96,13 @@ class SwarmProcess:
             first = _read_line(proc.stdout, self.config.start_timeout + 20.0)
             event = _parse(first)
             if event is None or event.get("event") != "listening":
-                why = event.get("message") if event else f"exited with status {proc.poll()}" if first is None else first
                 _stop(proc)
+                if event is not None:
+                    why = str(event.get("message"))
+                elif first is None:
+                    why = f"it exited with status {proc.returncode} (its error is in the agent's log)"
+                else:
+                    why = f"it said {first.strip()[:200]!r}"
                 raise PayloadError(f"the swarm worker did not start: {why}")
             self._proc, self._endpoint = proc, (str(event["ip"]), int(event["port"]))
             threading.Thread(target=self._read, args=(proc,), name="swarm-worker-reader", daemon=True).start()
