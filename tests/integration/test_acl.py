@@ -66,6 +66,12 @@ def test_agents_run_their_whole_protocol_under_the_agent_role(fleet: dict[str, S
     a.add_member("web", "a")  # rewriting its own member record
     a.add_holder("web", "2", "a")
     a.register_peer("f" * 40, "a", {"address": "127.0.0.1", "port": 6881})
+    woken: list[list[str]] = []
+    a.watch_wakes("a", woken.append)  # each agent watches its own requests to seed
+    fleet["b"].wake_seeder("a", "f" * 40)  # a fetcher asks holder a to seed
+    assert a.take_wakes("a") == ["f" * 40] and a.take_wakes("a") == []
+    with pytest.raises(AccessDeniedError):
+        fleet["viewer"].wake_seeder("a", "f" * 40)
     queue = a.restart_queue("web", "a")
     queue.join()
     assert a.quorum_view("web", "a").present == {"a"}  # what the head reads before taking a slot
