@@ -171,3 +171,19 @@ def test_metainfo_is_read_without_libtorrent_as_libtorrent_reads_it(payload: Pat
 def test_load_metainfo_says_what_is_wrong(payload: Path, mangle, why: str) -> None:
     with pytest.raises(PayloadError, match=why):
         load_metainfo(mangle(make_torrent(payload).metainfo))
+
+
+def test_downloaders_ask_first_for_slices_that_cover_every_piece_once() -> None:
+    from zkdeploy.transfer.striping import OTHERS, OWN_SLICE, stripe_priorities
+
+    seed = ("10.0.0.9", 1)
+    downloaders = [("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 1)]
+    slices = []
+    for me in downloaders:
+        priorities, mine = stripe_priorities(me, frozenset(downloaders) | {seed}, {seed}, 10)
+        assert mine is not None and set(priorities) == {OWN_SLICE, OTHERS}  # every piece still wanted
+        assert [i for i, p in enumerate(priorities) if p == OWN_SLICE] == list(mine)
+        slices.append(mine)
+    assert sorted(i for s in slices for i in s) == list(range(10))  # disjoint, and together whole
+    alone, mine = stripe_priorities(("10.0.0.1", 1), {seed}, {seed}, 4)
+    assert mine is None and len(set(alone)) == 1 and len(alone) == 4

@@ -30,6 +30,7 @@ import libtorrent as lt
 from zkdeploy.errors import IntegrityError, PayloadError
 from zkdeploy.fsutil import write_durably
 from zkdeploy.transfer.metainfo import MiB, TorrentMeta, normalize_sha256, payload_digest
+from zkdeploy.transfer.striping import stripe_priorities
 from zkdeploy.transfer.swarm_config import (
     DownloadCancelled,
     Endpoint,
@@ -436,26 +437,12 @@ class SwarmSession:
 
     def _stripe(self, t: _Torrent, peers: frozenset[Endpoint],
                 seeds: frozenset[Endpoint]) -> None:
-        """Give this host's own slice of the pieces the highest priority.
-
-        Each downloader ranks itself among the peers that are not known seeds
-        and asks first for the pieces of its slice.  Downloaders then pull
-        different pieces from the seeders and trade them with each other,
-        instead of all asking a seeder for the same "rarest" pieces (which
-        made the origin send up to 2.8 copies).  Every piece is still wanted;
-        only the order changes, so a wrong guess costs speed, never data.
-        """
+        """Give this host's own slice of the pieces the highest priority (transfer/striping.py)."""
         assert self._endpoint is not None
-        everyone = sorted((peers - seeds) | {self._endpoint})
-        n = t.meta.num_pieces
-        if len(everyone) < 2:
-            t.handle.prioritize_pieces([4] * n)
-            return
-        rank = everyone.index(self._endpoint)
-        lo, hi = rank * n // len(everyone), (rank + 1) * n // len(everyone)
-        t.handle.prioritize_pieces([7 if lo <= i < hi else 1 for i in range(n)])
-        log.debug("%s: striping %d downloaders, this host's slice is pieces %d-%d",
-                  t.meta.name, len(everyone), lo, hi - 1)
+        priorities, mine = stripe_priorities(self._endpoint, peers, seeds, t.meta.num_pieces)
+        t.handle.prioritize_pieces(priorities)
+        if mine is not None:
+            log.debug("%s: striping, this host's slice is pieces %d-%d", t.meta.name, mine.start, mine.stop - 1)
 
     def _flush(self, t: _Torrent) -> None:
         with t.cond:
