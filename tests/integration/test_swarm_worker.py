@@ -5,6 +5,7 @@ Real ZooKeeper, real libtorrent in real worker processes (``python -m zkdeploy.t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,11 +19,13 @@ from unittest import mock
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_transport import payload, stage
 from zkdeploy.agent.metrics import Metrics
+from zkdeploy.cli.main import cli
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.errors import PayloadError
 from zkdeploy.testing.zkserver import free_port
@@ -94,6 +97,10 @@ def test_an_idle_holder_stops_its_worker_and_a_fetcher_wakes_it_to_fetch_from_it
         wait_for(lambda: gone(pid), why="a's worker process to exit")
         assert store.peers(release.info_hash) == {}  # no tracker entry while stopped ...
         assert store.holders("db", "2") == ["a"]     # ... but still a holder
+        shown = CliRunner().invoke(cli, ["--zk", zk_hosts, "--root", zk_root, "swarm", "db@2", "--json"])
+        assert shown.exit_code == 0 and json.loads(shown.output)["asleep"] == ["a"], shown.output
+        shown = CliRunner().invoke(cli, ["--zk", zk_hosts, "--root", zk_root, "swarm", "db@2"])
+        assert "1 holder(s) asleep" in shown.output and "asleep" in shown.output.split("\n", 3)[-1]
 
         origin.unlink()  # b can only get it from a, which must be woken for it
         got_b = b.fetch(release, tmp_path / "b" / "db-2.payload")

@@ -95,23 +95,30 @@ def _resolve(store: Store, target: str) -> tuple[str, Release | None]:
 @handle_errors
 def swarm(ctx: Ctx, target: str, as_json: bool) -> None:
     """List the peers of a payload's swarm, named by its INFOHASH or by the SERVICE@VERSION staged
-    with it: where they are, whether complete, their rates."""
+    with it: where they are, whether complete, their rates.  With SERVICE@VERSION, the holders whose
+    swarm worker is stopped (idle) are listed too, as asleep: a fetcher wakes them when it needs them."""
     store = ctx.store()
     info_hash, release = _resolve(store, target)
     peers = store.peers(info_hash)
+    holders = store.holders(release.service, release.version) if release else None
+    asleep = sorted(set(holders or ()) - set(peers))
     if as_json:
-        emit_json({"info_hash": info_hash, "peers": peers,
-                   "holders": store.holders(release.service, release.version) if release else None})
+        emit_json({"info_hash": info_hash, "peers": peers, "holders": holders, "asleep": asleep})
         return
-    if not peers:
+    if not peers and not asleep:
         say(f"no peer announces {info_hash}")
         return
+    rows = [[n, f"{p.get('address')}:{p.get('port')}", p.get("rack") or "-", p.get("dc") or "-",
+             "yes" if p.get("complete") else "no",
+             f"{100 * float(p.get('progress', 1.0 if p.get('complete') else 0)):.0f}%",
+             f"{int(p.get('download_rate') or 0) / 1e6:.1f}", f"{int(p.get('upload_rate') or 0) / 1e6:.1f}"]
+            for n, p in sorted(peers.items())]
+    rows += [[n, "asleep", "-", "-", "yes", "100%", "-", "-"] for n in asleep]
     table(f"swarm {info_hash}", ["NODE", "ENDPOINT", "RACK", "DC", "COMPLETE", "PROGRESS", "DOWN MB/s", "UP MB/s"],
-          [[n, f"{p.get('address')}:{p.get('port')}", p.get("rack") or "-", p.get("dc") or "-",
-            "yes" if p.get("complete") else "no",
-            f"{100 * float(p.get('progress', 1.0 if p.get('complete') else 0)):.0f}%",
-            f"{int(p.get('download_rate') or 0) / 1e6:.1f}", f"{int(p.get('upload_rate') or 0) / 1e6:.1f}"]
-           for n, p in sorted(peers.items())])
+          rows)
+    if asleep:
+        say(f"{len(asleep)} holder(s) asleep: their swarm worker stopped when idle; a fetcher wakes up to "
+            "3 of them when no peer seeds")
 
 
 @click.command("seed")
