@@ -190,12 +190,13 @@ def test_fetchers_wake_different_holders_first():
 class Counter:
     def __init__(self) -> None:
         self.sources: list[str] = []
+        self.workers: list[tuple[bool, str]] = []
 
     def payload_fetched(self, source: str, size: int) -> None:
         self.sources.append(source)
 
     def swarm_worker_changed(self, running: bool, reason: str = "") -> None:
-        pass
+        self.workers.append((running, reason))
 
 
 def test_the_long_running_seeder_keeps_its_worker_and_serves_the_first_copy(tmp_path, store, zk_hosts, zk_root):

@@ -194,12 +194,15 @@ class Cycle:
                               self.store, self.node, deploy.name, error, halt=bool(deploy.steps)))
                           if deploy else None, metrics=self.metrics)
         started = time.monotonic()
-        self.host.release_hold(service)  # this restart ends the hold, whatever its outcome
         try:
             outcome = restart.run(old, self.host.running(svc))
         except Exception:
             self._give_back(pending)
             raise
+        if outcome.held:  # out of the load balancer, counted as down, until its next restart or an undo
+            self.host.hold(service, f"held: {outcome.error}", outcome.change_id)  # also through an agent restart
+        else:  # this restart ended a hold; a process killed before here leaves it to the crash recovery
+            self.host.release_hold(service)
         self._give_back(pending)  # not on a BaseException (a simulated kill): a dead process cleans nothing
         self._count(service, outcome, time.monotonic() - started)
         if outcome.change_id is not None:
@@ -209,8 +212,7 @@ class Cycle:
             log.info("%s: online at %s", service, target)
             return
         current = releases.current_version()
-        if outcome.held:  # out of the load balancer, counted as down, until its next restart or an undo
-            self.host.hold(service, f"held: {outcome.error}", outcome.change_id)  # also through an agent restart
+        if outcome.held:
             self.presence.publish(service, version=current or "", state=FAILED, detail=f"held: {outcome.error}",
                                   target="")
             if deploy is not None:

@@ -11,6 +11,7 @@ whose agent dies sees its stdin end and exits.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import logging
@@ -122,10 +123,8 @@ class SwarmProcess:
             lost, self._pending = self._pending, {}
         if proc is None:
             return
-        try:
+        with contextlib.suppress(PayloadError):  # already gone: nothing to ask
             self._send_to(proc, {"op": "exit"})
-        except PayloadError:
-            pass
         _stop(proc)
         for pending in lost.values():
             pending.error = SwarmLost(f"the swarm worker {proc.pid} was stopped during a transfer")
@@ -159,13 +158,13 @@ class SwarmProcess:
         ``notify_peers_changed``.  SwarmLost if the worker ends meanwhile."""
         rid, pending = self._register(on_progress)
         stop = threading.Event()
-        pusher = threading.Thread(target=self._push_peers, args=(meta.info_hash, peers_provider, stop),
-                                  name="swarm-peers", daemon=True)
         try:
-            self._push(meta.info_hash, peers_provider)
+            sent = _endpoints(peers_provider)
+            self._send({"op": "peers", "info_hash": meta.info_hash, "peers": sent})
             self._send({"op": "download", "id": rid, "metainfo": _b64(meta.metainfo), "sha256": expected_sha256,
                         "dir": os.path.abspath(staging_dir), "stall_timeout": stall_timeout})
-            pusher.start()
+            threading.Thread(target=self._push_peers, args=(meta.info_hash, peers_provider, sent, stop),
+                             name="swarm-peers", daemon=True).start()
             while not pending.done.wait(0.2):
                 if cancel is not None and cancel.is_set():
                     self._send({"op": "cancel", "id": rid})
@@ -179,13 +178,9 @@ class SwarmProcess:
             raise pending.error
         return str(pending.result)
 
-    def _push(self, info_hash: str, provider: PeersProvider) -> list[Endpoint]:
-        peers = [(str(ip), int(port)) for ip, port in provider()]
-        self._send({"op": "peers", "info_hash": info_hash, "peers": peers})
-        return peers
-
-    def _push_peers(self, info_hash: str, provider: PeersProvider, stop: threading.Event) -> None:
-        sent: list[Endpoint] | None = None
+    def _push_peers(self, info_hash: str, provider: PeersProvider, sent: list[Endpoint],
+                    stop: threading.Event) -> None:
+        """Tell the worker the download's peers whenever they change (``sent``: the last list told)."""
         while not stop.is_set():
             with self._peers_changed:
                 seen = self._peers_generation
@@ -197,7 +192,7 @@ class SwarmProcess:
             if stop.is_set():
                 return
             try:
-                peers = [(str(ip), int(port)) for ip, port in provider()]
+                peers = _endpoints(provider)
                 if peers != sent:
                     self._send({"op": "peers", "info_hash": info_hash, "peers": peers})
                     sent = peers
@@ -291,6 +286,10 @@ def _worker_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": here + (os.pathsep + path if path else "")}
 
 
+def _endpoints(provider: PeersProvider) -> list[Endpoint]:
+    return [(str(ip), int(port)) for ip, port in provider()]
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -315,11 +314,9 @@ def _read_line(stream: IO[str], timeout: float) -> str | None:
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the pipe is broken: the worker is gone already
         if proc.stdin is not None:
             proc.stdin.close()
-    except OSError:
-        pass
     try:
         proc.wait(EXIT_TIMEOUT)
     except subprocess.TimeoutExpired:

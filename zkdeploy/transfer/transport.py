@@ -186,9 +186,7 @@ class Transport:
             return
         with self._lock:
             held = [h for h in asked if h in self._seeding]
-            if not held or self.session is None:
-                return
-            if self.session.running:
+            if not held or self.session is None or self.session.running:
                 return
             log.info("a fetcher asked for %s: starting the swarm worker to seed", ", ".join(sorted(set(held))))
             try:
@@ -202,21 +200,22 @@ class Transport:
         with self._lock:
             if self._fetching or self.session is None or not self.session.running:
                 return
-            for info_hash in list(self._seeding):
-                self._unannounce(info_hash)
             log.info("swarm idle for %gs: stopping its worker (%d payloads held, seeded again on request)",
                      self.idle_stop, len(self._seeding))
+            self._withdraw()  # before it stops: no fetcher is sent to a worker that is closing
             self.session.close()
-            if self.metrics is not None:
-                self.metrics.swarm_worker_changed(False)
 
     def _worker_exited(self, code: int | None) -> None:
         """The worker died on its own: this node no longer listens, so it must not say it does."""
         with self._lock:
-            for info_hash in list(self._seeding):
-                self._unannounce(info_hash)
-            if self.metrics is not None:
-                self.metrics.swarm_worker_changed(False)
+            self._withdraw()
+
+    def _withdraw(self) -> None:
+        """The worker stops or stopped: its tracker entries go (the holders stay), and the metrics say so."""
+        for info_hash in list(self._seeding):
+            self._unannounce(info_hash)
+        if self.metrics is not None:
+            self.metrics.swarm_worker_changed(False)
 
     # -- the tracker -----------------------------------------------------------
     def _announce(self, meta: TorrentMeta, complete: bool, status: TransferStatus | None = None) -> None:
