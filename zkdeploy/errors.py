@@ -62,6 +62,11 @@ class AccessDeniedError(CoordinationError):
     exit_code = 2
 
 
+class NotAdmittedError(AccessDeniedError):
+    """Under ACL roles, this node may not yet say it is online (it has no availability parent of
+    its own): it counts as down until an operator admits it with ``zkdeploy acl apply``."""
+
+
 class ConflictError(CoordinationError):
     """A conditional write lost a race (the znode changed since it was read)."""
 

@@ -150,14 +150,14 @@ def maybe_complete(store: Store, head: DeployEntry, trusted: PinCheck | None = N
     if head.waves and (head.wave < len(head.waves) - 1 or len(head.wave_log) < len(head.waves)
                        or not head.wave_log[-1].get("verified")):
         return  # with waves, done once the last wave is verified
-    if store.slots(head.service) or store.queue_length(head.service):
+    if store.slot_count(head.service) or store.queue_length(head.service):
         return  # restarts under way or queued: not done, and no need to read every entry to know it
     entries = store.current(head.service)
     failed = {f["node"] for f in head.failures}
     # a deploy of discovered nodes (--select) waits for those only: the others do not restart for it
     unselected = set(entries) - set(head.nodes) if head.nodes else set()
-    if not is_complete(entries, head.version, store.slots(head.service),
-                       excused=failed | _pinned_elsewhere(store, head, trusted) | unselected):
+    if store.slot_count(head.service) or not is_complete(
+            entries, head.version, excused=failed | _pinned_elsewhere(store, head, trusted) | unselected):
         return
     left = sorted(failed & set(entries))
     message = (f"done; {len(left)} node(s) failed within the failure budget and run the previous "

@@ -23,7 +23,7 @@ from zkdeploy.agent.metrics import Metrics
 from zkdeploy.agent.states import RESTART_PHASES, Phase, ServiceMachine
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
-from zkdeploy.errors import ConflictError, CoordinationError
+from zkdeploy.errors import ConflictError, CoordinationError, NotAdmittedError
 from zkdeploy.model import RESTARTING, STOPPED, CurrentEntry, NodeRecord
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Presence:
         self.registered_generation = -1
         self.registrations = 0  # sessions registered so far (1: the first since the agent started)
         self._unwritten: set[str] = set()  # services whose last write to ZooKeeper failed
+        self._unadmitted: set[str] = set()  # services this node may not count itself online in (ACL roles)
         self._later: set[str] | None = None  # with a background writer: services whose phase waits to be written
         self._later_due = threading.Event()
 
@@ -138,9 +139,18 @@ class Presence:
             try:
                 self.store.publish_current(service, self.entry(service))
                 self._unwritten.discard(service)
+            except NotAdmittedError as exc:
+                self._unwritten.add(service)  # the entry is written; its token is tried again later
+                if service not in self._unadmitted:
+                    self._unadmitted.add(service)
+                    log.warning("%s", exc)
             except CoordinationError as exc:
                 self._unwritten.add(service)
                 log.warning("%s: could not publish state (written again later): %s", service, exc)
+            else:
+                if service in self._unadmitted:
+                    self._unadmitted.discard(service)
+                    log.info("%s: admitted: this node counts as online again", service)
 
     def flush(self) -> None:
         """Write again every record whose last write failed (a connection loss, a lost reply)."""
@@ -188,7 +198,7 @@ class Presence:
             self.store.register_node(record)
             for service in self.host.services():
                 self.store.add_member(service, self.node)  # after the presence node: see Store.forget_member
-                self.store.prepare_service(service)
+                self.store.prepare_service(service, self.node)
                 with self.lock:
                     if not self.machines[service].restarting:
                         self.observe(service)

@@ -2,10 +2,11 @@
 
 A ``SlotRequest`` is the protocol of DESIGN.md step 3: a place in the
 service's FIFO restart queue; at its head, the quorum decision on a fresh
-read of the service's down index (``Store.quorum_view``: who is present, who
-is not online, who is a member — names only, four reads at any fleet size);
-and, when one more node may go down, the slot taken in one transaction with
-the node's ``restarting`` entry and its down marker.  ``poll`` is one step of
+count (``Store.quorum_view``: who is present and who is a member, names only;
+how many nodes hold an online token, counted, never listed: three round trips
+at any fleet size); and, when one more node may go down, the slot taken in
+one transaction with the node's ``restarting`` entry and the removal of its
+online token, conditional on the availability epoch the decision counted at.  ``poll`` is one step of
 that and never blocks: the decision cycle polls on every wake-up (the
 predecessor's watch, a change of /current, the deploy entry) and goes on
 answering everything else meanwhile.  ``hold_slots`` is the blocking form,
@@ -28,7 +29,7 @@ from zkdeploy.agent.metrics import Metrics
 from zkdeploy.agent.presence import Presence
 from zkdeploy.agent.states import Phase
 from zkdeploy.coordination import CONNECTED, SUSPENDED, Store
-from zkdeploy.errors import ConflictError, CoordinationError, LockLostError, RolloutAborted
+from zkdeploy.errors import ConflictError, CoordinationError, LockLostError, NotAdmittedError, RolloutAborted
 from zkdeploy.model import ONLINE, RESTARTING, CurrentEntry
 from zkdeploy.policy.quorum import may_go_down
 
@@ -84,35 +85,40 @@ class SlotRequest:
             if me is None or me.state == ONLINE or (self.answering is not None and self.answering()):
                 return self._waiting(waiting, queued=True)
             return self._take(me, free=True, wake=wake)
-        view = self.store.quorum_view(self.service, self.node, wake)
+        with self.presence.lock:  # this node's entry and token are read as they are, not mid-publish
+            view = self.store.quorum_view(self.service, self.node, wake)
         me = view.me
         if me is None:
             raise LockLostError(f"this node's /current entry of {self.service} is gone")
         self_online = me.state == ONLINE
         if not self_online and self.answering is not None and self.answering():
             self_online = True  # our entry is stale: going down costs quorum
-        online = view.online_except(self.node) + int(self_online)
+        online = view.others_online + int(self_online)
         present = len(view.present | {self.node})
         members = len(view.members | view.present)  # absent members count as down
         decision = may_go_down(online=online, present=present, members=members, quorum=self.quorum,
                                self_online=self_online)
         if not decision.allowed:
             return self._waiting(decision.reason)
-        return self._take(me, free=not self_online, wake=wake)
+        return self._take(me, free=not self_online, wake=wake, epoch=view.epoch)
 
-    def _take(self, me: CurrentEntry, *, free: bool, wake: threading.Event | None) -> bool:
+    def _take(self, me: CurrentEntry, *, free: bool, wake: threading.Event | None, epoch: int | None = None) -> bool:
         """Take the slot in one transaction with this node's ``restarting`` entry, conditional on the
-        entry read; leave the queue then, so the next waiter decides with this node counted down."""
+        entry read and on the availability epoch the decision counted at (``epoch``; a free take
+        costs no quorum and has none); leave the queue then, so the next waiter decides with this
+        node counted down."""
         self.free = free
         detail = f"restarting: {self.why}"
         with self.presence.lock:  # the health monitor must not publish between the read and the slot
             try:
                 self.store.take_slot(self.service, me.evolve(state=RESTARTING, phase=Phase.WAITING.value,
-                                                             detail=detail, since=time.time()))
+                                                             detail=detail, since=time.time()), epoch)
             except ConflictError:
                 if wake is not None:
-                    wake.set()  # our entry changed since it was read: decide again on a fresh read
+                    wake.set()  # our entry or the count changed since it was read: decide again on a fresh read
                 return self._waiting("deciding again on a fresh read of /current")
+            except NotAdmittedError as exc:
+                return self._waiting(f"not admitted: {exc}")
             self.presence.publish(self.service, state=RESTARTING, detail=detail, write=False)
         self.granted = True
         if self.metrics is not None:

@@ -17,13 +17,18 @@ layout of zkdeploy.coordination.layout).  A node an agent creates for itself
 also names the agent's own identity (its node credential or client
 certificate) with READ and WRITE, so another agent cannot rewrite it.
 
-ZooKeeper checks CREATE and DELETE on the *parent*: an agent that may remove
-its own slot may remove any slot under the same parent.  Those parents are
-listed in ``AGENT_DELETES``; docs/security.md says what that leaves open.
+ZooKeeper checks CREATE and DELETE on the *parent*, and cannot tie a child's
+name to its creator.  So what the quorum counts (online tokens) and the
+restart slots live under per-node parents that only ``apply`` makes, for
+members whose record is owned by the identity of the node's own name
+(admission), and on which only that identity may create and delete.  The
+shared parents an agent may still delete under are listed in
+``AGENT_DELETES``; docs/security.md says what that leaves open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,7 +49,7 @@ from zkdeploy.coordination.session import (
     Session,
     Stat,
 )
-from zkdeploy.errors import ConfigError, NodeExistsError, NoNodeError
+from zkdeploy.errors import AccessDeniedError, ConfigError, NodeExistsError, NoNodeError
 
 R, RW, RC, RCD = PERM_READ, PERM_READ | PERM_WRITE, PERM_READ | PERM_CREATE, PERM_READ | PERM_CREATE | PERM_DELETE
 POLICY_NODE = "acl"
@@ -52,19 +57,30 @@ POLICY_NODE = "acl"
 
 @dataclass(frozen=True)
 class Rule:
-    """What the agent role may do on one kind of node; ``owned`` nodes also name their creator."""
+    """What the agent role may do on one kind of node; ``owned`` nodes also name their owner, who
+    gets ``owner`` (READ and WRITE: its own record).  An ``admitted`` node is a per-node parent
+    that ``apply`` makes for an admitted node: its owner, decided by admission and never by who
+    made it, gets READ, CREATE and DELETE on it (its own children only)."""
 
     agent: int
     owned: bool = False
+    owner: int = RW
+    admitted: bool = False
 
 
 OWNED = Rule(R, owned=True)
+ADMITTED = Rule(R, owned=True, owner=RCD, admitted=True)
 
 # path shapes relative to the root ("*" = any one name), most specific first; anything else: Rule(R)
 _RULES: list[tuple[tuple[str, ...], Rule]] = [
-    (("nodes",), Rule(RCD)), (("nodes", "*"), OWNED),
-    (("current",), Rule(RC)), (("current", "*"), Rule(RCD)), (("current", "*", "*"), OWNED),
-    (("down",), Rule(RC)), (("down", "*"), Rule(RCD)), (("down", "*", "*"), OWNED),
+    # presence and entries are ephemeral: they go with their session, so no agent deletes them
+    (("nodes",), Rule(RC)), (("nodes", "*"), OWNED),
+    (("current",), Rule(RC)), (("current", "*"), Rule(RC)), (("current", "*", "*"), OWNED),
+    # online tokens and slots live under per-node parents made by admission: only their owner
+    # creates or deletes under them (a hard quota of one child on the availability parents)
+    (("up", "*"), Rule(RW)),  # the availability epoch: every flip of a token bumps it
+    (("up", "*", "*"), ADMITTED), (("up", "*", "*", "*"), OWNED),
+    (("slots", "*", "*"), ADMITTED), (("slots", "*", "*", "*"), OWNED),
     (("members",), Rule(RC)), (("members", "*"), Rule(RC)), (("members", "*", "*"), OWNED),
     (("staging",), Rule(RC)),  # an agent watching a service not staged yet creates its (empty) parent
     (("staging", "*", "*", "holders"), Rule(RCD)), (("staging", "*", "*", "holders", "*"), OWNED),
@@ -73,7 +89,6 @@ _RULES: list[tuple[tuple[str, ...], Rule]] = [
     (("marks",), Rule(RC)), (("marks", "*"), Rule(RC)), (("marks", "*", "*"), OWNED),
     (("locks",), Rule(RC)), (("locks", "*"), Rule(RC)),
     (("locks", "*", "queue"), Rule(RCD)), (("locks", "*", "queue", "*"), OWNED),
-    (("locks", "*", "slots"), Rule(RCD)), (("locks", "*", "slots", "*"), OWNED),
     (("swarm",), Rule(RC)), (("swarm", "*"), Rule(RCD)), (("swarm", "*", "*"), OWNED),
     # a fetcher asks a holder to seed under the holder's name; the holder removes what it read
     (("wake",), Rule(RC)), (("wake", "*"), Rule(RCD)), (("wake", "*", "*"), OWNED),
@@ -169,12 +184,16 @@ class AclPolicy:
         agent = rule.agent
         if rule.owned:
             mine = (self.owner,) if owners is None and self.owner is not None else (owners or ())
-            if not mine:
+            if not mine and not rule.admitted:
                 agent |= PERM_WRITE
-            grant(tuple(mine), RW)
+            grant(tuple(mine), rule.owner)
         grant(self.roles.agent, agent)
         grant(self.roles.operator, PERM_ALL)
         return tuple(Acl(s, i, p) for (s, i), p in sorted(entries.items()))
+
+    def operators_only(self) -> tuple[Acl, ...]:
+        """Changed by operators only, read by every role (the ACL of a node no rule names)."""
+        return self.acl_for(self.root.rstrip("/") + "/" + POLICY_NODE)
 
     def owners_in(self, acl: list[Acl]) -> tuple[tuple[str, str], ...]:
         """The entries of an existing ACL that are neither a role nor ``world``: the node's owners."""
@@ -255,6 +274,110 @@ class ApplyReport:
     repaired: list[str] = field(default_factory=list)
     unknown_owner: list[str] = field(default_factory=list)
     gone: int = 0
+    #: members admitted (``service/node``): each has availability and slot parents of its own
+    admitted: list[str] = field(default_factory=list)
+    #: members refused admission, with the reason (their member record's owner is not the node)
+    refused: list[str] = field(default_factory=list)
+    #: whether ZooKeeper refused a second child under a parent with a hard quota of one (None: not probed)
+    quota_enforced: bool | None = None
+
+
+QUOTA_ROOT = "/zookeeper/quota"
+#: ZooKeeper's quota counts the node itself: the parent and one child
+_ONE_CHILD = b"count=-1,bytes=-1,countHardLimit=2,byteHardLimit=-1"
+
+
+def identity_name(ident: tuple[str, str]) -> str | None:
+    """The name an identity gives: a digest user, or the CN of a certificate's subject DN."""
+    scheme, value = ident
+    if scheme == "digest":
+        return value.split(":", 1)[0]
+    if scheme == "x509":
+        for part in value.split(","):
+            key, _, name = part.strip().partition("=")
+            if key.strip().upper() == "CN":
+                return name.strip()
+    return None
+
+
+def admissions(session: Session, root: str, policy: AclPolicy) -> tuple[dict[tuple[str, str], tuple[str, str]],
+                                                                         list[str]]:
+    """Which members may count themselves online: ``(service, node) -> owner identity`` for each
+    member record owned by the identity of the same name (digest user or certificate CN = the
+    node's name), and the others, each with the reason it is refused."""
+    layout = Layout(root)
+    admitted: dict[tuple[str, str], tuple[str, str]] = {}
+    refused: list[str] = []
+    for service in sorted(session.children(layout.members)):
+        for node in sorted(session.children(layout.service_members(service))):
+            got = session.get_acl(layout.member(service, node))
+            if got is None:
+                continue
+            owners = policy.owners_in(got[0])
+            match = [o for o in owners if identity_name(o) == node]
+            if match:
+                admitted[(service, node)] = match[0]
+            else:
+                names = ", ".join(f"{s}:{identity_name((s, i)) or i}" for s, i in owners) or "no node identity"
+                refused.append(f"{service}/{node}: its member record is owned by {names}, not by an identity "
+                               f"named {node}")
+    return admitted, refused
+
+
+def _admit(session: Session, secured: Session, root: str, policy: AclPolicy,
+           admitted: dict[tuple[str, str], tuple[str, str]]) -> None:
+    """Make each admitted node's availability and slot parents (its owner may create and delete
+    under them, nobody else), with a hard quota of one child on the availability parent."""
+    layout = Layout(root)
+    quota_acl = policy.operators_only()
+    for (service, node), owner in sorted(admitted.items()):
+        for parent in (layout.up_node(service, node), layout.slot_parent(service, node)):
+            secured.ensure_path(parent.rsplit("/", 1)[0])
+            try:
+                session.create(parent, acl=policy.acl_for(parent, owners=(owner,)))
+            except NodeExistsError:
+                pass  # its ACL is set by the walk that follows
+        limits = QUOTA_ROOT + layout.up_node(service, node) + "/zookeeper_limits"
+        if session.exists(limits) is None:
+            _ensure_with(session, limits.rsplit("/", 1)[0], quota_acl)
+            session.create(limits, _ONE_CHILD, acl=quota_acl)
+            with contextlib.suppress(NodeExistsError):  # the server counts what is there when it is made
+                session.create(limits.rsplit("/", 1)[0] + "/zookeeper_stats", b"count=0,bytes=0", acl=quota_acl)
+
+
+def _ensure_with(session: Session, path: str, acl: tuple[Acl, ...]) -> None:
+    current = ""
+    for part in path.strip("/").split("/"):
+        current += "/" + part
+        if session.exists(current) is None:
+            with contextlib.suppress(NodeExistsError):
+                session.create(current, acl=acl)
+
+
+def probe_quota(session: Session, root: str, acl: tuple[Acl, ...]) -> bool:
+    """Whether ZooKeeper enforces hard quotas (``zookeeper.enforceQuota=true`` on every server):
+    a scratch parent with a quota of one child is given two, and everything is removed after."""
+    parent = root.rstrip("/") + "/quota-probe"
+    quota = QUOTA_ROOT + parent
+    for path in (parent + "/b", parent + "/a", parent, quota + "/zookeeper_stats", quota + "/zookeeper_limits", quota):
+        with contextlib.suppress(NoNodeError):
+            session.delete(path)  # a probe an interrupted run left
+    session.create(parent, acl=acl)
+    try:
+        _ensure_with(session, quota, acl)
+        session.create(quota + "/zookeeper_limits", _ONE_CHILD, acl=acl)
+        session.create(quota + "/zookeeper_stats", b"count=0,bytes=0", acl=acl)
+        session.create(parent + "/a", acl=acl)
+        try:
+            session.create(parent + "/b", acl=acl)
+        except AccessDeniedError:
+            return True
+        return False
+    finally:
+        for path in (parent + "/b", parent + "/a", parent, quota + "/zookeeper_stats", quota + "/zookeeper_limits",
+                     quota):
+            with contextlib.suppress(NoNodeError):
+                session.delete(path)
 
 
 def apply(session: Session, root: str, roles: RoleIds, owner: tuple[str, str] | None = None,
@@ -270,6 +393,8 @@ def apply(session: Session, root: str, roles: RoleIds, owner: tuple[str, str] | 
     secured = AclSession(session, policy)
     report = ApplyReport()
     path = root.rstrip("/") + "/" + POLICY_NODE
+    admitted, report.refused = admissions(session, root, policy)
+    report.admitted = [f"{s}/{n}" for s, n in sorted(admitted)]
     if not dry_run:
         secured.ensure_path(root)
         try:
@@ -278,6 +403,11 @@ def apply(session: Session, root: str, roles: RoleIds, owner: tuple[str, str] | 
             session.set(path, roles.to_bytes())
         for base in Layout(root).base_paths():
             secured.ensure_path(base)
+        operators_only = policy.operators_only()
+        if session.exists(QUOTA_ROOT) is not None:
+            session.set_acl(QUOTA_ROOT, operators_only)  # ZooKeeper makes it open to everyone
+        report.quota_enforced = probe_quota(session, root, operators_only)
+        _admit(session, secured, root, policy, admitted)
 
     def visit(node: str) -> None:
         got = session.get_acl(node)
@@ -287,7 +417,12 @@ def apply(session: Session, root: str, roles: RoleIds, owner: tuple[str, str] | 
         acl, _ = got
         report.checked += 1
         owners: tuple[tuple[str, str], ...] | None = None
-        if rule_for(root, node).owned:
+        rule = rule_for(root, node)
+        if rule.admitted:  # whoever made it: the owner is the one admission names, or nobody
+            parts = node[len(root.rstrip("/")):].strip("/").split("/")
+            found = admitted.get((parts[1], parts[2]))
+            owners = (found,) if found is not None else ()
+        elif rule.owned:
             owners = policy.owners_in(acl)
             if not owners:
                 report.unknown_owner.append(node)

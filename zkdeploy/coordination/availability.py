@@ -3,6 +3,7 @@ slots (the records the quorum decision reads and writes; part of ``Store``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,11 +22,13 @@ from zkdeploy.coordination.session import (
     Watcher,
 )
 from zkdeploy.errors import (
+    AccessDeniedError,
     BadVersionError,
     ConflictError,
     CoordinationError,
     NodeExistsError,
     NoNodeError,
+    NotAdmittedError,
     SessionLostError,
 )
 from zkdeploy.model import ONLINE, CurrentEntry, Member, NodeRecord
@@ -35,16 +38,15 @@ log = logging.getLogger("zkdeploy.coordination.store")
 
 @dataclass(frozen=True)
 class QuorumView:
-    """What one quorum decision counts (``Store.quorum_view``): names only, and this node's entry."""
+    """What one quorum decision counts (``Store.quorum_view``): the names of the nodes present and
+    of the members, how many other nodes hold an online token, the availability epoch the slot
+    transaction is conditional on, and this node's entry."""
 
     present: frozenset[str]
-    down: frozenset[str]
     members: frozenset[str]
+    others_online: int
+    epoch: int | None
     me: CurrentEntry | None
-
-    def online_except(self, node: str) -> int:
-        """The present nodes other than ``node`` whose entry is online (not in the down index)."""
-        return len(self.present - self.down - {node})
 
 
 class Availability(StoreCore):
@@ -91,66 +93,95 @@ class Availability(StoreCore):
         return self._children(self._layout.current)
 
     def publish_current(self, service: str, entry: CurrentEntry) -> None:
-        """Write this node's entry and keep its down marker in step: the marker is there exactly
-        while the entry is not online (the index ``quorum_view`` counts).
+        """Write this node's entry and keep its online token in step: the token is there exactly
+        while the entry is online (what ``quorum_view`` counts), and every flip of it bumps the
+        service's availability epoch (what wakes a waiting head, and what the slot transaction is
+        conditional on).
 
-        When the entry's online-ness flips and this session knows both nodes' versions, the entry
-        and the marker change in one transaction (one request); otherwise the entry is written
-        first and the marker after, which only ever errs on the safe side for a voluntary stop
-        (a stop is taken by ``take_slot``, whose transaction makes the marker with the entry).
-        ConflictError when an older session's marker is still there: the caller writes again.
+        When the entry's online-ness flips and this session knows both nodes' versions, the entry,
+        the token and the epoch change in one transaction (one request); otherwise the entry is
+        written first and the token after, which only ever errs on the safe side for a voluntary
+        stop (a stop is taken by ``take_slot``, whose transaction removes the token with the entry).
+        ConflictError when an older session's token is still there: the caller writes again;
+        NotAdmittedError when, under ACL roles, this node may not have a token (yet).
         """
         path = self._layout.current_entry(service, entry.node)
-        marker = self._layout.down_marker(service, entry.node)
-        down = entry.state != ONLINE
+        token = self._layout.online_token(service, entry.node)
+        online = entry.state == ONLINE
         generation = self._session.generation
-        known, marked = self._written.get(path), self._down.get(marker)
-        if marked == (generation, down):
+        known, tokened = self._written.get(path), self._online.get(token)
+        if tokened == (generation, online):
             self._put_ephemeral(path, entry.to_bytes())
             return
-        if known is not None and known[0] == generation and marked is not None and marked[0] == generation:
-            flip: Op = Create(marker, ephemeral=True) if down else Delete(marker)
+        if known is not None and known[0] == generation and tokened is not None and tokened[0] == generation:
+            flip: Op = Create(token, ephemeral=True) if online else Delete(token)
             try:
-                results = self._session.commit([SetData(path, entry.to_bytes(), known[1]), flip])
-            except (ConflictError, SessionLostError):
+                results = self._session.commit([SetData(path, entry.to_bytes(), known[1]), flip,
+                                                SetData(self._layout.up_service(service), b"")])
+            except (ConflictError, SessionLostError, AccessDeniedError):
                 self._written.pop(path, None)  # look again below (a lost reply: the slow path is idempotent)
-                self._down.pop(marker, None)
+                self._online.pop(token, None)
             else:
                 if isinstance(results[0], Stat):
                     self._written[path] = (generation, results[0].version)
-                self._down[marker] = (generation, down)
+                self._online[token] = (generation, online)
                 return
         self._put_ephemeral(path, entry.to_bytes())
-        self._mark_down(service, entry.node, down)
+        self._set_online(service, entry.node, online)
 
-    def _mark_down(self, service: str, node: str, down: bool) -> None:
-        """Make this node's down marker of ``service`` exist (``down``) or not, idempotently."""
-        marker = self._layout.down_marker(service, node)
+    def _set_online(self, service: str, node: str, online: bool) -> None:
+        """Make this node's online token of ``service`` exist (``online``) or not, idempotently,
+        bumping the availability epoch when it changes."""
+        token = self._layout.online_token(service, node)
+        epoch = self._layout.up_service(service)
         generation = self._session.generation
-        self._down.pop(marker, None)
-        if down:
-            try:
-                self._session.create(marker, b"", ephemeral=True, makepath=True)
-            except NodeExistsError:
-                if self._owner_of(marker) != self._session.session_id:
-                    raise ConflictError(f"{marker} still belongs to an older session (it expires within the "
-                                        "session timeout)") from None
+        self._online.pop(token, None)
+        if online:
+            for attempt in range(2):
+                try:
+                    self._session.commit([Create(token, ephemeral=True), SetData(epoch, b"")])
+                except NodeExistsError:
+                    if self._owner_of(token) != self._session.session_id:
+                        raise ConflictError(f"{token} still belongs to an older session (it expires within the "
+                                            "session timeout)") from None
+                except (NoNodeError, AccessDeniedError) as exc:
+                    if attempt == 0 and isinstance(exc, NoNodeError):
+                        self._ensure_own_parents(service, node)
+                        continue
+                    raise NotAdmittedError(
+                        f"{service}: this node counts as down: it may not make its online token {token} ({exc}); "
+                        "under ACL roles an operator admits it with 'zkdeploy acl apply'") from None
+                break
         else:
-            self._delete(marker)  # an older session's marker too: this node is online now
-        self._down[marker] = (generation, down)
+            with contextlib.suppress(NoNodeError):  # no token: nothing to take back
+                self._session.commit([Delete(token), SetData(epoch, b"")])  # an older session's token too
+        self._online[token] = (generation, online)
+
+    def _ensure_own_parents(self, service: str, node: str) -> None:
+        """Make this node's availability and slot parents of ``service``, where it may (without
+        ACL roles; under roles ``zkdeploy acl apply`` makes them for admitted nodes):
+        AccessDeniedError otherwise."""
+        self._ensure(self._layout.up_node(service, node))
+        self._ensure(self._layout.slot_parent(service, node))
 
     def quorum_view(self, service: str, node: str, changed: threading.Event | None = None) -> QuorumView:
-        """What the quorum decision counts, in four reads whatever the fleet's size: the nodes
-        present under /current/<service>, the down index (nodes whose entry is not online), the
-        members, and this node's own entry.  With ``changed``, one-shot watches on the three
-        children lists set the event when a node comes, goes, goes down or comes back up, or a
-        member is added or forgotten (each such change wakes the waiting head once)."""
+        """What the quorum decision counts, in three round trips whatever the fleet's size: the
+        nodes present under /current/<service> and the members (names); how many nodes hold an
+        online token (all nodes below /up/<service> minus its per-node parents, in that order)
+        and the availability epoch; this node's entry and token.  With ``changed``, one-shot
+        watches set the event when a node comes or goes, a member is added or forgotten, or any
+        node's online-ness changes (the epoch), each waking the waiting head once."""
         fire: Watcher | None = (lambda *_: changed.set()) if changed is not None else None
-        down_dir = self._layout.down_service(service)
-        self._ensure(down_dir)  # a child watch needs the parent to exist
-        present, down, members = self._session.children_all(
-            [self._layout.current_service(service), down_dir, self._layout.service_members(service)], fire)
-        return QuorumView(frozenset(present), frozenset(down), frozenset(members), self.current_entry(service, node))
+        present, members = self._session.children_all(
+            [self._layout.current_service(service), self._layout.service_members(service)], fire)
+        below, stat = self._session.tally(self._layout.up_service(service), fire)
+        path = self._layout.current_entry(service, node)
+        got, mine = self._session.get_all([path, self._layout.online_token(service, node)])
+        tokens = below - stat.children if stat is not None else 0
+        return QuorumView(present=frozenset(present), members=frozenset(members),
+                          others_online=max(0, tokens - (mine is not None)),
+                          epoch=stat.version if stat is not None else None,
+                          me=self._record(CurrentEntry, path, got) if got else None)
 
     def owns_current(self, service: str, node: str) -> bool:
         """True only if this session owns the /current entry of ``node`` for ``service``."""
@@ -176,13 +207,18 @@ class Availability(StoreCore):
         """The services that have members."""
         return self._children(self._layout.members)
 
-    def prepare_service(self, service: str) -> None:
-        """Make the persistent parents a restart of ``service`` writes under (its restart queue, its
-        slots, its down index) exist now, at registration, rather than in the burst of every node
-        joining the queue of a service's first rollout at once."""
-        for path in (self._layout.lock_queue(service), self._layout.slots(service),
-                     self._layout.down_service(service)):
-            self._ensure(path)
+    def prepare_service(self, service: str, node: str) -> None:
+        """Make the persistent parents a restart of ``service`` writes under (its restart queue,
+        this node's availability and slot parents) exist now, at registration, rather than in the
+        burst of every node joining the queue of a service's first rollout at once.  Under ACL
+        roles the node's own parents are made by ``zkdeploy acl apply`` (admission): until then
+        this node counts as down, which is logged, not raised."""
+        self._ensure(self._layout.lock_queue(service))
+        try:
+            self._ensure_own_parents(service, node)
+        except AccessDeniedError:
+            log.warning("%s: %s is not admitted yet (it counts as down and cannot restart until an operator "
+                        "runs 'zkdeploy acl apply')", service, node)
 
     def add_member(self, service: str, node: str, now: float | None = None) -> Member:
         """Record ``node`` as a member of ``service``, or refresh its ``last_seen``; the stored record.
@@ -254,47 +290,66 @@ class Availability(StoreCore):
         self._session.watch_children(self._layout.current_service(service), fn)
 
     def slots(self, service: str) -> list[str]:
-        return self._children(self._layout.slots(service))
+        """The nodes holding a restart slot of ``service`` (two round trips: the slot parents, then
+        whether each holds its slot)."""
+        parents = self._children(self._layout.slots(service))
+        held = self._session.get_all([self._layout.slot(service, p) for p in parents])
+        return [p for p, got in zip(parents, held, strict=True) if got is not None]
 
-    def take_slot(self, service: str, entry: CurrentEntry) -> None:
-        """Mark this node restarting and create its slot, atomically.
+    def slot_count(self, service: str) -> int:
+        """How many restart slots of ``service`` are held (one round trip at any fleet size)."""
+        below, stat = self._session.tally(self._layout.slots(service))
+        return below - stat.children if stat is not None else 0
 
-        Conditional on our /current entry not having changed since it was
-        read, so a decision is never made on stale data.  When the reply is
-        lost (the connection dropped, the session lives), the slot is found
-        again by its owner: the transaction either applied whole (our session
-        owns the slot: taken) or not at all (SessionLostError).
+    def take_slot(self, service: str, entry: CurrentEntry, epoch: int | None = None) -> None:
+        """Mark this node restarting, remove its online token and create its slot, atomically.
+
+        Conditional on our /current entry not having changed since it was read, so a decision is
+        never made on stale data, and with ``epoch`` on the service's availability epoch read by
+        that decision: of two nodes deciding on the same count (a queue entry deleted under the
+        head, a credential misused), only one takes a slot, and the other decides again.  When
+        the reply is lost (the connection dropped, the session lives), the slot is found again by
+        its owner: the transaction either applied whole (our session owns the slot: taken) or not
+        at all (SessionLostError).  NotAdmittedError when, under ACL roles, this node has no slot
+        parent (yet).
         """
-        slots = self._layout.slots(service)
         slot = self._layout.slot(service, entry.node)
-        self._ensure(slots)
-        self._ensure(self._layout.down_service(service))
+        try:
+            self._ensure_own_parents(service, entry.node)
+        except AccessDeniedError as exc:
+            raise NotAdmittedError(f"{service}: this node may not take a restart slot ({exc}); under ACL roles "
+                                   "an operator admits it with 'zkdeploy acl apply'") from None
         generation = self._session.generation
         current = self._layout.current_entry(service, entry.node)
-        marker = self._layout.down_marker(service, entry.node)
+        token = self._layout.online_token(service, entry.node)
+        up = self._layout.up_service(service)
         self._written.pop(current, None)
         for _ in range(2):
-            marked = self._down.get(marker) == (generation, True)
+            tokened = self._online.get(token) != (generation, False)  # unless we know it is not there
             ops: list[Op] = [SetData(current, entry.to_bytes(), entry.zversion),
                              Create(slot, entry.to_bytes(), ephemeral=True)]
-            if not marked:
-                ops.append(Create(marker, ephemeral=True))  # the down index says so in the same transaction
+            if tokened:
+                ops.append(Delete(token))  # the count says so in the same transaction
+            if epoch is not None:
+                ops.append(SetData(up, b"", epoch))
+            elif tokened:
+                ops.append(SetData(up, b""))
             try:
                 results = self._session.commit(ops)
-            except NodeExistsError:
-                if marked or self._owner_of(marker) != self._session.session_id:
+            except NoNodeError:
+                if not tokened or self._session.exists(token) is not None:
                     raise
-                self._down[marker] = (generation, True)  # our marker was there already: once more without it
+                self._online[token] = (generation, False)  # no token: once more without it
                 continue
             except SessionLostError:
                 if self.await_session(generation) and self._owns(slot):
                     log.warning("%s: the reply to taking the slot was lost; the slot is ours", service)
-                    self._down[marker] = (generation, True)
+                    self._online[token] = (generation, False)
                     return
                 raise
             if isinstance(results[0], Stat):
                 self._written[current] = (generation, results[0].version)
-            self._down[marker] = (generation, True)
+            self._online[token] = (generation, False)
             return
 
     def holds_slot(self, service: str, node: str) -> bool:

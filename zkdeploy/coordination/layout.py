@@ -6,8 +6,14 @@
     <root>/catalog                          persistent  the fleet catalog (JSON of conf/services.yaml)
     <root>/nodes/<node>                     ephemeral   agent presence (NodeRecord)
     <root>/current/<service>/<node>         ephemeral   version and state of a service on a node (CurrentEntry)
-    <root>/down/<service>/<node>            ephemeral   present while that entry is not online: the index the
-                                                        quorum decision counts (names only, one read)
+    <root>/up/<service>                     persistent  its data version is the service's availability epoch:
+                                                        bumped by every change of a node's online-ness, and
+                                                        the slot transaction is conditional on it
+    <root>/up/<service>/<node>              persistent  the node's availability parent (made by ``zkdeploy acl
+                                                        apply`` for admitted nodes under ACL roles; by the
+                                                        agent itself otherwise); never removed
+    <root>/up/<service>/<node>/on           ephemeral   the node's online token: there exactly while its entry
+                                                        is online; the quorum decision counts them (one read)
     <root>/marks/<service>/m-<seq>          persistent-sequential  a mark of a release: bad, badfwd, good, none (Mark)
     <root>/pins/<node>/<service>            persistent  a pin: this node runs this release (Pin)
     <root>/members/<service>/<node>         persistent  a member of the service: a node that registered it (Member);
@@ -18,7 +24,8 @@
     <root>/staging/<service>/<version>/signature  persistent  the release record's Ed25519 signature
     <root>/deploy/d-<seq>                   persistent-sequential  the deploy queue (DeployEntry)
     <root>/locks/<service>/queue/q-<uuid>__<seq>  ephemeral-sequential  FIFO of agents waiting to restart
-    <root>/locks/<service>/slots/<node>     ephemeral   a restart in progress (proof of permission)
+    <root>/slots/<service>/<node>           persistent  the node's slot parent (made as its availability parent is)
+    <root>/slots/<service>/<node>/slot      ephemeral   a restart in progress (proof of permission)
     <root>/swarm/<info-hash>/<node>         ephemeral   torrent peers (a holder whose swarm worker is stopped has none)
     <root>/wake/<node>/w-<seq>              ephemeral-sequential  a fetcher asks a holder to seed an info-hash
     <root>/control/killswitch               persistent  present = no agent starts a new step
@@ -41,6 +48,8 @@ HISTORY_PREFIX = "h-"
 UNDO_PREFIX = "u-"
 MARK_PREFIX = "m-"
 WAKE_PREFIX = "w-"
+ONLINE_TOKEN = "on"
+SLOT = "slot"
 
 
 @dataclass(frozen=True)
@@ -77,16 +86,19 @@ class Layout:
     def current_entry(self, service: str, node: str) -> str:
         return self.current_service(service) + "/" + check_name("node", node)
 
-    # /down: the index of entries that are not online
+    # /up: the availability epochs, parents and online tokens the quorum decision counts
     @property
-    def down(self) -> str:
-        return self._join("down")
+    def up(self) -> str:
+        return self._join("up")
 
-    def down_service(self, service: str) -> str:
-        return self._join("down", check_name("service", service))
+    def up_service(self, service: str) -> str:
+        return self._join("up", check_name("service", service))
 
-    def down_marker(self, service: str, node: str) -> str:
-        return self.down_service(service) + "/" + check_name("node", node)
+    def up_node(self, service: str, node: str) -> str:
+        return self.up_service(service) + "/" + check_name("node", node)
+
+    def online_token(self, service: str, node: str) -> str:
+        return self.up_node(service, node) + "/" + ONLINE_TOKEN
 
     # /marks and /pins
     def marks(self, service: str) -> str:
@@ -145,11 +157,19 @@ class Layout:
     def lock_queue(self, service: str) -> str:
         return self._join("locks", check_name("service", service), "queue")
 
+    # /slots
+    @property
+    def all_slots(self) -> str:
+        return self._join("slots")
+
     def slots(self, service: str) -> str:
-        return self._join("locks", check_name("service", service), "slots")
+        return self._join("slots", check_name("service", service))
+
+    def slot_parent(self, service: str, node: str) -> str:
+        return self.slots(service) + "/" + check_name("node", node)
 
     def slot(self, service: str, node: str) -> str:
-        return self.slots(service) + "/" + check_name("node", node)
+        return self.slot_parent(service, node) + "/" + SLOT
 
     # /swarm
     def swarm(self, info_hash: str) -> str:
@@ -197,6 +217,6 @@ class Layout:
 
     def base_paths(self) -> list[str]:
         """The persistent parents that must exist before anything else is written."""
-        return [self.nodes, self.current, self.down, self.members, self._join("marks"), self.pins, self.staging,
-                self.deploy, self._join("locks"), self._join("swarm"), self._join("wake"), self.control,
+        return [self.nodes, self.current, self.up, self.all_slots, self.members, self._join("marks"), self.pins,
+                self.staging, self.deploy, self._join("locks"), self._join("swarm"), self._join("wake"), self.control,
                 self.reports, self.plans, self.history, self._join("control", "undo")]

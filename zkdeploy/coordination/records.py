@@ -39,8 +39,8 @@ class StoreCore:
         self._layout = Layout(root)
         #: this session's own ephemeral records: path -> (session generation, znode version it last wrote)
         self._written: dict[str, tuple[int, int]] = {}
-        #: this session's down markers: path -> (session generation, whether this session's marker is there)
-        self._down: dict[str, tuple[int, bool]] = {}
+        #: this session's online tokens: path -> (session generation, whether this session's token is there)
+        self._online: dict[str, tuple[int, bool]] = {}
         self._ensured: set[str] = set()
 
     def await_session(self, generation: int, timeout: float | None = None) -> bool:

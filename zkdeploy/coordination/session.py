@@ -203,6 +203,15 @@ class Session(ABC):
         trip instead of one per path)."""
         return [self.get(path, watch) for path in paths]
 
+    @abstractmethod
+    def tally(self, path: str, watch: Watcher | None = None) -> tuple[int, Stat | None]:
+        """How many nodes there are below ``path`` (all descendants: ZooKeeper's
+        ``getAllChildrenNumber``), then ``path``'s stat with ``watch`` on its data, read in that
+        order (an implementation may send both at once); ``(0, None)`` when ``path`` is absent.
+        What a count of grandchildren under parents that are only ever added needs: the total
+        first, then the number of parents, so a parent added between the two reads can only make
+        the difference smaller."""
+
     # -- writes ------------------------------------------------------------------
     @abstractmethod
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
@@ -354,6 +363,9 @@ class ForwardingSession(Session):
 
     def get_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[tuple[bytes, Stat] | None]:
         return self.inner.get_all(paths, watch)
+
+    def tally(self, path: str, watch: Watcher | None = None) -> tuple[int, Stat | None]:
+        return self.inner.tally(path, watch)
 
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
                makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:

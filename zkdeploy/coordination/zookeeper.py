@@ -23,10 +23,12 @@ from kazoo.exceptions import (
     NodeExistsError as KazooNodeExists,
     NoNodeError as KazooNoNode,
     NotEmptyError as KazooNotEmpty,
+    QuotaExceededError,
     RolledBackError,
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.serialization import int_struct, write_string
 from kazoo.protocol.states import WatchedEvent, ZnodeStat
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 from kazoo.retry import KazooRetry
@@ -68,6 +70,25 @@ log = logging.getLogger(__name__)
 _EVENTS = {"CHANGED": CHANGED, "CHILD": CHILD, "CREATED": CREATED, "DELETED": DELETED, "NONE": SESSION}
 
 
+class _AllChildrenNumber:
+    """ZooKeeper 3.6's ``getAllChildrenNumber`` (opcode 104), which kazoo does not have: the
+    number of nodes below a path, all depths.  It needs READ on the path."""
+
+    type = 104
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def serialize(self) -> bytearray:
+        out = bytearray()
+        out.extend(write_string(self.path))
+        return out
+
+    @classmethod
+    def deserialize(cls, raw: bytes, offset: int) -> int:
+        return int(int_struct.unpack_from(raw, offset)[0])
+
+
 def translate(exc: BaseException, what: str) -> Exception:
     """Map a kazoo (or timeout) exception onto zkdeploy's hierarchy."""
     for kazoo_kind, ours in ((KazooNoNode, NoNodeError), (KazooNodeExists, NodeExistsError),
@@ -78,6 +99,9 @@ def translate(exc: BaseException, what: str) -> Exception:
         return AccessDeniedError(f"ZooKeeper refused {what}: not allowed with this client's credentials")
     if isinstance(exc, AuthFailedError):
         return AccessDeniedError(f"ZooKeeper rejected this client's credentials ({what})")
+    if isinstance(exc, QuotaExceededError):
+        return AccessDeniedError(f"ZooKeeper's hard quota refused {what}: the parent holds all the children "
+                                 "it may")
     if isinstance(exc, KazooTimeoutError):
         return CoordinationError(f"ZooKeeper did not answer in time: {what}")
     if isinstance(exc, (SessionExpiredError, ConnectionLoss, ConnectionClosedError)):
@@ -311,6 +335,24 @@ class ZooKeeperSession(Session):
         except NoNodeError:
             return None
         return None if stat is None else _stat(stat)
+
+    def tally(self, path: str, watch: Watcher | None = None) -> tuple[int, Stat | None]:
+        """Both requests sent before the first answer is awaited: one round trip, answered in order."""
+        counted = self.client.handler.async_result()
+        self.client._call(_AllChildrenNumber(path), counted)  # kazoo's own request path (no public one)
+        stat_answer = self.client.exists_async(path, _relay(watch))
+        try:
+            below = counted.get(timeout=self._operation_timeout)
+        except Exception as exc:  # translated below; nothing is swallowed
+            error = translate(exc, f"getAllChildrenNumber {path}")
+            if not isinstance(error, NoNodeError):
+                raise error from None
+            below = 0
+        try:
+            stat = stat_answer.get(timeout=self._operation_timeout)
+        except Exception as exc:  # translated below; nothing is swallowed
+            raise translate(exc, f"exists {path}") from None
+        return (int(below), _stat(stat)) if stat is not None else (0, None)
 
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
                makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:

@@ -211,6 +211,14 @@ class MemorySession(Session):
             return list(reversed(node.children))
         return self._call("children", body)
 
+    def tally(self, path: str, watch: Watcher | None = None) -> tuple[int, Stat | None]:
+        def body(out: list[_Call]) -> tuple[int, Stat | None]:
+            prefix = path.rstrip("/") + "/"
+            below = sum(1 for p in self.ensemble._tree if p.startswith(prefix))
+            node = self._read(path, watch)
+            return (below, node.stat()) if node is not None else (0, None)
+        return self._call("tally", body)
+
     # -- writes ----------------------------------------------------------------------------
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
                makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:  # ACLs: not modelled
