@@ -95,6 +95,12 @@ class SecureFleet:
                                                                       TlsOptions(ca=self.ca)))
         wait_for(lambda: {h.name for h in self.fleet.hosts} <= set(self.view.current("web")), 60,
                  "every agent to register over TLS")
+        # admission: each member record is owned by its certificate (CN = the node's name)
+        out = self.ok("operator", "acl", "apply", str(policy))
+        assert all(f"admitted web/{h.name}" in out for h in self.fleet.hosts), out
+        assert "hard quotas are enforced" in out, out
+        wait_for(lambda: self.view.quorum_view("web", "nobody").others_online == len(self.fleet.hosts), 60,
+                 "every admitted agent to count itself online")
 
     @property
     def view(self) -> Store:

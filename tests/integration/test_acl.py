@@ -10,23 +10,23 @@ import pytest
 import yaml
 
 from zkdeploy.coordination import Store
-from zkdeploy.coordination.acls import RoleIds, apply, open_session
+from zkdeploy.coordination.acls import ApplyReport, RoleIds, apply, open_session
 from zkdeploy.coordination.credentials import Credentials, Security, digest_id
-from zkdeploy.coordination.session import PERM_ALL, PERM_READ, PERM_WRITE
-from zkdeploy.errors import AccessDeniedError, ConfigError
+from zkdeploy.coordination.session import PERM_ALL, PERM_CREATE, PERM_DELETE, PERM_READ, PERM_WRITE
+from zkdeploy.errors import AccessDeniedError, ConfigError, ConflictError, NotAdmittedError
 from zkdeploy.model import ONLINE, RESTARTING, CurrentEntry, DeployEntry, Killswitch, NodeRecord, Release
 
 pytestmark = pytest.mark.integration
 
 PASSWORDS = {"zkdeploy-operator": "op-secret", "zkdeploy-agent": "agent-secret", "zkdeploy-viewer": "view-secret",
-             "node-a": "a-secret", "node-b": "b-secret"}
+             "a": "a-secret", "b": "b-secret"}
 
 
 def _creds(tmp_path: Path, role: str, node: str | None = None) -> Path:
     user = f"zkdeploy-{role}"
     data = {"role": role, "user": user, "password": PASSWORDS[user]}
     if node:
-        data |= {"node_user": f"node-{node}", "node_password": PASSWORDS[f"node-{node}"]}
+        data |= {"node_user": node, "node_password": PASSWORDS[node]}  # a node identity is named after its node
     path = tmp_path / f"{role}-{node or 'x'}.yaml"
     path.write_text(yaml.safe_dump(data))
     path.chmod(0o600)
@@ -38,18 +38,25 @@ def _roles() -> RoleIds:
                               for role in ("operator", "agent", "viewer")}, "test")
 
 
+def _apply(zk_hosts: str, zk_root: str, operator: Security) -> ApplyReport:
+    raw = open_session(zk_hosts, zk_root, operator, wrap=False)
+    try:
+        return apply(raw, zk_root, _roles(), operator.owner_id)
+    finally:
+        raw.close()
+
+
 @pytest.fixture
 def fleet(zk_hosts: str, zk_root: str, tmp_path: Path) -> Iterator[dict[str, Store]]:
     """An operator, two agents and a viewer on a fleet root whose ACL policy was applied."""
     files = {"operator": _creds(tmp_path, "operator"), "a": _creds(tmp_path, "agent", "a"),
              "b": _creds(tmp_path, "agent", "b"), "viewer": _creds(tmp_path, "viewer")}
     security = {k: Security(Credentials.load(p)) for k, p in files.items()}
-    raw = open_session(zk_hosts, zk_root, security["operator"], wrap=False)
-    try:
-        apply(raw, zk_root, _roles(), security["operator"].owner_id)
-    finally:
-        raw.close()
+    _apply(zk_hosts, zk_root, security["operator"])
     stores = {k: Store.connect(zk_hosts, zk_root, s, session_timeout=4.0) for k, s in security.items()}
+    for node in ("a", "b"):
+        stores[node].add_member("web", node)
+    _apply(zk_hosts, zk_root, security["operator"])  # again: admits a and b
     yield stores
     for s in stores.values():
         s.close()
@@ -74,10 +81,13 @@ def test_agents_run_their_whole_protocol_under_the_agent_role(fleet: dict[str, S
         fleet["viewer"].wake_seeder("a", "f" * 40)
     queue = a.restart_queue("web", "a")
     queue.join()
-    assert a.quorum_view("web", "a").present == {"a"}  # what the head reads before taking a slot
-    a.take_slot("web", a.current("web")["a"].evolve(state=RESTARTING))
-    assert op.quorum_view("web", "x").down == {"a"}  # its down marker, made with the slot
+    view = a.quorum_view("web", "a")  # what the head reads before taking a slot
+    assert view.present == {"a"} and op.quorum_view("web", "x").others_online == 1  # a's online token
+    a.take_slot("web", a.current("web")["a"].evolve(state=RESTARTING), view.epoch)
+    assert op.quorum_view("web", "x").others_online == 0 and op.slots("web") == ["a"]  # token gone with the slot
     a.release_slot("web", "a")
+    a.publish_current("web", CurrentEntry(node="a", version="2", state=ONLINE))
+    assert op.quorum_view("web", "x").others_online == 1 and op.slot_count("web") == 0
     queue.release()
     entry = a.deploy(name)
     assert entry is not None
@@ -110,7 +120,7 @@ def test_an_agent_cannot_change_what_operators_own(fleet: dict[str, Store], atte
     assert [d.version for d in op.deploys()] == ["2"]
     assert op.killswitch() is None
     assert op.catalog()[0] == {"services": {}}
-    assert op.member_nodes("web") == ["b"]
+    assert op.member_nodes("web") == ["a", "b"]
 
 
 def test_an_agent_cannot_rewrite_another_nodes_records(fleet: dict[str, Store]) -> None:
@@ -121,11 +131,91 @@ def test_an_agent_cannot_rewrite_another_nodes_records(fleet: dict[str, Store]) 
     b.quorum_view("web", "b")
     b.take_slot("web", b.current("web")["b"].evolve(state=RESTARTING))
     for path in (a._layout.node("b"), a._layout.current_entry("web", "b"), a._layout.member("web", "b"),
-                 a._layout.slot("web", "b"), a._layout.down_marker("web", "b")):
+                 a._layout.slot("web", "b")):
         with pytest.raises(AccessDeniedError):
             a._session.set(path, b'{"node": "b", "state": "online"}')
     assert fleet["operator"].current("web")["b"].state == RESTARTING
     assert fleet["operator"].nodes()["b"].address == "10.0.0.2"
+
+
+def test_an_agent_cannot_delete_another_nodes_slot_or_token_nor_count_a_node_twice(fleet: dict[str, Store]) -> None:
+    op, a, b = fleet["operator"], fleet["a"], fleet["b"]
+    layout = a._layout
+    b.register_node(NodeRecord(node="b", address="10.0.0.2"))
+    b.publish_current("web", CurrentEntry(node="b", version="1", state=ONLINE))
+    a.publish_current("web", CurrentEntry(node="a", version="1", state=ONLINE))
+    assert op.quorum_view("web", "x").others_online == 2
+    # b's online token and presence: a can neither delete them nor make a token in b's name
+    for path in (layout.online_token("web", "b"), layout.node("b"), layout.current_entry("web", "b")):
+        with pytest.raises(AccessDeniedError):
+            a._session.delete(path)
+    with pytest.raises(AccessDeniedError):
+        a._session.create(layout.up_node("web", "b") + "/forged", ephemeral=True)
+    # nor a node of its own making: an availability parent, or a second token under its own parent
+    with pytest.raises(AccessDeniedError):
+        a._session.create(layout.up_node("web", "ghost"))
+    with pytest.raises(AccessDeniedError, match="quota"):
+        a._session.create(layout.up_node("web", "a") + "/again", ephemeral=True)
+    # an entry forged for a node that is not there may be created, but it is not counted online
+    a._session.create(layout.current_entry("web", "ghost"), CurrentEntry(node="ghost", version="1",
+                                                                         state=ONLINE).to_bytes(), ephemeral=True)
+    assert op.quorum_view("web", "x").others_online == 2
+    # b takes its slot: a cannot delete it
+    view = b.quorum_view("web", "b")
+    b.take_slot("web", b.current("web")["b"].evolve(state=RESTARTING), view.epoch)
+    with pytest.raises(AccessDeniedError):
+        a._session.delete(layout.slot("web", "b"))
+    assert op.slots("web") == ["b"] and op.quorum_view("web", "x").others_online == 1
+
+
+def test_of_two_nodes_deciding_on_the_same_count_only_one_takes_a_slot(fleet: dict[str, Store]) -> None:
+    """A head whose queue entry was deleted under it decides beside the next one: the slot
+    transaction is conditional on the availability epoch, so the second one decides again."""
+    op, a, b = fleet["operator"], fleet["a"], fleet["b"]
+    for store, node in ((a, "a"), (b, "b")):
+        store.publish_current("web", CurrentEntry(node=node, version="1", state=ONLINE))
+    seen_a, seen_b = a.quorum_view("web", "a"), b.quorum_view("web", "b")
+    assert seen_a.epoch == seen_b.epoch and seen_a.others_online == seen_b.others_online == 1
+    a.take_slot("web", a.current("web")["a"].evolve(state=RESTARTING), seen_a.epoch)
+    with pytest.raises(ConflictError):
+        b.take_slot("web", b.current("web")["b"].evolve(state=RESTARTING), seen_b.epoch)
+    assert op.slots("web") == ["a"] and b.current("web")["b"].state == ONLINE
+    assert b.quorum_view("web", "b").others_online == 0  # deciding again, b sees a down
+
+
+def test_acl_apply_admits_only_members_owned_by_the_identity_of_their_name(
+        fleet: dict[str, Store], zk_hosts: str, zk_root: str, tmp_path: Path) -> None:
+    a = fleet["a"]
+    a.add_member("web", "c")  # a member record in another node's name, made with a's identity
+    report = _apply(zk_hosts, zk_root, Security(Credentials.load(_creds(tmp_path, "operator"))))
+    assert report.admitted == ["web/a", "web/b"] and report.quota_enforced is True
+    assert report.refused == ["web/c: its member record is owned by digest:a, not by an identity named c"]
+    assert fleet["operator"]._session.exists(a._layout.up_node("web", "c")) is None
+    a_acl, _ = fleet["operator"]._session.get_acl(a._layout.up_node("web", "a"))
+    assert {(x.id.split(":")[0], x.perms) for x in a_acl} == {
+        ("zkdeploy-operator", PERM_ALL), ("zkdeploy-agent", PERM_READ), ("zkdeploy-viewer", PERM_READ),
+        ("a", PERM_READ | PERM_CREATE | PERM_DELETE)}
+
+
+def test_a_node_not_admitted_counts_as_down_until_it_is(zk_hosts: str, zk_root: str, tmp_path: Path) -> None:
+    operator = Security(Credentials.load(_creds(tmp_path, "operator")))
+    _apply(zk_hosts, zk_root, operator)
+    a = Store.connect(zk_hosts, zk_root, Security(Credentials.load(_creds(tmp_path, "agent", "a"))))
+    op = Store.connect(zk_hosts, zk_root, operator)
+    try:
+        a.add_member("web", "a")
+        a.prepare_service("web", "a")  # logged, not raised: it is not admitted
+        with pytest.raises(NotAdmittedError, match="zkdeploy acl apply"):
+            a.publish_current("web", CurrentEntry(node="a", version="1", state=ONLINE))
+        assert op.current("web")["a"].state == ONLINE and op.quorum_view("web", "x").others_online == 0
+        with pytest.raises(NotAdmittedError):
+            a.take_slot("web", a.current("web")["a"].evolve(state=RESTARTING))
+        _apply(zk_hosts, zk_root, operator)
+        a.publish_current("web", CurrentEntry(node="a", version="1", state=ONLINE))
+        assert op.quorum_view("web", "x").others_online == 1
+    finally:
+        a.close()
+        op.close()
 
 
 def test_a_viewer_reads_everything_and_writes_nothing(fleet: dict[str, Store]) -> None:
@@ -182,7 +272,7 @@ def test_acl_apply_repairs_nodes_made_before_roles_and_keeps_owners(zk_hosts: st
         agent.close()
         apply(raw, zk_root, _roles(), operator.owner_id)  # a repair keeps the owner of a's record
         member_acl, _ = raw.get_acl(zk_root + "/members/web/a")
-        assert ("node-a", PERM_READ | PERM_WRITE) in {(a.id.split(":")[0], a.perms) for a in member_acl}
+        assert ("a", PERM_READ | PERM_WRITE) in {(a.id.split(":")[0], a.perms) for a in member_acl}
     finally:
         raw.close()
 

@@ -232,6 +232,9 @@ class FakeStore:
     def queue_length(self, service: str) -> int:
         return 0
 
+    def slot_count(self, service: str) -> int:
+        return 0
+
     def update_deploy(self, entry: DeployEntry) -> DeployEntry:
         self._check(entry)
         self.writes += 1

@@ -138,7 +138,7 @@ def test_a_restarted_agent_does_not_retry_a_release_that_failed_on_it(fleet: Sim
 def test_a_failed_publish_is_asserted_again_by_the_monitor(fleet: SimFleet) -> None:
     fleet.world.bad.add(("db", "1"))
     session = fleet.agents["n1"].session
-    # online -> failed flips the entry and its down marker in one transaction, retried at once as two
+    # online -> failed flips the entry and its online token in one transaction, retried at once as two
     # writes: the connection is down for both
     session.fail_next(1, SessionLostError("connection loss (test)"), op="commit")
     session.fail_next(1, SessionLostError("connection loss (test)"), op="set")
@@ -146,7 +146,8 @@ def test_a_failed_publish_is_asserted_again_by_the_monitor(fleet: SimFleet) -> N
     assert fleet.operator.current("db")["n1"].state == ONLINE
     fleet.monitor("n1")
     assert fleet.operator.current("db")["n1"].state == FAILED
-    assert fleet.operator.quorum_view("db", "n2").down == {"n1"}  # the down index says so too
+    online = {n for n, e in fleet.operator.current("db").items() if e.state == ONLINE}
+    assert fleet.operator.quorum_view("db", "n2").others_online == len(online - {"n2"})  # n1's token is gone too
 
 
 # -- 9: the fence comes last, immediately before the destructive step ----------------------------------

@@ -57,6 +57,12 @@ def acl_apply(ctx: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
     Run it with operator credentials (--zk-auth-file), first on a fresh tree
     and again whenever the policy changes or a new zkdeploy adds paths.
     Idempotent: nodes whose ACL is right are left alone.
+
+    It also admits nodes: a member whose member record is owned by the
+    identity of its own name (digest node_user or certificate CN = the node
+    name) gets availability and slot parents only it may write under, with a
+    hard quota of one online token.  A node not admitted counts as down and
+    cannot restart: run this again after new hosts register.
     """
     try:
         roles = RoleIds.from_data(load_yaml(Path(policy).read_text()), policy)
@@ -71,12 +77,24 @@ def acl_apply(ctx: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
         session.close()
     if as_json:
         emit_json({"checked": report.checked, "repaired": report.repaired, "unknown_owner": report.unknown_owner,
-                   "dry_run": dry_run})
+                   "admitted": report.admitted, "refused": report.refused,
+                   "quota_enforced": report.quota_enforced, "dry_run": dry_run})
         return
     verb = "would repair" if dry_run else "repaired"
     say(f"{report.checked} node(s) checked, {verb} {len(report.repaired)}")
     for path in report.repaired:
         say(f"  {path}")
+    for member in report.admitted:
+        say(f"admitted {member}")
+    if report.refused:
+        say(f"{len(report.refused)} member(s) not admitted (they count as down and cannot restart):")
+        for why in report.refused:
+            say(f"  {why}")
+    if report.quota_enforced is True:
+        say("hard quotas are enforced: an admitted node counts itself online at most once")
+    elif report.quota_enforced is False:
+        say("WARNING: ZooKeeper does not enforce hard quotas: a stolen agent credential could count its node "
+            "online more than once. Start every server with -Dzookeeper.enforceQuota=true (docs/security.md).")
     if report.unknown_owner:
         say(f"{len(report.unknown_owner)} node(s) an agent owns were made before roles were in place and stay "
             "writable by every agent until their agent makes them again:")

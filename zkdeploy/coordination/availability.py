@@ -146,8 +146,9 @@ class Availability(StoreCore):
                                             "session timeout)") from None
                 except (NoNodeError, AccessDeniedError) as exc:
                     if attempt == 0 and isinstance(exc, NoNodeError):
-                        self._ensure_own_parents(service, node)
-                        continue
+                        with contextlib.suppress(AccessDeniedError):  # under roles: made by admission only
+                            self._ensure_own_parents(service, node)
+                            continue
                     raise NotAdmittedError(
                         f"{service}: this node counts as down: it may not make its online token {token} ({exc}); "
                         "under ACL roles an operator admits it with 'zkdeploy acl apply'") from None

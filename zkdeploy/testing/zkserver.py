@@ -99,7 +99,9 @@ class ZkServer:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 ["java", "-Xmx256m", "-Dzookeeper.admin.enableServer=false",
-                 "-Dzookeeper.4lw.commands.whitelist=*", "-cp", CLASSPATH, MAIN, str(self.config)],
+                 "-Dzookeeper.4lw.commands.whitelist=*",
+                 "-Dzookeeper.enforceQuota=true",  # hard quotas (docs/security.md: admission)
+                 "-cp", CLASSPATH, MAIN, str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
