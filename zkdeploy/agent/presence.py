@@ -140,10 +140,7 @@ class Presence:
                 self.store.publish_current(service, self.entry(service))
                 self._unwritten.discard(service)
             except NotAdmittedError as exc:
-                self._unwritten.add(service)  # the entry is written; its token is tried again later
-                if service not in self._unadmitted:
-                    self._unadmitted.add(service)
-                    log.warning("%s", exc)
+                self._not_admitted(service, exc)
             except CoordinationError as exc:
                 self._unwritten.add(service)
                 log.warning("%s: could not publish state (written again later): %s", service, exc)
@@ -151,6 +148,14 @@ class Presence:
                 if service in self._unadmitted:
                     self._unadmitted.discard(service)
                     log.info("%s: admitted: this node counts as online again", service)
+
+    def _not_admitted(self, service: str, exc: NotAdmittedError) -> None:
+        """The entry is written, its online token is not (ACL roles, not admitted yet): the health
+        monitor tries again with every flush; said once."""
+        self._unwritten.add(service)
+        if service not in self._unadmitted:
+            self._unadmitted.add(service)
+            log.warning("%s", exc)
 
     def flush(self) -> None:
         """Write again every record whose last write failed (a connection loss, a lost reply)."""
@@ -202,7 +207,10 @@ class Presence:
                 with self.lock:
                     if not self.machines[service].restarting:
                         self.observe(service)
-                    self.store.publish_current(service, self.entry(service))
+                    try:
+                        self.store.publish_current(service, self.entry(service))
+                    except NotAdmittedError as exc:
+                        self._not_admitted(service, exc)  # registered all the same: it counts as down
         except ConflictError as exc:
             log.warning("not registered yet: %s", exc)
             return False
