@@ -1,4 +1,4 @@
-"""Who is up: presence, /current with its down index, membership, and the restart queues and
+"""Who is up: presence, /current with its online tokens, membership, and the restart queues and
 slots (the records the quorum decision reads and writes; part of ``Store``)."""
 
 from __future__ import annotations
