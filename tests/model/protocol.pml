@@ -69,7 +69,7 @@ bit   alive[N] = 1;  /* the agent's session lives (its ephemeral nodes exist) */
 byte  q[QLEN];       /* /locks/S/queue in sequence order: i+1 = agent i's node,
                         i+1+N = a node of agent i's live session it does not
                         know about (a ghost); 0 = empty */
-bit   slot[N];       /* /locks/S/slots/<i>, ephemeral, of agent i's session */
+bit   slot[N];       /* /slots/S/<i>/slot, ephemeral, of agent i's session */
 mtype cur[N] = ONLINE; /* /current/S/<i>, ephemeral, of agent i's session */
 bit   dirty[N];      /* /current/S/<i> written by someone else since agent i
                         last read it: stands for its znode version */
@@ -253,7 +253,7 @@ wait_turn:
 	};
 
 	/* take_slot: one transaction, set /current/S/<i> = restarting if its
-	   version is the one read, and create /locks/S/slots/<i> (ephemeral) */
+	   version is the one read, and create /slots/S/<i>/slot (ephemeral) */
 	atomic {
 		if
 		:: !alive[i] -> goto lost_session
@@ -284,7 +284,7 @@ wait_turn:
 	goto leave_queue;
 
 find_slot:
-	/* same session back: do we own /locks/S/slots/<i>?  Then it applied. */
+	/* same session back: do we own /slots/S/<i>/slot?  Then it applied. */
 	atomic {
 		if
 		:: !alive[i] -> goto lost_session

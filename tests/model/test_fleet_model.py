@@ -95,7 +95,7 @@ class FleetModel(RuleBasedStateMachine):
             return
         sim = self.fleet.agents[node]
         ensemble = self.fleet.ensemble
-        slot = f"/dc/locks/{service}/slots/{node}"
+        slot = f"/dc/slots/{service}/{node}/slot"
         owner = ensemble.dump().get(slot, (b"", None))[1]
         if sim.session is None or owner != sim.session.session_id or sim.session.state != "connected":
             self.violations.append(f"{node} stopped {service} without a live slot of its own session")
@@ -193,10 +193,10 @@ class FleetModel(RuleBasedStateMachine):
             return
         live = {sim.session.session_id: sim for sim in self.fleet.agents.values() if sim.session is not None}
         for path, (data, owner) in self.fleet.ensemble.dump().items():
-            parts = path.split("/")
-            if len(parts) != 6 or parts[2] != "locks":
+            parts = path.split("/")  # /dc/locks/<s>/queue/<q> and /dc/slots/<s>/<node>/slot
+            if len(parts) != 6 or (parts[2], parts[4]) != ("locks", "queue") and parts[2] != "slots":
                 continue
-            service, kind = parts[3], parts[4]
+            service, kind = parts[3], parts[2]
             sim = live.get(owner)
             if sim is None:
                 continue  # a dead agent's session, not expired yet: it goes with the session

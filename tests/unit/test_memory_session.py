@@ -52,6 +52,22 @@ def test_reads_of_absent_nodes_return_nothing_and_writes_raise_the_contract_erro
     assert ens.dump() == {"/x": (b"", 0), "/x/y": (b"1", 0)}
 
 
+def test_tally_counts_every_node_below_then_reads_the_parent_with_a_data_watch(ens):
+    a, b = client(ens), client(ens)
+    assert a.tally("/up/web") == (0, None)
+    a.create("/up/web/n1", makepath=True)
+    a.create("/up/web/n2")
+    a.create("/up/web/n1/on", ephemeral=True)
+    seen = Events()
+    below, stat = a.tally("/up/web", seen)
+    assert below == 3 and stat is not None and stat.children == 2  # two parents, one token
+    b.set("/up/web", b"")  # an epoch bump
+    ens.settle()
+    assert seen == [(CHANGED, "/up/web")]
+    a.close()  # its token goes with its session
+    assert b.tally("/up/web")[0] == 2
+
+
 def test_conditional_set_and_delete_compare_versions(ens):
     a = client(ens)
     a.create("/n", b"v0")

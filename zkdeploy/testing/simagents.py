@@ -68,7 +68,7 @@ def path_kind(root: str, path: str) -> str:
     parts = path[len(root):].strip("/").split("/") if path.startswith(root) else [path]
     if len(parts) <= 1:
         return parts[0]
-    if parts[0] in ("current", "members", "locks", "staging", "marks"):
+    if parts[0] in ("current", "up", "slots", "members", "locks", "staging", "marks"):
         return "/".join(parts[:2]) + ("/*" if len(parts) > 2 else "")
     return parts[0] + "/*"
 
