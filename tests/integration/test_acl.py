@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import wait_for
 from zkdeploy.coordination import Store
 from zkdeploy.coordination.acls import ApplyReport, RoleIds, apply, open_session
 from zkdeploy.coordination.credentials import Credentials, Security, digest_id
@@ -160,6 +161,20 @@ def test_an_agent_cannot_delete_another_nodes_slot_or_token_nor_count_a_node_twi
     a._session.create(layout.current_entry("web", "ghost"), CurrentEntry(node="ghost", version="1",
                                                                          state=ONLINE).to_bytes(), ephemeral=True)
     assert op.quorum_view("web", "x").others_online == 2
+    # nor b's holder, b's history, a request to b to seed (only b removes those), nor ask a host not admitted
+    b.add_holder("web", "2", "b")
+    b.record_history({"node": "b", "change": "x"})
+    a.wake_seeder("b", "f" * 40)
+    [request] = op._session.children(layout.wake("b"))
+    [record] = op._session.children(layout.node_history("b"))
+    for path in (layout.holder("web", "2", "b"), layout.node_history("b") + "/" + record,
+                 layout.wake("b") + "/" + request):
+        with pytest.raises(AccessDeniedError):
+            a._session.delete(path)
+    with pytest.raises(AccessDeniedError):
+        a.wake_seeder("ghost", "f" * 40)
+    assert b.take_wakes("b") == ["f" * 40]
+    assert [r["id"] for r in op.history()] == [f"b/{record}"]
     # b takes its slot: a cannot delete it
     view = b.quorum_view("web", "b")
     b.take_slot("web", b.current("web")["b"].evolve(state=RESTARTING), view.epoch)
@@ -189,6 +204,9 @@ def test_acl_apply_admits_only_members_owned_by_the_identity_of_their_name(
     a.add_member("web", "c")  # a member record in another node's name, made with a's identity
     report = _apply(zk_hosts, zk_root, Security(Credentials.load(_creds(tmp_path, "operator"))))
     assert report.admitted == ["web/a", "web/b"] and report.quota_enforced is True
+    for path in (a._layout.wake("a"), a._layout.node_history("a")):  # per node: asked to seed, its history
+        acl, _ = fleet["operator"]._session.get_acl(path)
+        assert ("a", PERM_READ | PERM_CREATE | PERM_DELETE) in {(x.id.split(":")[0], x.perms) for x in acl}
     assert report.refused == ["web/c: its member record is owned by digest:a, not by an identity named c"]
     assert fleet["operator"]._session.exists(a._layout.up_node("web", "c")) is None
     a_acl, _ = fleet["operator"]._session.get_acl(a._layout.up_node("web", "a"))
@@ -210,9 +228,17 @@ def test_a_node_not_admitted_counts_as_down_until_it_is(zk_hosts: str, zk_root: 
         assert op.current("web")["a"].state == ONLINE and op.quorum_view("web", "x").others_online == 0
         with pytest.raises(NotAdmittedError):
             a.take_slot("web", a.current("web")["a"].evolve(state=RESTARTING))
+        asked: list[list[str]] = []
+        a.watch_wakes("a", asked.append)  # no parent to be asked under yet: the watch waits for it
+        with pytest.raises(AccessDeniedError):
+            a.record_history({"node": "a", "change": "x"})
         _apply(zk_hosts, zk_root, operator)
         a.publish_current("web", CurrentEntry(node="a", version="1", state=ONLINE))
         assert op.quorum_view("web", "x").others_online == 1
+        wait_for(lambda: asked == [[]], 10, "the watch on a's requests to seed to begin")
+        op.wake_seeder("a", "f" * 40)
+        wait_for(lambda: len(asked) == 2 and len(asked[1]) == 1, 10, "a to be asked to seed")
+        a.record_history({"node": "a", "change": "x"})
     finally:
         a.close()
         op.close()

@@ -83,18 +83,22 @@ _RULES: list[tuple[tuple[str, ...], Rule]] = [
     (("slots", "*", "*"), ADMITTED), (("slots", "*", "*", "*"), OWNED),
     (("members",), Rule(RC)), (("members", "*"), Rule(RC)), (("members", "*", "*"), OWNED),
     (("staging",), Rule(RC)),  # an agent watching a service not staged yet creates its (empty) parent
-    (("staging", "*", "*", "holders"), Rule(RCD)), (("staging", "*", "*", "holders", "*"), OWNED),
+    # holders are ephemeral and go with their session: nobody deletes them
+    (("staging", "*", "*", "holders"), Rule(RC)), (("staging", "*", "*", "holders", "*"), OWNED),
     (("deploy", "*"), Rule(RW)),
     # a failed gate marks the release bad by the service's policy (on_failure: mark_bad): marks are append-only
     (("marks",), Rule(RC)), (("marks", "*"), Rule(RC)), (("marks", "*", "*"), OWNED),
     (("locks",), Rule(RC)), (("locks", "*"), Rule(RC)),
     (("locks", "*", "queue"), Rule(RCD)), (("locks", "*", "queue", "*"), OWNED),
-    (("swarm",), Rule(RC)), (("swarm", "*"), Rule(RCD)), (("swarm", "*", "*"), OWNED),
-    # a fetcher asks a holder to seed under the holder's name; the holder removes what it read
-    (("wake",), Rule(RC)), (("wake", "*"), Rule(RCD)), (("wake", "*", "*"), OWNED),
+    # tracker entries go with the tracker's own session (open while the swarm worker runs): no deletes
+    (("swarm",), Rule(RC)), (("swarm", "*"), Rule(RC)), (("swarm", "*", "*"), OWNED),
+    # a fetcher asks a holder to seed under the holder's own parent (made by admission); only the
+    # holder removes what it read
+    (("wake", "*"), Rule(RC, owned=True, owner=RCD, admitted=True)), (("wake", "*", "*"), OWNED),
     (("control", "undo"), Rule(RC)), (("control", "undo", "*", "*"), Rule(RW)),
     (("reports", "plans", "*"), Rule(RC)), (("reports", "plans", "*", "*"), OWNED),
-    (("reports", "history"), Rule(RCD)), (("reports", "history", "*"), OWNED),
+    # each node's history under its own parent (made by admission): it prunes its own records only
+    (("reports", "history", "*"), ADMITTED), (("reports", "history", "*", "*"), OWNED),
 ]
 
 #: parents under which an agent may delete any child (ZooKeeper checks DELETE on the parent)
@@ -219,6 +223,9 @@ class AclSession(ForwardingSession):
         self.inner.start()
         return self
 
+    def sibling(self) -> AclSession:
+        return AclSession(self.inner.sibling(), self.policy)
+
     # writes: every create gets its ACL
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
                makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:
@@ -326,23 +333,41 @@ def admissions(session: Session, root: str, policy: AclPolicy) -> tuple[dict[tup
 
 def _admit(session: Session, secured: Session, root: str, policy: AclPolicy,
            admitted: dict[tuple[str, str], tuple[str, str]]) -> None:
-    """Make each admitted node's availability and slot parents (its owner may create and delete
-    under them, nobody else), with a hard quota of one child on the availability parent."""
+    """Make each admitted node's parents: per service its availability and slot parents (with a
+    hard quota of one child on the availability parent), and per node where it is asked to seed
+    and its history.  Its owner may create and delete under them; nobody else may delete."""
     layout = Layout(root)
     quota_acl = policy.operators_only()
-    for (service, node), owner in sorted(admitted.items()):
-        for parent in (layout.up_node(service, node), layout.slot_parent(service, node)):
-            secured.ensure_path(parent.rsplit("/", 1)[0])
-            try:
-                session.create(parent, acl=policy.acl_for(parent, owners=(owner,)))
-            except NodeExistsError:
-                pass  # its ACL is set by the walk that follows
+    parents = [(p, owner) for (service, node), owner in sorted(admitted.items())
+               for p in (layout.up_node(service, node), layout.slot_parent(service, node))]
+    parents += [(p, owner) for node, owner in sorted(_by_node(admitted).items())
+                for p in (layout.wake(node), layout.node_history(node))]
+    for parent, owner in parents:
+        secured.ensure_path(parent.rsplit("/", 1)[0])
+        try:
+            session.create(parent, acl=policy.acl_for(parent, owners=(owner,)))
+        except NodeExistsError:
+            pass  # its ACL is set by the walk that follows
+    for service, node in sorted(admitted):
         limits = QUOTA_ROOT + layout.up_node(service, node) + "/zookeeper_limits"
         if session.exists(limits) is None:
             _ensure_with(session, limits.rsplit("/", 1)[0], quota_acl)
             session.create(limits, _ONE_CHILD, acl=quota_acl)
             with contextlib.suppress(NodeExistsError):  # the server counts what is there when it is made
                 session.create(limits.rsplit("/", 1)[0] + "/zookeeper_stats", b"count=0,bytes=0", acl=quota_acl)
+
+
+def _by_node(admitted: dict[tuple[str, str], tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """Each admitted node's identity (a node admitted for any service is admitted as a node)."""
+    return {node: owner for (_service, node), owner in sorted(admitted.items())}
+
+
+def _admitted_owner(parts: list[str], admitted: dict[tuple[str, str], tuple[str, str]]) -> tuple[str, str] | None:
+    """The owner admission names for a per-node parent (its path below the root, split)."""
+    if parts[0] in ("up", "slots"):
+        return admitted.get((parts[1], parts[2]))
+    node = parts[1] if parts[0] == "wake" else parts[2]  # wake/<n>, reports/history/<n>
+    return _by_node(admitted).get(node)
 
 
 def _ensure_with(session: Session, path: str, acl: tuple[Acl, ...]) -> None:
@@ -419,8 +444,7 @@ def apply(session: Session, root: str, roles: RoleIds, owner: tuple[str, str] | 
         owners: tuple[tuple[str, str], ...] | None = None
         rule = rule_for(root, node)
         if rule.admitted:  # whoever made it: the owner is the one admission names, or nobody
-            parts = node[len(root.rstrip("/")):].strip("/").split("/")
-            found = admitted.get((parts[1], parts[2]))
+            found = _admitted_owner(node[len(root.rstrip("/")):].strip("/").split("/"), admitted)
             owners = (found,) if found is not None else ()
         elif rule.owned:
             owners = policy.owners_in(acl)

@@ -27,11 +27,14 @@
     <root>/slots/<service>/<node>           persistent  the node's slot parent (made as its availability parent is)
     <root>/slots/<service>/<node>/slot      ephemeral   a restart in progress (proof of permission)
     <root>/swarm/<info-hash>/<node>         ephemeral   torrent peers (a holder whose swarm worker is stopped has none)
+    <root>/wake/<node>                      persistent  where fetchers ask the node to seed (made as its availability
+                                                        parent is: only the node removes what is asked)
     <root>/wake/<node>/w-<seq>              ephemeral-sequential  a fetcher asks a holder to seed an info-hash
     <root>/control/killswitch               persistent  present = no agent starts a new step
     <root>/reports/plans/p-<seq>            persistent-sequential  a fleet-wide dry run request
     <root>/reports/plans/p-<seq>/<node>     persistent  one node's plan (NoAction) for that request
-    <root>/reports/history/h-<seq>          persistent-sequential  one live change set on one node (bounded)
+    <root>/reports/history/<node>           persistent  the node's history parent (made as its availability parent is)
+    <root>/reports/history/<node>/h-<seq>   persistent-sequential  one live change set on that node (bounded per node)
     <root>/control/undo/<node>/u-<seq>      persistent-sequential  an operator's undo request for a node
 """
 
@@ -208,6 +211,9 @@ class Layout:
     @property
     def history(self) -> str:
         return self._join("reports", "history")
+
+    def node_history(self, node: str) -> str:
+        return self.history + "/" + check_name("node", node)
 
     def undo_requests(self, node: str) -> str:
         return self._join("control", "undo", check_name("node", node))

@@ -137,6 +137,11 @@ class Session(ABC):
     def close(self) -> None:
         """Close the session (its ephemeral nodes go at once).  Safe to call twice."""
 
+    @abstractmethod
+    def sibling(self) -> Session:
+        """A new session (not started) to the same ensemble, with the same credentials and timeouts:
+        for nodes that must go together when it closes (the swarm's tracker entries)."""
+
     @property
     @abstractmethod
     def state(self) -> str:
@@ -322,6 +327,9 @@ class ForwardingSession(Session):
 
     def close(self) -> None:
         self.inner.close()
+
+    def sibling(self) -> Session:
+        return self.inner.sibling()
 
     @property
     def state(self) -> str:

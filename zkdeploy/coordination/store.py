@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection
 from typing import Any, TypedDict, Unpack
@@ -39,6 +40,7 @@ from zkdeploy.coordination.session import (
     SetData,
 )
 from zkdeploy.errors import (
+    AccessDeniedError,
     BadVersionError,
     ConflictError,
     CoordinationError,
@@ -46,6 +48,7 @@ from zkdeploy.errors import (
     NoNodeError,
 )
 from zkdeploy.model import DeployEntry, Killswitch, Mark, Pin, Release
+from zkdeploy.names import is_safe_name
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,11 @@ class Store(Availability):
 
     def close(self) -> None:
         self._session.close()
+
+    def sibling(self) -> Store:
+        """A Store on a session of its own (same ensemble, credentials and root): what it creates
+        goes when it closes, with no delete (the swarm's tracker entries)."""
+        return Store(self._session.sibling().start(), self.root)
 
     def bootstrap(self) -> None:
         for path in self._layout.base_paths():
@@ -246,8 +254,22 @@ class Store(Availability):
         self._session.create(base + "/" + WAKE_PREFIX, info_hash.encode(), ephemeral=True, sequence=True)
 
     def watch_wakes(self, node: str, fn: Callable[[list[str]], Any]) -> None:
-        """``fn(names)`` now and whenever the requests that ask ``node`` to seed change."""
-        self._session.watch_children(self._layout.wake(node), fn)
+        """``fn(names)`` now and whenever the requests that ask ``node`` to seed change.  Under ACL
+        roles, a node not admitted yet has no parent to be asked under: the watch begins when
+        ``zkdeploy acl apply`` makes it."""
+        base = self._layout.wake(node)
+        try:
+            self._session.watch_children(base, fn)
+        except AccessDeniedError:
+            log.warning("%s is not admitted yet: it is not asked to seed until 'zkdeploy acl apply' admits it", node)
+
+            def admitted(data: bytes | None) -> bool:
+                if data is None:
+                    return True  # not yet: keep watching
+                threading.Thread(target=self._session.watch_children, args=(base, fn), daemon=True,
+                                 name=f"wake-{node}").start()  # not from the watch's own thread
+                return False
+            self._session.watch_data(base, admitted)
 
     def take_wakes(self, node: str) -> list[str]:
         """The info-hashes ``node`` is asked to seed, each request removed once read."""
@@ -346,20 +368,37 @@ class Store(Availability):
     def has_answered(self, name: str, node: str) -> bool:
         return self._owner_of(self._layout.plan_answer(name, node)) is not None
 
-    def record_history(self, record: dict[str, Any], keep: int = 2000) -> None:
-        """Append one change report; the oldest beyond ``keep`` are pruned."""
-        self._create_sequential(self._layout.history, HISTORY_PREFIX, json.dumps(record).encode())
-        names = [c for c in self._children(self._layout.history) if c.startswith(HISTORY_PREFIX)]
+    def record_history(self, record: dict[str, Any], keep: int = 500) -> None:
+        """Append one change report of ``record["node"]`` under that node's own parent; its oldest
+        beyond ``keep`` are pruned (a node prunes only its own).  Under ACL roles the parent is
+        made by admission (AccessDeniedError until then)."""
+        base = self._layout.node_history(str(record.get("node")))
+        self._ensure(base)
+        self._create_sequential(base, HISTORY_PREFIX, json.dumps(record).encode())
+        names = [c for c in self._children(base) if c.startswith(HISTORY_PREFIX)]
         for name in names[: max(0, len(names) - keep)]:
-            self._delete(self._layout.history + "/" + name)
+            self._delete(base + "/" + name)
 
     def history(self) -> list[dict[str, Any]]:
-        out = []
-        for name in self._children(self._layout.history):
-            record = self._json_quiet(self._layout.history + "/" + name)
+        """Every node's change reports, oldest first (by the order ZooKeeper made them), each with
+        its ``id`` (``<node>/h-<seq>``); three round trips at any fleet size."""
+        nodes = [n for n in self._children(self._layout.history) if is_safe_name(n)]
+        bases = [self._layout.node_history(n) for n in nodes]
+        paths = [(node, base + "/" + name) for node, base, names in
+                 zip(nodes, bases, self._session.children_all(bases), strict=True)
+                 for name in sorted(names) if name.startswith(HISTORY_PREFIX)]
+        found = []
+        for (node, path), got in zip(paths, self._session.get_all([p for _, p in paths]), strict=True):
+            if got is None:
+                continue
+            try:
+                record = json.loads(got[0])
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                log.warning("%s: not a history record; skipped", path)
+                continue
             if isinstance(record, dict):
-                out.append({"id": name, **record})
-        return out
+                found.append((got[1].created, {"id": f"{node}/{path.rsplit('/', 1)[1]}", **record}))
+        return [record for _, record in sorted(found, key=lambda f: f[0])]
 
     # -- release marks and pins ------------------------------------------------------------
     def add_mark(self, mark: Mark) -> str:

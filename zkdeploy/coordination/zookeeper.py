@@ -187,6 +187,10 @@ class ZooKeeperSession(Session):
         self.client.add_listener(self._on_state)
 
     # -- lifecycle -----------------------------------------------------
+    def sibling(self) -> ZooKeeperSession:
+        return ZooKeeperSession(self.hosts, session_timeout=self._asked_timeout, connect_timeout=self.connect_timeout,
+                                operation_timeout=self._operation_timeout, auth=self._auth, tls=self._tls)
+
     def start(self) -> ZooKeeperSession:
         try:
             self.client.start(timeout=self.connect_timeout)

@@ -103,6 +103,10 @@ class MemorySession(Session):
             ensemble._clients.append(self)
 
     # -- lifecycle and state -------------------------------------------------------------
+    def sibling(self) -> MemorySession:
+        return MemorySession(self.ensemble, session_timeout=self.session_timeout, operation_timeout=self._op_timeout,
+                             auto_reconnect=self.auto_reconnect)
+
     def start(self) -> MemorySession:
         out: list[_Call] = []
         with self._lock:

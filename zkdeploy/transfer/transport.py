@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from zkdeploy.config.schema import AgentConfig
-from zkdeploy.coordination import Store
+from zkdeploy.coordination import CONNECTED, Store
 from zkdeploy.errors import CoordinationError, PayloadError
 from zkdeploy.fsutil import fsync_dir, fsync_file
 from zkdeploy.model import Release
@@ -111,6 +111,10 @@ class Transport:
         self._seeding: dict[str, tuple[TorrentMeta, Path]] = {}
         self._fetching = 0
         self._lock = threading.RLock()
+        #: the ZooKeeper session the tracker entries live in, open while the worker runs: they go
+        #: when it closes, so no agent needs to delete under a swarm's shared parent
+        self._tracker: Store | None = None
+        self._tracker_generation = -1
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
@@ -133,6 +137,7 @@ class Transport:
             self.session = None
             if self.metrics is not None:
                 self.metrics.swarm_worker_changed(False)
+        self._close_tracker()
 
     def attach(self, store: Store) -> None:
         """Use ``store`` as the tracker.  With ``idle_stop`` 0 the worker never stops, so it starts now
@@ -211,11 +216,35 @@ class Transport:
             self._withdraw()
 
     def _withdraw(self) -> None:
-        """The worker stops or stopped: its tracker entries go (the holders stay), and the metrics say so."""
-        for info_hash in list(self._seeding):
-            self._unannounce(info_hash)
+        """The worker stops or stopped: its tracker entries go with their session (the holders
+        stay), and the metrics say so."""
+        self._close_tracker()
         if self.metrics is not None:
             self.metrics.swarm_worker_changed(False)
+
+    def _close_tracker(self) -> None:
+        tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            tracker.close()
+
+    def _tracker_store(self) -> Store | None:
+        """The tracker's session, opened on first use while the worker runs; None if it cannot be."""
+        if self._tracker is None and self.store is not None:
+            try:
+                self._tracker = self.store.sibling()
+            except CoordinationError as exc:
+                log.warning("cannot open the tracker's ZooKeeper session: %s", exc)
+                return None
+            self._tracker_generation = self._tracker.generation
+            self._tracker.on_session_change(self._tracker_changed)
+        return self._tracker
+
+    def _tracker_changed(self, state: str) -> None:
+        """A new tracker session replaced an expired one (its entries went with it): announce again."""
+        tracker = self._tracker
+        if tracker is not None and state == CONNECTED and tracker.generation != self._tracker_generation:
+            self._tracker_generation = tracker.generation
+            threading.Thread(target=self.reannounce, name="swarm-reannounce", daemon=True).start()
 
     # -- the tracker -----------------------------------------------------------
     def _announce(self, meta: TorrentMeta, complete: bool, status: TransferStatus | None = None) -> None:
@@ -227,18 +256,13 @@ class Transport:
         if status is not None:
             peer.update(progress=round(status.progress, 4), download_rate=status.download_rate,
                         upload_rate=status.upload_rate)
-        try:
-            self.store.register_peer(meta.info_hash, self.node, peer)
-        except CoordinationError as exc:
-            log.warning("could not announce %s in the tracker: %s", meta.info_hash, exc)
-
-    def _unannounce(self, info_hash: str) -> None:
-        if self.store is None:
+        tracker = self._tracker_store()
+        if tracker is None:
             return
         try:
-            self.store.unregister_peer(info_hash, self.node)
+            tracker.register_peer(meta.info_hash, self.node, peer)
         except CoordinationError as exc:
-            log.warning("could not withdraw %s from the tracker: %s", info_hash, exc)
+            log.warning("could not announce %s in the tracker: %s", meta.info_hash, exc)
 
     def reseed(self, release: Release, payload: Path) -> None:
         """At start: seed a payload this host already holds (when the worker runs, or is woken), and
@@ -439,5 +463,6 @@ class Transport:
                     self.session.stop_seeding(release.info_hash)
                 except PayloadError as exc:
                     log.warning("could not stop seeding %s: %s", release.info_hash, exc)
-                self._unannounce(release.info_hash)
+                self._close_tracker()  # its entry goes with the session; the others are announced again
+                self.reannounce()
         shutil.rmtree(self.staging_dir(dest), ignore_errors=True)
