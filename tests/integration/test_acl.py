@@ -162,6 +162,7 @@ def test_an_agent_cannot_delete_another_nodes_slot_or_token_nor_count_a_node_twi
                                                                          state=ONLINE).to_bytes(), ephemeral=True)
     assert op.quorum_view("web", "x").others_online == 2
     # nor b's holder, b's history, a request to b to seed (only b removes those), nor ask a host not admitted
+    op.put_release(Release(service="web", version="2", sha256="a" * 64, size=1, origin="/x"))
     b.add_holder("web", "2", "b")
     b.record_history({"node": "b", "change": "x"})
     a.wake_seeder("b", "f" * 40)

@@ -114,6 +114,17 @@ class FakeTracker:
     def peers(self, info_hash: str, watch: Any = None) -> dict[str, Any]:
         return {}
 
+    def sibling(self) -> FakeTracker:
+        return self  # the tracker's own session: the same fake
+
+    generation = 1
+
+    def on_session_change(self, fn: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
 
 @pytest.fixture
 def transport(tmp_path: Path) -> Transport:
