@@ -55,9 +55,15 @@ def test_the_agent_protocol_over_tls_with_client_certificates_as_node_identities
     try:
         [name] = op.enqueue([DeployEntry(service="web", version="2")])
         a1.register_node(NodeRecord(node="web1"))
+        a1.add_member("web", "web1")
+        raw = open_session(tls_zk.hosts, zk_root, operator, wrap=False)
+        try:  # admission: web1's member record is owned by its certificate, whose CN is web1
+            assert apply(raw, zk_root, roles, operator.owner_id).admitted == ["web/web1"]
+        finally:
+            raw.close()
         a1.publish_current("web", CurrentEntry(node="web1", version="1", state=ONLINE))
-        a1.quorum_view("web", "web1")  # what the head reads before taking a slot
-        a1.take_slot("web", a1.current("web")["web1"].evolve(state=RESTARTING))
+        view = a1.quorum_view("web", "web1")  # what the head reads before taking a slot
+        a1.take_slot("web", a1.current("web")["web1"].evolve(state=RESTARTING), view.epoch)
         a1.publish_current("web", CurrentEntry(node="web1", version="2", state=RESTARTING))
         a1.release_slot("web", "web1")
         a1.publish_current("web", CurrentEntry(node="web1", version="2", state=ONLINE))
