@@ -34,6 +34,14 @@
  *   STALE_SELF_STATE    "not online: costs no quorum" trusts the node's own
  *                       /current entry (the monitor may not have caught up)
  *                       and the stop step does not look again
+ *
+ * A misused agent credential (docs/security.md) is modelled with
+ *   STEAL=k             an attacker deletes the head's queue node, up to k
+ *                       times, at any moment (a decided head may then take
+ *                       its slot while the next waiter decides on the same
+ *                       count); the slot transaction is conditional on the
+ *                       service's availability epoch, which every take bumps
+ *   NO_EPOCH            ... without that condition
  */
 
 #ifndef N
@@ -59,7 +67,11 @@
 #define MAXCRASH 0          /* crashes of a service that zkdeploy did not cause */
 #endif
 
+#ifdef STEAL
+#define QLEN (N + MAXLOST + STEAL)  /* ... and a node the attacker is about to delete */
+#else
 #define QLEN (N + MAXLOST)  /* one queue node per agent, plus ghosts */
+#endif
 
 /* /current/<service>/<node> */
 mtype = { ABSENT, ONLINE, RESTARTING, FAILED };
@@ -82,6 +94,11 @@ bit   done[N];       /* ... runs the new release */
 bit   busy[N];       /* the agent is in a restart phase (draining..rolling back):
                         its health monitor publishes nothing */
 byte  nexp, nlost, ncrash;
+#ifdef STEAL
+byte  epoch;         /* /up/S's data version, mod 8: no take can come round to the same value in a run */
+bit   stolen[N];     /* the attacker deleted agent i's queue node */
+byte  nsteal;
+#endif
 
 hidden byte j, k;    /* scratch of the queue edits (inside d_steps only) */
 
@@ -208,10 +225,16 @@ proctype agent(byte i)
 {
 	bit cheap;      /* the slot was taken as "not online: costs no quorum" */
 	bit stopped;    /* this restart stopped the service (a roll-back starts it) */
+#ifdef STEAL
+	byte seen;      /* the epoch the decision counted at */
+#endif
 
 restart:
 	/* join: create <queue>/q-<uuid>__<seq>, ephemeral and sequential */
 	atomic {
+#ifdef STEAL
+		stolen[i] = 0;
+#endif
 		if
 		:: !alive[i] -> goto lost_session
 		:: else -> skip
@@ -245,11 +268,20 @@ wait_turn:
 	/* first in the queue; re-decide on every change of /current (the watch).
 	   The rule says wait: the agent blocks here. */
 	atomic {
+#ifdef STEAL
+		(!alive[i] || stolen[i] || (q[0] == i + 1 && MAY_GO_DOWN(i))) ->
+		if
+		:: !alive[i] -> goto lost_session
+		:: alive[i] && stolen[i] -> goto restart   /* our node is gone: queue anew */
+		:: else -> cheap = SELF_DOWN(i); dirty[i] = 0; seen = epoch
+		fi
+#else
 		(!alive[i] || (q[0] == i + 1 && MAY_GO_DOWN(i))) ->
 		if
 		:: !alive[i] -> goto lost_session
 		:: else -> cheap = SELF_DOWN(i); dirty[i] = 0
 		fi
+#endif
 	};
 
 	/* take_slot: one transaction, set /current/S/<i> = restarting if its
@@ -262,7 +294,25 @@ wait_turn:
 			q_remove(i + 1);
 			cheap = 0;
 			goto restart
+#if defined(STEAL) && !defined(NO_EPOCH)
+		:: alive[i] && !dirty[i] && !slot[i] && !cheap && epoch != seen ->
+			/* BadVersion on the epoch: a take since the count; decide again */
+			q_remove(i + 1);
+			goto restart
+#endif
 		:: else ->
+#if defined(STEAL) && !defined(NO_EPOCH)
+			if
+			:: !cheap && epoch != seen -> assert(false)   /* excluded by the option above */
+			:: else -> skip
+			fi;
+#endif
+#ifdef STEAL
+			if
+			:: !cheap -> epoch = (epoch + 1) % 8
+			:: else -> skip
+			fi;
+#endif
 			slot[i] = 1;
 			cur[i] = RESTARTING;
 			if
@@ -438,6 +488,29 @@ end_host:
 	od
 }
 
+#ifdef STEAL
+/* A misused agent credential: deletes the head's queue node, STEAL times at most. */
+proctype attacker()
+{
+end_steal:   /* it may wait for ever for a queue to steal from */
+	do
+	:: atomic {
+		nsteal < STEAL && q[0] != 0 && q[0] <= N ->
+		stolen[q[0] - 1] = 1;
+		nsteal++;
+		j = 0;   /* the head's node goes: the others move up */
+		do
+		:: j < QLEN - 1 -> q[j] = q[j + 1]; j++
+		:: else -> break
+		od;
+		q[QLEN - 1] = 0;
+		j = 0
+	   }
+	:: nsteal >= STEAL -> break
+	od
+}
+#endif
+
 /* Checks SAFE in every reachable state (it may run at any moment). */
 active proctype safety()
 {
@@ -454,6 +527,9 @@ init {
 			j++
 		:: else -> break
 		od;
+#ifdef STEAL
+		run attacker();
+#endif
 		j = 0
 	}
 }

@@ -124,6 +124,24 @@ def test_every_node_restarts_and_the_deploy_completes(name: str, tmp_path: Path)
     assert result.errors == 0, result.output
 
 
+# A misused agent credential deletes the head's queue node (docs/security.md): the next waiter
+# decides on the same count while the head may still take its slot; the epoch keeps it safe.
+ATTACKS = {
+    "n3-quorum2-two-queue-nodes-stolen": ["-DN=3", "-DQUORUM=2", "-DSTEAL=2", "-DMAXEXP=1", "-DMAXLOST=1",
+                                          "-DMAXCRASH=0"],
+    "n3-quorum2-queue-node-stolen-and-a-crash": ["-DN=3", "-DQUORUM=2", "-DSTEAL=1", "-DMAXEXP=1", "-DMAXLOST=1",
+                                                 "-DMAXCRASH=1"],
+}
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_a_stolen_queue_node_cannot_take_the_service_below_its_quorum(name: str, tmp_path: Path) -> None:
+    result = verify(tmp_path, ATTACKS[name], "safety", name)
+    assert "Full statespace search" in result.output
+    assert result.errors == 0, result.output
+    assert result.states > 1000
+
+
 SAFE_ASSERTION = "assertion violated ((((up[0]"
 SLOT_ASSERTION = "assertion violated (alive[i]&&slot[i])"
 
@@ -142,6 +160,9 @@ FLAWS = {
     "fence-before-write-stops-without-slot": (["-DFENCE_BEFORE_WRITE"], "safety", SLOT_ASSERTION),
     # (5) "not online: costs no quorum" read from a stale /current entry of its own
     "stale-self-state-goes-below": (["-DMAXCRASH=1", "-DSTALE_SELF_STATE"], "safety", SAFE_ASSERTION),
+    # (6) the slot transaction not conditional on the availability epoch: a stolen queue node lets
+    # two nodes decide on the same count and both go down
+    "stolen-queue-node-without-epoch-goes-below": (["-DSTEAL=1", "-DNO_EPOCH"], "safety", SAFE_ASSERTION),
 }
 
 
