@@ -227,3 +227,48 @@ def test_entries_read_together_are_those_read_one_by_one_and_a_vanished_one_is_l
         assert changed.wait(5)
     finally:
         counting.close()
+
+
+@pytest.mark.parametrize("flip_before", [1, 2])
+def test_a_token_taken_between_the_reads_of_a_count_never_pairs_a_stale_count_with_the_new_epoch(
+        zk_hosts: str, zk_root: str, flip_before: int) -> None:
+    """The count and the epoch a quorum decision uses must describe one state: a head whose slot
+    transaction removes a token (and bumps the epoch) between the count's reads must not leave
+    another head with the old count and the new epoch, which its own slot transaction would pass
+    (two heads at once: a queue node deleted under the head).  The flip is made, through another
+    session, after the tally's request ``flip_before - 1`` was answered and before the next is sent."""
+    from zkdeploy.coordination.session import Create, Delete, SetData
+    from zkdeploy.coordination.zookeeper import ZooKeeperSession
+
+    other = ZooKeeperSession(zk_hosts, session_timeout=10).start()
+    reader = ZooKeeperSession(zk_hosts, session_timeout=10).start()
+    try:
+        up = f"{zk_root}/up/app"
+        for node in ("a", "b", "c"):
+            other.create(f"{up}/{node}", makepath=True)
+            other.commit([Create(f"{up}/{node}/on", ephemeral=True), SetData(up, b"")])
+        sent: list = []
+        real_call = reader.client._call
+
+        def stepping_call(request, async_object):  # type: ignore[no-untyped-def]
+            if sent:
+                sent[-1].wait(10)  # the previous request answered first
+            if len(sent) == flip_before:
+                other.commit([Delete(f"{up}/b/on"), SetData(up, b"")])  # head b takes its slot
+            sent.append(async_object)
+            return real_call(request, async_object)
+
+        reader.client._call = stepping_call  # type: ignore[method-assign]
+        try:
+            below, stat = reader.tally(up)
+        finally:
+            reader.client._call = real_call  # type: ignore[method-assign]
+        assert len(sent) > flip_before, "the flip was made between two of the tally's requests"
+        assert stat is not None
+        epoch_now = other.exists(up)
+        assert epoch_now is not None
+        if stat.version == epoch_now.version:  # a slot transaction conditional on this epoch would pass
+            assert below - stat.children == 2, "the count read with the current epoch is the current count"
+    finally:
+        reader.close()
+        other.close()

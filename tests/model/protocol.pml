@@ -266,7 +266,10 @@ find_queue_node:
 
 wait_turn:
 	/* first in the queue; re-decide on every change of /current (the watch).
-	   The rule says wait: the agent blocks here. */
+	   The rule says wait: the agent blocks here.  The count and the epoch are
+	   read in one step: Session.tally reads up/S's stat, the count and the stat
+	   again and uses the count only when both stats agree, so they are of one
+	   state (tests/integration/test_store.py makes a take between the reads). */
 	atomic {
 #ifdef STEAL
 		(!alive[i] || stolen[i] || (q[0] == i + 1 && MAY_GO_DOWN(i))) ->

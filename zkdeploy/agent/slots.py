@@ -85,8 +85,13 @@ class SlotRequest:
             if me is None or me.state == ONLINE or (self.answering is not None and self.answering()):
                 return self._waiting(waiting, queued=True)
             return self._take(me, free=True, wake=wake)
-        with self.presence.lock:  # this node's entry and token are read as they are, not mid-publish
-            view = self.store.quorum_view(self.service, self.node, wake)
+        try:
+            with self.presence.lock:  # this node's entry and token are read as they are, not mid-publish
+                view = self.store.quorum_view(self.service, self.node, wake)
+        except ConflictError:  # the count kept changing while it was read: decide again
+            if wake is not None:
+                wake.set()
+            return self._waiting("deciding again on a fresh count of the online tokens")
         me = view.me
         if me is None:
             raise LockLostError(f"this node's /current entry of {self.service} is gone")

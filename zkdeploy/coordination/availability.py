@@ -168,9 +168,9 @@ class Availability(StoreCore):
     def quorum_view(self, service: str, node: str, changed: threading.Event | None = None) -> QuorumView:
         """What the quorum decision counts, in three round trips whatever the fleet's size: the
         nodes present under /current/<service> and the members (names); how many nodes hold an
-        online token (all nodes below /up/<service> minus its per-node parents, in that order)
-        and the availability epoch; this node's entry and token.  With ``changed``, one-shot
-        watches set the event when a node comes or goes, a member is added or forgotten, or any
+        online token (all nodes below /up/<service> minus its per-node parents) and the
+        availability epoch, of one state (``Session.tally``); this node's entry and token.  With
+        ``changed``, one-shot watches set the event when a node comes or goes, a member is added or forgotten, or any
         node's online-ness changes (the epoch), each waking the waiting head once."""
         fire: Watcher | None = (lambda *_: changed.set()) if changed is not None else None
         present, members = self._session.children_all(

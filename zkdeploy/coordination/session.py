@@ -211,11 +211,10 @@ class Session(ABC):
     @abstractmethod
     def tally(self, path: str, watch: Watcher | None = None) -> tuple[int, Stat | None]:
         """How many nodes there are below ``path`` (all descendants: ZooKeeper's
-        ``getAllChildrenNumber``), then ``path``'s stat with ``watch`` on its data, read in that
-        order (an implementation may send both at once); ``(0, None)`` when ``path`` is absent.
-        What a count of grandchildren under parents that are only ever added needs: the total
-        first, then the number of parents, so a parent added between the two reads can only make
-        the difference smaller."""
+        ``getAllChildrenNumber``) and ``path``'s stat, leaving ``watch`` on its data, both of one
+        state: no write to ``path``'s data and no child added or removed between them (the count
+        of tokens and the epoch a slot transaction is conditional on must agree); ``(0, None)``
+        when ``path`` is absent.  ConflictError if ``path`` kept changing while it was read."""
 
     # -- writes ------------------------------------------------------------------
     @abstractmethod

@@ -67,6 +67,9 @@ from zkdeploy.errors import (
 
 log = logging.getLogger(__name__)
 
+#: how many times ``tally`` reads again when its path changed between its reads
+_TALLY_ATTEMPTS = 5
+
 _EVENTS = {"CHANGED": CHANGED, "CHILD": CHILD, "CREATED": CREATED, "DELETED": DELETED, "NONE": SESSION}
 
 
@@ -341,22 +344,36 @@ class ZooKeeperSession(Session):
         return None if stat is None else _stat(stat)
 
     def tally(self, path: str, watch: Watcher | None = None) -> tuple[int, Stat | None]:
-        """Both requests sent before the first answer is awaited: one round trip, answered in order."""
-        counted = self.client.handler.async_result()
-        self.client._call(_AllChildrenNumber(path), counted)  # kazoo's own request path (no public one)
-        stat_answer = self.client.exists_async(path, _relay(watch))
+        """``path``'s stat (leaving ``watch``), the count below it, and its stat again, all three sent
+        before the first answer is awaited (one round trip, answered in order).  Another session's
+        write may land between any two of them: the count is returned only when both stats agree
+        (no change of ``path``'s data or children between them), else read again."""
+        for _ in range(_TALLY_ATTEMPTS):
+            before = self.client.exists_async(path, _relay(watch))
+            counted = self.client.handler.async_result()
+            self.client._call(_AllChildrenNumber(path), counted)  # kazoo's own request path (no public one)
+            after = self.client.exists_async(path)
+            first, second = self._answer(before, f"exists {path}"), self._answer(after, f"exists {path}")
+            try:
+                below = int(counted.get(timeout=self._operation_timeout))
+            except Exception as exc:  # translated below; nothing is swallowed
+                error = translate(exc, f"getAllChildrenNumber {path}")
+                if not isinstance(error, NoNodeError):
+                    raise error from None
+                below = 0
+            if first is None or second is None:
+                if first is None and second is None:
+                    return 0, None
+                continue  # made or removed between the reads
+            if (first.version, first.numChildren) == (second.version, second.numChildren):
+                return below, _stat(first)
+        raise ConflictError(f"{path} changed during each of {_TALLY_ATTEMPTS} counts: decide again")
+
+    def _answer(self, pending: Any, what: str) -> Any:
         try:
-            below = counted.get(timeout=self._operation_timeout)
+            return pending.get(timeout=self._operation_timeout)
         except Exception as exc:  # translated below; nothing is swallowed
-            error = translate(exc, f"getAllChildrenNumber {path}")
-            if not isinstance(error, NoNodeError):
-                raise error from None
-            below = 0
-        try:
-            stat = stat_answer.get(timeout=self._operation_timeout)
-        except Exception as exc:  # translated below; nothing is swallowed
-            raise translate(exc, f"exists {path}") from None
-        return (int(below), _stat(stat)) if stat is not None else (0, None)
+            raise translate(exc, what) from None
 
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
                makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:
