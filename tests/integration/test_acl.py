@@ -139,7 +139,7 @@ def test_an_agent_cannot_rewrite_another_nodes_records(fleet: dict[str, Store]) 
     assert fleet["operator"].nodes()["b"].address == "10.0.0.2"
 
 
-def test_an_agent_cannot_delete_another_nodes_slot_or_token_nor_count_a_node_twice(fleet: dict[str, Store]) -> None:
+def test_an_agent_cannot_delete_another_nodes_slot_token_or_queue_place_nor_count_a_node_twice(fleet: dict[str, Store]) -> None:
     op, a, b = fleet["operator"], fleet["a"], fleet["b"]
     layout = a._layout
     b.register_node(NodeRecord(node="b", address="10.0.0.2"))
@@ -176,9 +176,17 @@ def test_an_agent_cannot_delete_another_nodes_slot_or_token_nor_count_a_node_twi
         a.wake_seeder("ghost", "f" * 40)
     assert b.take_wakes("b") == ["f" * 40]
     assert [r["id"] for r in op.history()] == [f"b/{record}"]
+    # nor b's place in the restart queue (it lives in a session of b's own, closed to leave)
+    place = b.restart_queue("web", "b")
+    place.join()
+    with pytest.raises(AccessDeniedError):
+        a._session.delete(layout.lock_queue("web") + "/" + str(place.node))
+    assert op.queue("web") == ["b"] and place.poll() == 0
     # b takes its slot: a cannot delete it
     view = b.quorum_view("web", "b")
     b.take_slot("web", b.current("web")["b"].evolve(state=RESTARTING), view.epoch)
+    place.release()
+    assert op.queue("web") == []
     with pytest.raises(AccessDeniedError):
         a._session.delete(layout.slot("web", "b"))
     assert op.slots("web") == ["b"] and op.quorum_view("web", "x").others_online == 1

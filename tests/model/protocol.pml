@@ -35,7 +35,9 @@
  *                       /current entry (the monitor may not have caught up)
  *                       and the stop step does not look again
  *
- * A misused agent credential (docs/security.md) is modelled with
+ * A misused credential that may delete under the queue (an operator's since
+ * each place in the queue has a session of its own; docs/security.md) or a
+ * bug of the queue is modelled with
  *   STEAL=k             an attacker deletes the head's queue node, up to k
  *                       times, at any moment (a decided head may then take
  *                       its slot while the next waiter decides on the same
@@ -492,7 +494,7 @@ end_host:
 }
 
 #ifdef STEAL
-/* A misused agent credential: deletes the head's queue node, STEAL times at most. */
+/* A misused credential: deletes the head's queue node, STEAL times at most. */
 proctype attacker()
 {
 end_steal:   /* it may wait for ever for a queue to steal from */

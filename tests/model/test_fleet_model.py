@@ -191,7 +191,8 @@ class FleetModel(RuleBasedStateMachine):
     def no_orphaned_queue_or_slot_node(self) -> None:
         if not hasattr(self, "fleet"):
             return
-        live = {sim.session.session_id: sim for sim in self.fleet.agents.values() if sim.session is not None}
+        live = {session.session_id: sim for sim in self.fleet.agents.values() if sim.session is not None
+                for session in (sim.session, *sim.session.twins)}  # a queue place has a session of its own
         for path, (data, owner) in self.fleet.ensemble.dump().items():
             parts = path.split("/")  # /dc/locks/<s>/queue/<q> and /dc/slots/<s>/<node>/slot
             if len(parts) != 6 or (parts[2], parts[4]) != ("locks", "queue") and parts[2] != "slots":

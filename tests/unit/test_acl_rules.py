@@ -9,9 +9,11 @@ ROLES = RoleIds.from_data({"operator": ["digest:op:x"], "agent": ["digest:agent:
                           "test")
 
 
-def test_the_only_shared_parent_an_agent_deletes_under_is_the_restart_queue() -> None:
-    # every other node an agent removes lives under a parent of its own (admission), or goes with a session
-    assert AGENT_DELETES == [("locks", "*", "queue")]
+def test_an_agent_deletes_under_no_shared_parent() -> None:
+    # every node an agent removes lives under a parent of its own (admission), or goes with a session
+    # (its presence and entries, holders, tracker entries, and a place in a restart queue: each in a
+    # session of its own, closed to leave)
+    assert AGENT_DELETES == []
 
 
 def test_a_per_node_parent_gives_create_and_delete_to_the_admitted_owner_only() -> None:

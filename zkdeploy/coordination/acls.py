@@ -21,9 +21,10 @@ ZooKeeper checks CREATE and DELETE on the *parent*, and cannot tie a child's
 name to its creator.  So what the quorum counts (online tokens) and the
 restart slots live under per-node parents that only ``apply`` makes, for
 members whose record is owned by the identity of the node's own name
-(admission), and on which only that identity may create and delete.  The
-shared parents an agent may still delete under are listed in
-``AGENT_DELETES``; docs/security.md says what that leaves open.
+(admission), and on which only that identity may create and delete.  What
+an agent removes under a shared parent goes with a session instead (a place
+in a restart queue lives in a session of its own, closed to leave):
+``AGENT_DELETES``, the shared parents an agent may delete under, is empty.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ _RULES: list[tuple[tuple[str, ...], Rule]] = [
     (("deploy", "*"), Rule(RW)),
     # a failed gate marks the release bad by the service's policy (on_failure: mark_bad): marks are append-only
     (("marks",), Rule(RC)), (("marks", "*"), Rule(RC)), (("marks", "*", "*"), OWNED),
+    # a place in a restart queue lives in a session of its own, closed to leave: no deletes
     (("locks",), Rule(RC)), (("locks", "*"), Rule(RC)),
-    (("locks", "*", "queue"), Rule(RCD)), (("locks", "*", "queue", "*"), OWNED),
+    (("locks", "*", "queue"), Rule(RC)), (("locks", "*", "queue", "*"), OWNED),
     # tracker entries go with the tracker's own session (open while the swarm worker runs): no deletes
     (("swarm",), Rule(RC)), (("swarm", "*"), Rule(RC)), (("swarm", "*", "*"), OWNED),
     # a fetcher asks a holder to seed under the holder's own parent (made by admission); only the

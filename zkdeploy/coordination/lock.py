@@ -11,9 +11,15 @@ Shaped after kazoo's Lock recipe, with what zkdeploy needs besides:
   asks whether it is first and otherwise sleeps until the predecessor's watch
   (or anything else) wakes it, so a long wait never stops it answering plans
   and undo requests; ``acquire`` is the blocking form built on it;
+- each place in the queue lives in a ZooKeeper session of its own, opened
+  to join (``Session.sibling``) and closed to leave: closing it removes the
+  node, so an agent needs no DELETE on the queue's parent and cannot delete
+  another node's place (docs/security.md).  The place holds only while the
+  agent's own session is the one that queued, too;
 - ownership is checked against the session rather than trusted from a flag,
-  and leaving the queue retries through connection losses while the session
-  lives (a node of a live session does not go by itself).
+  and leaving waits out a connection loss while the place's session lives
+  before closing it (a session closed while disconnected is expired by the
+  server, its node with it, after the session timeout).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import uuid
 from collections.abc import Callable
 
 from zkdeploy.coordination.layout import QUEUE_PREFIX
-from zkdeploy.coordination.session import Session, await_session, delete_own
+from zkdeploy.coordination.session import CONNECTED, Session, await_session
 from zkdeploy.errors import LockLostError, NoNodeError, RolloutAborted, SessionLostError
 
 log = logging.getLogger(__name__)
@@ -42,23 +48,29 @@ class QueueLock:
     """A mutex whose waiters form a FIFO queue under ``path``."""
 
     def __init__(self, session: Session, path: str, service: str, identifier: str) -> None:
-        self._session = session
+        self._session = session  # the agent's own session; the place has its own (``_place``)
+        self._place: Session | None = None
         self.path = path
         self.service = service
         self.identifier = identifier
         self.prefix = f"{QUEUE_PREFIX}{uuid.uuid4().hex}__"
         self.node: str | None = None
-        self._generation: int | None = None
+        self._generation: int | None = None  # the agent's session that queued
+        self._place_generation: int | None = None
         # whether the predecessor's watch is armed, and the place read when it was: until that watch
         # fires, being first cannot have changed, so a poll answers without a read (N waiters woken
         # by other things would otherwise list an N-long queue on every wake-up)
         self._armed = False
-        self._place = 0
+        self._index = 0
         self._moved = threading.Event()
         self._wake: threading.Event | None = None
 
+    def _reader(self) -> Session:
+        """The place's session when queued (it reads its own write, whatever server it is on)."""
+        return self._place if self._place is not None else self._session
+
     def _contenders(self) -> list[str]:
-        return sorted((c for c in self._session.children(self.path) if c.startswith(QUEUE_PREFIX)),
+        return sorted((c for c in self._reader().children(self.path) if c.startswith(QUEUE_PREFIX)),
                       key=sequence_of)
 
     def _find_own(self) -> str | None:
@@ -75,24 +87,34 @@ class QueueLock:
         if self.node is not None:
             return
         generation = self._session.require_connected()
-        deadline = time.monotonic() + max(self._session.negotiated_timeout, 1.0)
+        place = self._place = self._session.sibling().start()
+        try:
+            self._create(place)
+        except BaseException:
+            self._close_place()
+            raise
+        self._generation = generation
+
+    def _create(self, place: Session) -> None:
+        placed = place.generation
+        deadline = time.monotonic() + max(place.negotiated_timeout, 1.0)
         while True:
             try:
-                created = self._session.create(self.path + "/" + self.prefix, self.identifier.encode(),
-                                               ephemeral=True, sequence=True)
+                created = place.create(self.path + "/" + self.prefix, self.identifier.encode(),
+                                       ephemeral=True, sequence=True)
                 self.node = created.rsplit("/", 1)[1]
                 break
             except NoNodeError:
                 self._session.ensure_path(self.path)  # the first waiter ever: make the queue, then join it
             except SessionLostError:
-                if not await_session(self._session, generation, deadline):
+                if not await_session(place, placed, deadline):
                     raise
                 found = self._find_own()
                 if found is not None:
                     log.warning("%s: the reply to joining the restart queue was lost; found %s", self.service, found)
                     self.node = found
                     break
-        self._generation = generation
+        self._place_generation = placed
 
     # -- waiting ---------------------------------------------------------------
     def poll(self, wake: threading.Event | None = None) -> int:
@@ -110,7 +132,7 @@ class QueueLock:
         self._require_same_session()
         if wake is not None and self._armed and not self._moved.is_set():
             self._wake = wake
-            return self._place
+            return self._index
         self._armed = False
         contenders = self._contenders()
         if self.node not in contenders:
@@ -122,10 +144,10 @@ class QueueLock:
         predecessor = self.path + "/" + contenders[index - 1]
         self._moved.clear()
         self._wake = wake
-        if self._session.exists(predecessor, self._predecessor_changed) is None:
+        if self._reader().exists(predecessor, self._predecessor_changed) is None:
             wake.set()  # it went between the two reads: look again at once
         else:
-            self._armed, self._place = True, index
+            self._armed, self._index = True, index
         return index
 
     def _predecessor_changed(self, *_: object) -> None:
@@ -161,30 +183,41 @@ class QueueLock:
         return contenders.index(self.node) if self.node in contenders else None
 
     def _require_same_session(self) -> None:
-        """LockLostError unless queued, connected, and in the session that queued."""
-        if self.node is None:
+        """LockLostError unless queued, connected, and in the sessions that queued (the agent's and
+        the place's own)."""
+        if self.node is None or self._place is None:
             raise LockLostError(f"not queued for {self.service}")
         self._session.require_connected()
-        if self._session.generation != self._generation:
-            self.node, self._armed = None, False
+        self._place.require_connected()
+        if self._session.generation != self._generation or self._place.generation != self._place_generation:
+            self.release()
             raise LockLostError(f"the session that queued for {self.service} has ended")
 
     def require_queued(self) -> None:
-        """Raise LockLostError unless our queue node still belongs to this session."""
+        """Raise LockLostError unless our queue node still belongs to the place's session."""
         self._require_same_session()
-        assert self.node is not None
-        stat = self._session.exists(self.path + "/" + self.node)
-        if stat is None or stat.owner != self._session.session_id:
-            self.node = None
+        assert self.node is not None and self._place is not None
+        stat = self._place.exists(self.path + "/" + self.node)
+        if stat is None or stat.owner != self._place.session_id:
+            self.release()
             raise LockLostError(f"restart queue node of {self.service} is no longer held by this session")
 
     # -- leaving -----------------------------------------------------------------
     def release(self) -> None:
-        """Leave the queue.  Safe when not queued; retries through connection losses while the
-        session that made the node lives (its node would otherwise stay at the head)."""
-        node, self.node = self.node, None
-        self._armed = False
-        if node is None:
+        """Leave the queue: close the place's session, which removes its node.  Safe when not
+        queued.  While that session is suspended, waits for it to come back (up to its timeout)
+        first: a session closed while disconnected keeps its node until the server expires it,
+        and every waiter behind it would wait that long."""
+        self.node, self._armed = None, False
+        self._close_place()
+
+    def _close_place(self) -> None:
+        place, self._place = self._place, None
+        if place is None:
             return
-        generation = self._session.generation if self._generation is None else self._generation
-        delete_own(self._session, self.path + "/" + node, generation, f"{self.service}: restart queue node {node}", log)
+        if place.state != CONNECTED and self._place_generation is not None:
+            deadline = time.monotonic() + max(place.negotiated_timeout, 1.0)
+            if not await_session(place, self._place_generation, deadline):
+                log.info("%s: the restart queue's session did not come back; its node goes when the server "
+                         "expires it", self.service)
+        place.close()

@@ -120,6 +120,10 @@ class CountingSession(ForwardingSession):
         self.inner.start()
         return self
 
+    def sibling(self) -> CountingSession:
+        """A session of its own (a place in a restart queue), counted in the same ``counts``."""
+        return CountingSession(self.inner.sibling(), self.counts, on_call=self.on_call, on_notify=self.on_notify)
+
     # -- reads ---------------------------------------------------------------------------
     def get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
         return self._timed("get", path, lambda: self.inner.get(path, self._watcher(watch)),  # type: ignore[no-any-return]

@@ -99,13 +99,28 @@ class MemorySession(Session):
         self._persistent: list[_PersistentWatch] = []
         self._fail: list[list[Any]] = []  # [remaining, op or None, exception]
         self._lose: list[list[Any]] = []  # [remaining, op or None, seconds suspended (inf: until reconnect)]
+        self._twins: list[MemorySession] = []  # sessions opened by ``sibling``: same host, same link
         with self._lock:
             ensemble._clients.append(self)
 
     # -- lifecycle and state -------------------------------------------------------------
     def sibling(self) -> MemorySession:
-        return MemorySession(self.ensemble, session_timeout=self.session_timeout, operation_timeout=self._op_timeout,
+        """A session of the same client host: it shares this one's link (a partition or a crash
+        cuts both, a heal restores both) and its fault controls (a lost reply or a failure asked
+        for applies to whichever of them makes the next matching call)."""
+        twin = MemorySession(self.ensemble, session_timeout=self.session_timeout, operation_timeout=self._op_timeout,
                              auto_reconnect=self.auto_reconnect)
+        twin._fail, twin._lose = self._fail, self._lose
+        with self._lock:
+            self._twins = [t for t in self._twins if t._sid is not None]  # closed or expired ones go
+            self._twins.append(twin)
+            twin._linked = self._linked
+        return twin
+
+    @property
+    def twins(self) -> list[MemorySession]:
+        """The sessions opened by ``sibling`` that are not closed."""
+        return [t for t in self._twins if t._sid is not None]
 
     def start(self) -> MemorySession:
         out: list[_Call] = []
@@ -163,11 +178,17 @@ class MemorySession(Session):
     def disconnect(self) -> None:
         """Cut the link (SUSPENDED; calls raise SessionLostError).  The session expires if the clock
         passes its timeout before ``reconnect``."""
-        self._control(lambda out: self._cut(out, math.inf))
+        def step(out: list[_Call]) -> None:
+            for session in (self, *self.twins):
+                session._cut(out, math.inf)
+        self._control(step)
 
     def reconnect(self) -> None:
         """Restore the link: the same session if it is still alive, else LOST and a new one."""
-        self._control(self._relink)
+        def step(out: list[_Call]) -> None:
+            for session in (self, *self.twins):
+                session._relink(out)
+        self._control(step)
 
     partition = disconnect
     heal = reconnect
