@@ -276,3 +276,28 @@ def test_a_token_taken_between_the_reads_of_a_count_never_pairs_a_stale_count_wi
     finally:
         reader.close()
         other.close()
+
+
+def test_a_place_in_the_queue_is_made_in_the_session_opened_beforehand(zk_hosts: str, zk_root: str) -> None:
+    """At the start of a rollout every node joins at once: the agent opens the next place's session
+    between its steps (``keep_queue_session``), so joining costs one create, not a connection."""
+    a, observer = _stores(zk_hosts, zk_root, 2)
+    try:
+        a.keep_queue_session()
+        spare = a._spare
+        assert spare is not None and spare.session_id not in (None, a._session.session_id)
+        a.keep_queue_session()  # one spare at a time
+        assert a._spare is spare
+        place = a.restart_queue("db", "a")
+        place.join()
+        stat = observer._session.exists(observer._layout.lock_queue("db") + "/" + str(place.node))
+        assert stat is not None and stat.owner == spare.session_id and a._spare is None
+        place.release()  # closing the place's session removes the node
+        assert observer.queue("db") == []
+        again = a.restart_queue("db", "a")
+        again.join()  # no spare: it opens its own
+        assert observer.queue("db") == ["a"]
+        again.release()
+    finally:
+        a.close()
+        observer.close()

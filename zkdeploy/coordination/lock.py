@@ -47,8 +47,11 @@ def sequence_of(name: str) -> str:
 class QueueLock:
     """A mutex whose waiters form a FIFO queue under ``path``."""
 
-    def __init__(self, session: Session, path: str, service: str, identifier: str) -> None:
+    def __init__(self, session: Session, path: str, service: str, identifier: str,
+                 open_place: Callable[[], Session] | None = None) -> None:
         self._session = session  # the agent's own session; the place has its own (``_place``)
+        #: opens (or hands over) a started session for the place: a sibling of ``session`` by default
+        self._open_place = open_place or (lambda: session.sibling().start())
         self._place: Session | None = None
         self.path = path
         self.service = service
@@ -87,7 +90,7 @@ class QueueLock:
         if self.node is not None:
             return
         generation = self._session.require_connected()
-        place = self._place = self._session.sibling().start()
+        place = self._place = self._open_place()
         try:
             self._create(place)
         except BaseException:

@@ -83,6 +83,7 @@ class Store(Availability):
         return store
 
     def close(self) -> None:
+        self._close_spare()
         self._session.close()
 
     def sibling(self) -> Store:
