@@ -186,7 +186,7 @@ def test_an_agent_cannot_delete_another_nodes_slot_token_or_queue_place_nor_coun
     view = b.quorum_view("web", "b")
     b.take_slot("web", b.current("web")["b"].evolve(state=RESTARTING), view.epoch)
     place.release()
-    assert op.queue("web") == []
+    wait_for(lambda: op.queue("web") == [], 10, "b's place to go with its session")
     with pytest.raises(AccessDeniedError):
         a._session.delete(layout.slot("web", "b"))
     assert op.slots("web") == ["b"] and op.quorum_view("web", "x").others_online == 1

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests.conftest import wait_for
 from zkdeploy.coordination import Store
 from zkdeploy.coordination.lock import QueueLock
 from zkdeploy.errors import ConflictError, CoordinationError, LockLostError, RolloutAborted
@@ -292,8 +293,8 @@ def test_a_place_in_the_queue_is_made_in_the_session_opened_beforehand(zk_hosts:
         place.join()
         stat = observer._session.exists(observer._layout.lock_queue("db") + "/" + str(place.node))
         assert stat is not None and stat.owner == spare.session_id and a._spare is None
-        place.release()  # closing the place's session removes the node
-        assert observer.queue("db") == []
+        place.release()  # closing the place's session (in the background) removes the node
+        wait_for(lambda: observer.queue("db") == [], 10, "the place's node to go with its session")
         again = a.restart_queue("db", "a")
         again.join()  # no spare: it opens its own
         assert observer.queue("db") == ["a"]

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable
 
 from zkdeploy.coordination.layout import QUEUE_PREFIX
-from zkdeploy.coordination.session import CONNECTED, Session, await_session
+from zkdeploy.coordination.session import Session, await_session
 from zkdeploy.errors import LockLostError, NoNodeError, RolloutAborted, SessionLostError
 
 log = logging.getLogger(__name__)
@@ -207,20 +207,13 @@ class QueueLock:
 
     # -- leaving -----------------------------------------------------------------
     def release(self) -> None:
-        """Leave the queue: close the place's session, which removes its node.  Safe when not
-        queued.  While that session is suspended, waits for it to come back (up to its timeout)
-        first: a session closed while disconnected keeps its node until the server expires it,
-        and every waiter behind it would wait that long."""
+        """Leave the queue: close the place's session, which removes its node, without waiting for
+        it (``Session.close_later``: the caller goes on to its restart meanwhile).  Safe when not
+        queued."""
         self.node, self._armed = None, False
         self._close_place()
 
     def _close_place(self) -> None:
         place, self._place = self._place, None
-        if place is None:
-            return
-        if place.state != CONNECTED and self._place_generation is not None:
-            deadline = time.monotonic() + max(place.negotiated_timeout, 1.0)
-            if not await_session(place, self._place_generation, deadline):
-                log.info("%s: the restart queue's session did not come back; its node goes when the server "
-                         "expires it", self.service)
-        place.close()
+        if place is not None:
+            place.close_later()

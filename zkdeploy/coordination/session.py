@@ -137,6 +137,12 @@ class Session(ABC):
     def close(self) -> None:
         """Close the session (its ephemeral nodes go at once).  Safe to call twice."""
 
+    def close_later(self) -> None:
+        """Close without making the caller wait for it, once the session is connected again if it
+        is not (up to its timeout: a session closed while disconnected keeps its ephemeral nodes
+        until the server expires it).  Here: at once; ZooKeeper's closes in a thread of its own."""
+        self.close()
+
     @abstractmethod
     def sibling(self) -> Session:
         """A new session (not started) to the same ensemble, with the same credentials and timeouts:
@@ -326,6 +332,9 @@ class ForwardingSession(Session):
 
     def close(self) -> None:
         self.inner.close()
+
+    def close_later(self) -> None:
+        self.inner.close_later()
 
     def sibling(self) -> Session:
         return self.inner.sibling()

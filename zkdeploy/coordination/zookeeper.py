@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,6 +54,7 @@ from zkdeploy.coordination.session import (
     SetData,
     Stat,
     Watcher,
+    await_session,
 )
 from zkdeploy.errors import (
     AccessDeniedError,
@@ -212,6 +214,17 @@ class ZooKeeperSession(Session):
             ) from None
         self._note_session()
         return self
+
+    def close_later(self) -> None:
+        generation = self.generation
+
+        def close() -> None:
+            if self.state != CONNECTED and not await_session(self, generation,
+                                                             time.monotonic() + max(self.negotiated_timeout, 1.0)):
+                log.info("closing a ZooKeeper session that did not come back: its ephemeral nodes go when the "
+                         "server expires it")
+            self.close()
+        threading.Thread(target=close, name="zk-close", daemon=True).start()
 
     def close(self) -> None:
         self._closing = True
