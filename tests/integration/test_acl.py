@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from zkdeploy.coordination import Store
 from zkdeploy.coordination.acls import ApplyReport, RoleIds, apply, open_session
 from zkdeploy.coordination.credentials import Credentials, Security, digest_id
 from zkdeploy.coordination.session import PERM_ALL, PERM_CREATE, PERM_DELETE, PERM_READ, PERM_WRITE
-from zkdeploy.errors import AccessDeniedError, ConfigError, ConflictError, NotAdmittedError
+from zkdeploy.errors import AccessDeniedError, ConfigError, ConflictError, LockLostError, NotAdmittedError
 from zkdeploy.model import ONLINE, RESTARTING, CurrentEntry, DeployEntry, Killswitch, NodeRecord, Release
 
 pytestmark = pytest.mark.integration
@@ -139,7 +140,8 @@ def test_an_agent_cannot_rewrite_another_nodes_records(fleet: dict[str, Store]) 
     assert fleet["operator"].nodes()["b"].address == "10.0.0.2"
 
 
-def test_an_agent_cannot_delete_another_nodes_slot_token_or_queue_place_nor_count_a_node_twice(fleet: dict[str, Store]) -> None:
+def test_an_agent_cannot_delete_another_nodes_slot_token_or_queue_place_nor_count_a_node_twice(
+        fleet: dict[str, Store]) -> None:
     op, a, b = fleet["operator"], fleet["a"], fleet["b"]
     layout = a._layout
     b.register_node(NodeRecord(node="b", address="10.0.0.2"))
@@ -190,6 +192,22 @@ def test_an_agent_cannot_delete_another_nodes_slot_token_or_queue_place_nor_coun
     with pytest.raises(AccessDeniedError):
         a._session.delete(layout.slot("web", "b"))
     assert op.slots("web") == ["b"] and op.quorum_view("web", "x").others_online == 1
+
+
+def test_under_roles_a_place_in_the_queue_has_a_session_of_its_own_and_holds_only_with_the_agents(
+        fleet: dict[str, Store]) -> None:
+    op, b = fleet["operator"], fleet["b"]
+    place = b.restart_queue("web", "b")
+    place.join()
+    stat = op._session.exists(op._layout.lock_queue("web") + "/" + str(place.node))
+    assert place.own_session and stat is not None and stat.owner not in (0, b._session.session_id)
+    generation = b.generation
+    b.expire_session()  # the agent's own session ends; the place's session lives on
+    wait_for(lambda: b.generation > generation and b.connected, 20, "b's new session")
+    assert op.queue("web") == ["b"]
+    with pytest.raises(LockLostError, match="has ended"):
+        place.poll(threading.Event())  # the agent's next look gives the place up
+    wait_for(lambda: op.queue("web") == [], 10, "b's place to go with its session")
 
 
 def test_of_two_nodes_deciding_on_the_same_count_only_one_takes_a_slot(fleet: dict[str, Store]) -> None:

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
 from zkdeploy.coordination import Store
 from zkdeploy.coordination.lock import QueueLock
 from zkdeploy.errors import ConflictError, CoordinationError, LockLostError, RolloutAborted
@@ -166,17 +165,15 @@ def test_an_expired_session_releases_locks_and_slots(zk_hosts: str, zk_root: str
         while time.monotonic() < deadline and (observer.slots("db") or observer.current("db")):
             time.sleep(0.1)
         assert observer.slots("db") == [] and observer.current("db") == {}
+        assert observer.queue("db") == []  # without roles the place lives in the agent's session
         # the holder notices: its ownership checks fail, and a new session has a new generation
         with pytest.raises((LockLostError, CoordinationError)):
             holder.require_slot("db", "n1")
         while time.monotonic() < deadline and holder.generation == generation:
             time.sleep(0.1)
         assert holder.generation > generation
-        # its place in the queue (a session of its own) holds only with the session that queued:
-        # the next look at it gives it up (the agent's cycle looks when its session changes)
         with pytest.raises(LockLostError, match="has ended"):
             lock.poll(threading.Event())
-        assert observer.queue("db") == []
     finally:
         holder.close()
         observer.close()
@@ -279,26 +276,17 @@ def test_a_token_taken_between_the_reads_of_a_count_never_pairs_a_stale_count_wi
         other.close()
 
 
-def test_a_place_in_the_queue_is_made_in_the_session_opened_beforehand(zk_hosts: str, zk_root: str) -> None:
-    """At the start of a rollout every node joins at once: the agent opens the next place's session
-    between its steps (``keep_queue_session``), so joining costs one create, not a connection."""
+def test_without_roles_a_place_in_the_queue_lives_in_the_agents_own_session(zk_hosts: str, zk_root: str) -> None:
+    """No ACL roles, no boundary to keep: the place is made in the agent's session and deleted to
+    leave (no connection per restart); under roles it has a session of its own (test_acl)."""
     a, observer = _stores(zk_hosts, zk_root, 2)
     try:
-        a.keep_queue_session()
-        spare = a._spare
-        assert spare is not None and spare.session_id not in (None, a._session.session_id)
-        a.keep_queue_session()  # one spare at a time
-        assert a._spare is spare
         place = a.restart_queue("db", "a")
         place.join()
         stat = observer._session.exists(observer._layout.lock_queue("db") + "/" + str(place.node))
-        assert stat is not None and stat.owner == spare.session_id and a._spare is None
-        place.release()  # closing the place's session (in the background) removes the node
-        wait_for(lambda: observer.queue("db") == [], 10, "the place's node to go with its session")
-        again = a.restart_queue("db", "a")
-        again.join()  # no spare: it opens its own
-        assert observer.queue("db") == ["a"]
-        again.release()
+        assert stat is not None and stat.owner == a._session.session_id and not place.own_session
+        place.release()
+        assert observer.queue("db") == []
     finally:
         a.close()
         observer.close()

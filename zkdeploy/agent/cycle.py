@@ -84,7 +84,6 @@ class Cycle:
             self.rule.returning.update(self.host.services())
         if not self.presence.registered:
             return
-        self.store.keep_queue_session()  # the next join costs a create, not a connection
         switch = self.view.killswitch()
         if switch is not None:
             self.cancel_all("killswitch is on")

@@ -221,6 +221,10 @@ class AclSession(ForwardingSession):
         super().__init__(inner)
         self.policy = policy
 
+    @property
+    def guarded(self) -> bool:
+        return True
+
     def start(self) -> AclSession:
         self.inner.start()
         return self

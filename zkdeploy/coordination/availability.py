@@ -14,11 +14,9 @@ from typing import Any
 from zkdeploy.coordination.lock import QueueLock, sequence_of
 from zkdeploy.coordination.records import StoreCore
 from zkdeploy.coordination.session import (
-    CONNECTED,
     Create,
     Delete,
     Op,
-    Session,
     SetData,
     Stat,
     Watcher,
@@ -276,45 +274,11 @@ class Availability(StoreCore):
 
     # -- restart queues and slots ----------------------------------------------
     def restart_queue(self, service: str, node: str) -> QueueLock:
-        """A new (not yet joined) place in the FIFO restart queue of ``service`` for ``node``; it
-        joins in a session of its own (the spare, if ``keep_queue_session`` opened one)."""
-        return QueueLock(self._session, self._layout.lock_queue(service), service, node, self._queue_session)
-
-    def keep_queue_session(self) -> None:
-        """Open, if there is none, the session the next place in a restart queue will use, so that
-        joining costs one create rather than a connection (at the start of a rollout every node
-        joins at once).  The agent calls this between its steps; a failure is logged (the join
-        then opens its own)."""
-        with self._spare_lock:
-            if self._spare is not None:
-                return
-        try:
-            spare = self._session.sibling().start()
-        except CoordinationError as exc:
-            log.warning("could not open the restart queue's spare session (a join opens its own): %s", exc)
-            return
-        with self._spare_lock:
-            kept = self._spare is None  # another thread may have opened one meanwhile
-            if kept:
-                self._spare = spare
-        if not kept:
-            spare.close()
-
-    def _queue_session(self) -> Session:
-        """A started session for one place in a restart queue: the spare if it is connected, else a new one."""
-        with self._spare_lock:
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            if spare.state == CONNECTED:
-                return spare
-            spare.close()
-        return self._session.sibling().start()
-
-    def _close_spare(self) -> None:
-        with self._spare_lock:
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.close()
+        """A new (not yet joined) place in the FIFO restart queue of ``service`` for ``node``.  Under
+        ACL roles the place lives in a session of its own, closed to leave (agents may not delete
+        under the queue); without them, in this one (``QueueLock``)."""
+        return QueueLock(self._session, self._layout.lock_queue(service), service, node,
+                         own_session=self._session.guarded)
 
     def queue(self, service: str) -> list[str]:
         """The nodes waiting in the restart queue of ``service``, first (lock holder) first."""

@@ -11,15 +11,17 @@ Shaped after kazoo's Lock recipe, with what zkdeploy needs besides:
   asks whether it is first and otherwise sleeps until the predecessor's watch
   (or anything else) wakes it, so a long wait never stops it answering plans
   and undo requests; ``acquire`` is the blocking form built on it;
-- each place in the queue lives in a ZooKeeper session of its own, opened
-  to join (``Session.sibling``) and closed to leave: closing it removes the
-  node, so an agent needs no DELETE on the queue's parent and cannot delete
-  another node's place (docs/security.md).  The place holds only while the
-  agent's own session is the one that queued, too;
+- under ACL roles (``own_session``) each place lives in a ZooKeeper session
+  of its own, opened to join (``Session.sibling``) and closed to leave:
+  closing it removes the node, so an agent needs no DELETE on the queue's
+  parent and cannot delete another node's place (docs/security.md); the
+  place then holds only while the agent's own session is the one that
+  queued, too.  Without roles there is no boundary to keep, and the place
+  lives in the agent's session, deleted to leave: no connection per restart
+  (docs/benchmarks.md measures what one costs);
 - ownership is checked against the session rather than trusted from a flag,
-  and leaving waits out a connection loss while the place's session lives
-  before closing it (a session closed while disconnected is expired by the
-  server, its node with it, after the session timeout).
+  and leaving retries through connection losses while the place's session
+  lives (a node of a live session does not go by itself).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import uuid
 from collections.abc import Callable
 
 from zkdeploy.coordination.layout import QUEUE_PREFIX
-from zkdeploy.coordination.session import Session, await_session
+from zkdeploy.coordination.session import Session, await_session, delete_own
 from zkdeploy.errors import LockLostError, NoNodeError, RolloutAborted, SessionLostError
 
 log = logging.getLogger(__name__)
@@ -47,12 +49,11 @@ def sequence_of(name: str) -> str:
 class QueueLock:
     """A mutex whose waiters form a FIFO queue under ``path``."""
 
-    def __init__(self, session: Session, path: str, service: str, identifier: str,
-                 open_place: Callable[[], Session] | None = None) -> None:
-        self._session = session  # the agent's own session; the place has its own (``_place``)
-        #: opens (or hands over) a started session for the place: a sibling of ``session`` by default
-        self._open_place = open_place or (lambda: session.sibling().start())
-        self._place: Session | None = None
+    def __init__(self, session: Session, path: str, service: str, identifier: str, *,
+                 own_session: bool = False) -> None:
+        self._session = session  # the agent's own session
+        self.own_session = own_session  # whether the place lives in a session of its own
+        self._place: Session | None = None  # the session the place lives in, while queued
         self.path = path
         self.service = service
         self.identifier = identifier
@@ -90,11 +91,11 @@ class QueueLock:
         if self.node is not None:
             return
         generation = self._session.require_connected()
-        place = self._place = self._open_place()
+        place = self._place = self._session.sibling().start() if self.own_session else self._session
         try:
             self._create(place)
         except BaseException:
-            self._close_place()
+            self._leave(None)
             raise
         self._generation = generation
 
@@ -139,7 +140,8 @@ class QueueLock:
         self._armed = False
         contenders = self._contenders()
         if self.node not in contenders:
-            lost, self.node = self.node, None
+            lost = self.node
+            self._drop()
             raise LockLostError(f"restart queue node {lost} of {self.service} disappeared")
         index = contenders.index(self.node)
         if index == 0 or wake is None:
@@ -193,7 +195,7 @@ class QueueLock:
         self._session.require_connected()
         self._place.require_connected()
         if self._session.generation != self._generation or self._place.generation != self._place_generation:
-            self.release()
+            self._drop()
             raise LockLostError(f"the session that queued for {self.service} has ended")
 
     def require_queued(self) -> None:
@@ -202,18 +204,29 @@ class QueueLock:
         assert self.node is not None and self._place is not None
         stat = self._place.exists(self.path + "/" + self.node)
         if stat is None or stat.owner != self._place.session_id:
-            self.release()
+            self._drop()
             raise LockLostError(f"restart queue node of {self.service} is no longer held by this session")
 
     # -- leaving -----------------------------------------------------------------
     def release(self) -> None:
-        """Leave the queue: close the place's session, which removes its node, without waiting for
-        it (``Session.close_later``: the caller goes on to its restart meanwhile).  Safe when not
-        queued."""
-        self.node, self._armed = None, False
-        self._close_place()
+        """Leave the queue.  Safe when not queued.  A place in a session of its own: close that
+        session, which removes the node, without waiting for it (``Session.close_later``: the
+        caller goes on to its restart meanwhile).  Otherwise: delete the node, retrying through
+        connection losses while the session that made it lives."""
+        node, self.node, self._armed = self.node, None, False
+        self._leave(node)
 
-    def _close_place(self) -> None:
+    def _drop(self) -> None:
+        """The place is lost (a session that held it ended): forget it, and close its own session."""
+        self.node, self._armed = None, False
+        self._leave(None)
+
+    def _leave(self, node: str | None) -> None:
         place, self._place = self._place, None
-        if place is not None:
+        if place is None:
+            return
+        if self.own_session:
             place.close_later()
+        elif node is not None:
+            generation = place.generation if self._place_generation is None else self._place_generation
+            delete_own(place, self.path + "/" + node, generation, f"{self.service}: restart queue node {node}", log)

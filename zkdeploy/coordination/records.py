@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from typing import Any, TypeVar
 
@@ -43,9 +42,6 @@ class StoreCore:
         #: this session's online tokens: path -> (session generation, whether this session's token is there)
         self._online: dict[str, tuple[int, bool]] = {}
         self._ensured: set[str] = set()
-        #: the session the next place in a restart queue will use, opened beforehand (Availability)
-        self._spare: Session | None = None
-        self._spare_lock = threading.Lock()
 
     def await_session(self, generation: int, timeout: float | None = None) -> bool:
         """Wait (bounded by the session timeout) until the session ``generation`` is connected

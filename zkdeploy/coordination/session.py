@@ -146,7 +146,14 @@ class Session(ABC):
     @abstractmethod
     def sibling(self) -> Session:
         """A new session (not started) to the same ensemble, with the same credentials and timeouts:
-        for nodes that must go together when it closes (the swarm's tracker entries)."""
+        for nodes that must go together when it closes (the swarm's tracker entries, a place in a
+        restart queue under ACL roles)."""
+
+    @property
+    def guarded(self) -> bool:
+        """Whether ACL roles guard the fleet this session works on (the nodes it creates get the
+        policy's ACLs, and an agent may delete only under parents of its own)."""
+        return False
 
     @property
     @abstractmethod
@@ -338,6 +345,10 @@ class ForwardingSession(Session):
 
     def sibling(self) -> Session:
         return self.inner.sibling()
+
+    @property
+    def guarded(self) -> bool:
+        return self.inner.guarded
 
     @property
     def state(self) -> str:

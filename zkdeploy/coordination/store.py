@@ -83,7 +83,6 @@ class Store(Availability):
         return store
 
     def close(self) -> None:
-        self._close_spare()
         self._session.close()
 
     def sibling(self) -> Store:
