@@ -35,9 +35,9 @@
  *                       /current entry (the monitor may not have caught up)
  *                       and the stop step does not look again
  *
- * A misused credential that may delete under the queue (an operator's since
- * each place in the queue has a session of its own; docs/security.md) or a
- * bug of the queue is modelled with
+ * A misused credential that may delete under the queue (any, without ACL
+ * roles; under roles only an operator's, as each place in the queue has a
+ * session of its own; docs/security.md) or a bug of the queue is modelled with
  *   STEAL=k             an attacker deletes the head's queue node, up to k
  *                       times, at any moment (a decided head may then take
  *                       its slot while the next waiter decides on the same
