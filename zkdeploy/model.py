@@ -7,6 +7,7 @@ that writes which race can be made conditional.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -160,6 +161,12 @@ class Release(Record):
     info_hash: str | None = None
 
 
+#: the fields of a deploy entry fixed when it is queued, which decide what runs where (what its seal
+#: covers); the others are its progress, and ``progress_deadline`` (when a stall is reported)
+SPEC_FIELDS = ("service", "version", "group", "requested_by", "created", "max_failures", "kind", "previous",
+               "on_failure", "waves", "nodes", "select", "scenario", "steps", "seal")
+
+
 @dataclass(frozen=True)
 class DeployEntry(Record):
     """``/dc/deploy/<seq>``: one service's rollout in the deploy queue.
@@ -196,10 +203,22 @@ class DeployEntry(Record):
     #: a tested scenario (zkdeploy.config.scenario): its name and the steps each host runs, checked
     scenario: str = ""
     steps: tuple[dict[str, Any], ...] = ()
+    #: the name of the entry's seal (``seals/<seal>``), made with it in one transaction by whoever
+    #: queued it: the digest of what the entry asks for (``spec_digest``), which agents may not
+    #: write (docs/security.md); empty for an entry queued before seals
+    seal: str = ""
 
     @property
     def is_open(self) -> bool:
         return self.state in OPEN_DEPLOY_STATES
+
+    def spec_digest(self) -> str:
+        """SHA-256 of what the entry asks for, as queued (``SPEC_FIELDS``): every field but its
+        progress (state, finished, failures, message, stalled_since, wave, wave_log), which agents
+        write, and its progress deadline."""
+        data = asdict(self)
+        spec = {k: data[k] for k in SPEC_FIELDS}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
     def to_bytes(self) -> bytes:
         data = asdict(self)

@@ -386,3 +386,28 @@ def test_the_cli_applies_the_policy_and_an_agent_credential_is_refused_with_exit
     assert code == 0, out
     code, out = run("--zk-auth-file", str(op), "acl", "apply", str(policy), "--json")
     assert code == 0 and '"repaired": []' in out
+
+
+def test_an_agent_cannot_make_a_deploy_entry_ask_for_what_the_operator_did_not_queue(
+        fleet: dict[str, Store]) -> None:
+    """An agent may record progress on a deploy entry, so it can rewrite the entry: the seal the
+    operator made with it (which no agent can write or make) says so, and agents refuse it."""
+    from zkdeploy.agent.deploys import seal_refusal
+
+    op, a, b = fleet["operator"], fleet["a"], fleet["b"]
+    [name] = op.enqueue([DeployEntry(service="web", version="2")])
+    entry = a.deploy(name)
+    assert entry is not None and entry.seal and seal_refusal(b, entry, {}) is None
+    a.update_deploy(entry.evolve(steps=({"name": "x", "do": "command", "command": "id", "check": "none"},)))
+    rewritten = b.deploy(name)
+    assert rewritten is not None and "rewritten after it was queued" in str(seal_refusal(b, rewritten, {}))
+    forged = rewritten.evolve(seal="f" * 32)
+    with pytest.raises(AccessDeniedError):  # nor make a seal for its rewrite
+        a._session.create(a._layout.seal(forged.seal), forged.spec_digest().encode())
+    with pytest.raises(AccessDeniedError):
+        a._session.set(a._layout.seal(entry.seal), rewritten.spec_digest().encode())
+    # an entry without a seal (not queued by zkdeploy) is refused under roles
+    raw = op._session.create(op._layout.deploy + "/d-", DeployEntry(service="web", version="3").to_bytes(),
+                             sequence=True)
+    unsealed = b.deploy(raw.rsplit("/", 1)[1])
+    assert unsealed is not None and "no seal" in str(seal_refusal(b, unsealed, {}))

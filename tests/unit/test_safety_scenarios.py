@@ -340,3 +340,39 @@ def test_a_recovery_granted_at_no_cost_gives_the_slot_back_if_the_service_answer
         assert fleet.operator.slots("db") == [] and len(fleet.world.up("db")) == 3
     finally:
         fleet.close()
+
+
+# -- a deploy entry rewritten after it was queued ------------------------------------------------
+@pytest.mark.parametrize("rewrite", ["version", "steps"])
+def test_a_deploy_entry_rewritten_after_it_was_queued_is_refused_and_nothing_runs_it(
+        fleet: SimFleet, rewrite: str) -> None:
+    """Agents record progress on deploy entries, and ZooKeeper cannot limit a write to some fields:
+    a credential that may do that could rewrite what an open entry asks for (another version,
+    commands for every host to run).  The entry's seal, made with it, says it was rewritten."""
+    fleet.stage("db", "2", at=2.0)
+    fleet.stage("db", "3", at=3.0)
+    fleet.operator.set_killswitch(Killswitch(message="hold while the entry is rewritten", by="test"))
+    name = fleet.deploy(("db", "2"))[0]
+    entry = fleet.operator.deploy(name)
+    assert entry is not None and entry.seal
+    changed = {"version": {"version": "3"},
+               "steps": {"steps": ({"name": "own", "do": "command", "command": "touch /tmp/owned",
+                                    "check": "none"},)}}[rewrite]
+    fleet.operator.update_deploy(entry.evolve(**changed))  # what an agent credential could write
+    fleet.operator.set_killswitch(None)
+    fleet.rounds(3)
+    refused = fleet.operator.deploy(name)
+    assert refused is not None and refused.state == HALTED
+    assert "rewritten after it was queued" in refused.message
+    assert set(fleet.versions("db").values()) == {"1"}, "a node ran the rewritten entry"
+
+
+def test_an_entry_as_queued_passes_its_seal_and_a_spec_digest_covers_what_runs() -> None:
+    from zkdeploy.model import DeployEntry
+
+    entry = DeployEntry(service="db", version="2", seal="s1")
+    progress = entry.evolve(state=HALTED, message="x", failures=({"node": "n1"},), wave=1, progress_deadline=5.0)
+    assert progress.spec_digest() == entry.spec_digest()  # progress is not covered
+    for change in ({"version": "3"}, {"service": "web"}, {"steps": ({"do": "command"},)}, {"nodes": ("n1",)},
+                   {"seal": "s2"}, {"max_failures": 3}):
+        assert entry.evolve(**change).spec_digest() != entry.spec_digest(), change

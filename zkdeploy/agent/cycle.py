@@ -70,6 +70,7 @@ class Cycle:
         self._catalog_version = -2
         self._last_summary = ""
         self._progress_due: dict[str, float] = {}  # deploy -> when the steward next looks for a stall
+        self._seals: dict[str, str] = {}  # seal -> the digest it holds (a seal never changes)
 
     # -- one cycle ------------------------------------------------------------------
     def run_once(self) -> None:
@@ -92,7 +93,7 @@ class Cycle:
         if self.deferred_recovery:
             self.recovering.update(recovery.settle_registered(self.host))
             self.deferred_recovery = False
-        entries = self._open_deploys()
+        entries = self._checked(self._open_deploys())
         head = self._head(entries)
         services = self.host.services()
         known = [*self._closed.values(), *entries]
@@ -287,6 +288,15 @@ class Cycle:
         if missing:
             log.warning("services not in the catalog (ignored): %s", ", ".join(missing))
         return True
+
+    def _checked(self, entries: list[DeployEntry]) -> list[DeployEntry]:
+        """The open entries, each refused (halted, saying why) when what it asks for is not what was
+        queued (``deploys.seal_refusal``): nothing acts on a rewritten entry."""
+        out = []
+        for entry in entries:
+            reason = deploys.seal_refusal(self.store, entry, self._seals)
+            out.append(entry if reason is None else deploys.refuse(self.store, entry, reason))
+        return out
 
     def _open_deploys(self) -> list[DeployEntry]:
         """The open deploy entries.  A closed entry never opens again, so once seen closed it is

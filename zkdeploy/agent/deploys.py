@@ -202,3 +202,47 @@ def watch_progress(store: Store, head: DeployEntry, quorum: int | str | None) ->
             log.warning("deploy %s %s", head.name, message)
     except ConflictError:
         pass  # changed meanwhile: judged again at the next look
+
+
+def seal_refusal(store: Store, entry: DeployEntry, known: dict[str, str]) -> str | None:
+    """Why ``entry`` must not be acted on, or None: what it asks for is not what was queued.
+
+    An entry's seal (``seals/<seal>``, made with it in one transaction) holds the digest of its
+    spec: service, version, steps, waves, nodes and the rest that agents never change
+    (``DeployEntry.spec_digest``).  Agents may write an entry's progress, and ZooKeeper cannot
+    limit a write to some fields, so an agent credential could rewrite the rest (another version,
+    commands for every host to run): the digest says so.  Under ACL roles an entry without a seal
+    is refused too (without them, an entry queued before seals is acted on).  ``known`` caches the
+    digests read (a seal never changes)."""
+    if not entry.seal:
+        if store.guarded:
+            return "it has no seal: under ACL roles only an entry queued with its seal is acted on"
+        return None
+    digest = known.get(entry.seal)
+    if digest is None:
+        digest = store.seal_digest(entry.seal)
+        if digest is None:
+            return f"its seal {entry.seal} does not exist"
+        known[entry.seal] = digest
+    if digest != entry.spec_digest():
+        return ("what it asks for (service, version, steps, waves, nodes...) is not what was queued: "
+                "the entry was rewritten after it was queued")
+    return None
+
+
+def refuse(store: Store, entry: DeployEntry, reason: str) -> DeployEntry:
+    """Halt a pending ``entry`` that must not be acted on, saying why; the entry as it now stands
+    (halted here even when the write failed, so that nothing acts on it this cycle)."""
+    log.error("deploy %s (%s@%s) refused: %s", entry.name, entry.service, entry.version, reason)
+    if entry.state != PENDING:
+        return entry
+    try:
+        halted = transition(entry, HALTED, by=Actor.AGENT, message=f"refused: {reason}")
+    except DeployTransitionError:
+        return entry
+    try:
+        return store.update_deploy(halted)
+    except CoordinationError as exc:
+        log.warning("deploy %s: could not record the refusal: %s", entry.name, exc)
+        return halted
+

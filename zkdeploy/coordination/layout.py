@@ -156,6 +156,14 @@ class Layout:
     def deploy_entry(self, name: str) -> str:
         return self._join("deploy", check_name("deploy entry", name))
 
+    @property
+    def seals(self) -> str:
+        return self._join("seals")
+
+    def seal(self, name: str) -> str:
+        """A deploy entry's seal: the digest of what it asks for, written by whoever queued it."""
+        return self._join("seals", check_name("seal", name))
+
     # /locks
     def lock_queue(self, service: str) -> str:
         return self._join("locks", check_name("service", service), "queue")
@@ -224,5 +232,5 @@ class Layout:
     def base_paths(self) -> list[str]:
         """The persistent parents that must exist before anything else is written."""
         return [self.nodes, self.current, self.up, self.all_slots, self.members, self._join("marks"), self.pins,
-                self.staging, self.deploy, self._join("locks"), self._join("swarm"), self._join("wake"), self.control,
-                self.reports, self.plans, self.history, self._join("control", "undo")]
+                self.staging, self.deploy, self.seals, self._join("locks"), self._join("swarm"), self._join("wake"),
+                self.control, self.reports, self.plans, self.history, self._join("control", "undo")]

@@ -21,6 +21,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection
 from typing import Any, TypedDict, Unpack
 
@@ -37,6 +38,7 @@ from zkdeploy.coordination.layout import (
 from zkdeploy.coordination.session import (
     CONNECTED,
     Create,
+    Op,
     SetData,
 )
 from zkdeploy.errors import (
@@ -107,6 +109,11 @@ class Store(Availability):
     @property
     def connected(self) -> bool:
         return self._session.state == CONNECTED
+
+    @property
+    def guarded(self) -> bool:
+        """Whether ACL roles guard this fleet (``Session.guarded``)."""
+        return self._session.guarded
 
     @property
     def generation(self) -> int:
@@ -298,10 +305,25 @@ class Store(Availability):
         return DeployEntry.from_bytes(got[0], got[1].version, name=name) if got else None
 
     def enqueue(self, entries: list[DeployEntry]) -> list[str]:
-        """Append deploy entries in one transaction (all or none); returns their names."""
-        results = self._session.commit([Create(self._layout.deploy + "/" + DEPLOY_PREFIX, e.to_bytes(),
-                                               sequence=True) for e in entries])
-        return [str(r).rsplit("/", 1)[1] for r in results]
+        """Append deploy entries in one transaction (all or none), each with its seal; returns
+        their names."""
+        ops: list[Op] = []
+        for entry in entries:
+            ops += self._sealed_create(entry)
+        results = self._session.commit(ops)
+        return [str(r).rsplit("/", 1)[1] for r in results[::2]]
+
+    def _sealed_create(self, entry: DeployEntry) -> list[Op]:
+        """The creates of ``entry`` and of its seal (``DeployEntry.seal``), for one transaction."""
+        self._ensure(self._layout.seals)
+        sealed = entry.evolve(seal=entry.seal or uuid.uuid4().hex)
+        return [Create(self._layout.deploy + "/" + DEPLOY_PREFIX, sealed.to_bytes(), sequence=True),
+                Create(self._layout.seal(sealed.seal), sealed.spec_digest().encode())]
+
+    def seal_digest(self, seal: str) -> str | None:
+        """The digest a deploy entry's seal holds, None if there is no such seal."""
+        got = self._get(self._layout.seal(seal))
+        return got[0].decode(errors="replace") if got else None
 
     def update_deploy(self, entry: DeployEntry) -> DeployEntry:
         """Write ``entry`` if nobody changed it since it was read; returns the stored entry."""
@@ -319,9 +341,9 @@ class Store(Availability):
         """
         ops: list[Any] = [SetData(self._layout.deploy_entry(failed.name), failed.to_bytes(), failed.zversion)]
         ops += [SetData(self._layout.deploy_entry(e.name), e.to_bytes(), e.zversion) for e in abort]
-        ops.append(Create(self._layout.deploy + "/" + DEPLOY_PREFIX, rollback.to_bytes(), sequence=True))
+        ops += self._sealed_create(rollback)
         results = self._session.commit(ops)
-        return str(results[-1]).rsplit("/", 1)[1]
+        return str(results[-2]).rsplit("/", 1)[1]
 
     def prune_deploys(self, keep: int = 200) -> int:
         """Delete the oldest finished entries beyond ``keep``; returns how many went."""
