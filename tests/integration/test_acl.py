@@ -411,3 +411,14 @@ def test_an_agent_cannot_make_a_deploy_entry_ask_for_what_the_operator_did_not_q
                              sequence=True)
     unsealed = b.deploy(raw.rsplit("/", 1)[1])
     assert unsealed is not None and "no seal" in str(seal_refusal(b, unsealed, {}))
+
+
+def test_only_the_node_an_undo_request_is_addressed_to_writes_its_result(fleet: dict[str, Store]) -> None:
+    op, a, b = fleet["operator"], fleet["a"], fleet["b"]
+    name = op.request_undo("b", {"state": "pending", "last": 1})
+    with pytest.raises(AccessDeniedError):  # another node cannot rewrite what b is asked to undo
+        a.update_undo_request("b", name, {"state": "pending", "change_ids": [1, 2, 3]})
+    with pytest.raises(AccessDeniedError):
+        a.request_undo("b", {"state": "pending", "last": 5})  # nor ask for one
+    b.update_undo_request("b", name, {"state": "done", "last": 1, "result": []})
+    assert op.undo_requests("b")[name]["state"] == "done"

@@ -67,6 +67,9 @@ class Rule:
     owned: bool = False
     owner: int = RW
     admitted: bool = False
+    #: the path segment (below the root) that names the node a node is addressed to: the identities
+    #: of that name get ``owner`` (an undo request: only its node writes its result)
+    addressed: int | None = None
 
 
 OWNED = Rule(R, owned=True)
@@ -97,7 +100,8 @@ _RULES: list[tuple[tuple[str, ...], Rule]] = [
     # a fetcher asks a holder to seed under the holder's own parent (made by admission); only the
     # holder removes what it read
     (("wake", "*"), Rule(RC, owned=True, owner=RCD, admitted=True)), (("wake", "*", "*"), OWNED),
-    (("control", "undo"), Rule(RC)), (("control", "undo", "*", "*"), Rule(RW)),
+    # an undo request is the operator's; only the node it is addressed to writes its result
+    (("control", "undo"), Rule(RC)), (("control", "undo", "*", "*"), Rule(R, addressed=2)),
     (("reports", "plans", "*"), Rule(RC)), (("reports", "plans", "*", "*"), OWNED),
     # each node's history under its own parent (made by admission): it prunes its own records only
     (("reports", "history", "*"), ADMITTED), (("reports", "history", "*", "*"), OWNED),
@@ -155,11 +159,14 @@ class RoleIds:
         return set(self.operator) | set(self.agent) | set(self.viewer)
 
 
+def _parts(root: str, path: str) -> tuple[str, ...]:
+    rel = path[len(root.rstrip("/")):].strip("/")
+    return tuple(rel.split("/")) if rel else ()
+
+
 def rule_for(root: str, path: str) -> Rule:
     """The rule for ``path`` (a node at or under ``root``)."""
-    base = root.rstrip("/")
-    rel = path[len(base):].strip("/")
-    parts = tuple(rel.split("/")) if rel else ()
+    parts = _parts(root, path)
     for shape, rule in _RULES:
         if len(shape) == len(parts) and all(s in ("*", p) for s, p in zip(shape, parts, strict=True)):
             return rule
@@ -193,6 +200,8 @@ class AclPolicy:
             if not mine and not rule.admitted:
                 agent |= PERM_WRITE
             grant(tuple(mine), rule.owner)
+        if rule.addressed is not None:  # ``owners``: the identities admitted for the node it is addressed to
+            grant(owners or (), rule.owner)
         grant(self.roles.agent, agent)
         grant(self.roles.operator, PERM_ALL)
         return tuple(Acl(s, i, p) for (s, i), p in sorted(entries.items()))
@@ -238,7 +247,22 @@ class AclSession(ForwardingSession):
         if makepath:
             self.ensure_path(path.rsplit("/", 1)[0])
         return self.inner.create(path, data, ephemeral=ephemeral, sequence=sequence,
-                                 acl=self.policy.acl_for(path) if acl is None else acl)
+                                 acl=self._acl(path) if acl is None else acl)
+
+    def _acl(self, path: str) -> tuple[Acl, ...]:
+        """The ACL of a node this client creates; for a node addressed to another node (an undo
+        request), that node's identity is the one admission gave its per-node parents."""
+        rule = rule_for(self.policy.root, path)
+        if rule.addressed is None:
+            return self.policy.acl_for(path)
+        node = _parts(self.policy.root, path)[rule.addressed]
+        got = self.inner.get_acl(self.policy.root.rstrip("/") + "/wake/" + node)
+        if got is None:  # not admitted: nobody but the operators writes it
+            return self.policy.acl_for(path, owners=())
+        roles = self.policy.roles.role_entries()
+        owners = tuple(sorted({(a.scheme, a.id) for a in got[0] if (a.scheme, a.id) not in roles
+                               and a.scheme != "world"}))
+        return self.policy.acl_for(path, owners=owners)
 
     def ensure_path(self, path: str) -> None:
         """Create the missing nodes of ``path`` top down, each with its own ACL."""
@@ -249,12 +273,12 @@ class AclSession(ForwardingSession):
             current += "/" + part
             if self.inner.exists(current) is None:
                 try:
-                    self.inner.create(current, acl=self.policy.acl_for(current))
+                    self.inner.create(current, acl=self._acl(current))
                 except NodeExistsError:
                     pass  # made meanwhile by someone else
 
     def commit(self, ops: Sequence[Op]) -> list[str | Stat | None]:
-        return self.inner.commit([replace(op, acl=self.policy.acl_for(op.path))
+        return self.inner.commit([replace(op, acl=self._acl(op.path))
                                   if isinstance(op, Create) and op.acl is None else op for op in ops])
 
     # persistent watches: the watched path is made (with its ACL) here, not by the inner session
@@ -456,6 +480,9 @@ def apply(session: Session, root: str, roles: RoleIds, owner: tuple[str, str] | 
             owners = policy.owners_in(acl)
             if not owners:
                 report.unknown_owner.append(node)
+        elif rule.addressed is not None:  # the identity admission names for the node it is addressed to
+            found = _by_node(admitted).get(_parts(root, node)[rule.addressed])
+            owners = (found,) if found is not None else ()
         want = policy.acl_for(node, owners=owners)
         if sorted(acl, key=_key) != sorted(want, key=_key):
             report.repaired.append(node)
