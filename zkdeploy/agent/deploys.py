@@ -232,10 +232,11 @@ def seal_refusal(store: Store, entry: DeployEntry, known: dict[str, str]) -> str
 
 def refuse(store: Store, entry: DeployEntry, reason: str) -> DeployEntry:
     """Halt a pending ``entry`` that must not be acted on, saying why; the entry as it now stands
-    (halted here even when the write failed, so that nothing acts on it this cycle)."""
-    log.error("deploy %s (%s@%s) refused: %s", entry.name, entry.service, entry.version, reason)
+    (halted here even when the write failed, so that nothing acts on it this cycle).  An entry not
+    pending is not acted on anyway: it is left as it is, and not logged again every cycle."""
     if entry.state != PENDING:
         return entry
+    log.error("deploy %s (%s@%s) refused: %s", entry.name, entry.service, entry.version, reason)
     try:
         halted = transition(entry, HALTED, by=Actor.AGENT, message=f"refused: {reason}")
     except DeployTransitionError:

@@ -210,11 +210,12 @@ class AclPolicy:
         """Changed by operators only, read by every role (the ACL of a node no rule names)."""
         return self.acl_for(self.root.rstrip("/") + "/" + POLICY_NODE)
 
-    def owners_in(self, acl: list[Acl]) -> tuple[tuple[str, str], ...]:
-        """The entries of an existing ACL that are neither a role nor ``world``: the node's owners."""
+    def owners_in(self, acl: list[Acl], perm: int = PERM_WRITE) -> tuple[tuple[str, str], ...]:
+        """The entries of an existing ACL that are neither a role nor ``world`` and hold ``perm``:
+        the node's owners (WRITE: its own record; CREATE: a per-node parent's admitted owner)."""
         roles = self.roles.role_entries()
         return tuple(sorted({(a.scheme, a.id) for a in acl
-                             if (a.scheme, a.id) not in roles and a.scheme != "world" and a.perms & PERM_WRITE}))
+                             if (a.scheme, a.id) not in roles and a.scheme != "world" and a.perms & perm}))
 
 
 class AclSession(ForwardingSession):
@@ -256,12 +257,8 @@ class AclSession(ForwardingSession):
         if rule.addressed is None:
             return self.policy.acl_for(path)
         node = _parts(self.policy.root, path)[rule.addressed]
-        got = self.inner.get_acl(self.policy.root.rstrip("/") + "/wake/" + node)
-        if got is None:  # not admitted: nobody but the operators writes it
-            return self.policy.acl_for(path, owners=())
-        roles = self.policy.roles.role_entries()
-        owners = tuple(sorted({(a.scheme, a.id) for a in got[0] if (a.scheme, a.id) not in roles
-                               and a.scheme != "world"}))
+        got = self.inner.get_acl(Layout(self.policy.root).wake(node))  # a per-node parent admission made
+        owners = self.policy.owners_in(got[0], PERM_CREATE) if got is not None else ()  # not admitted: none
         return self.policy.acl_for(path, owners=owners)
 
     def ensure_path(self, path: str) -> None:
