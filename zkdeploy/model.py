@@ -212,6 +212,12 @@ class DeployEntry(Record):
     def is_open(self) -> bool:
         return self.state in OPEN_DEPLOY_STATES
 
+    @property
+    def failures_key(self) -> str:
+        """The name of the parent where nodes report their failures on it (``failures/<key>``): its
+        seal, made with it (its name for an entry queued before seals)."""
+        return self.seal or self.name
+
     def spec_digest(self) -> str:
         """SHA-256 of what the entry asks for, as queued (``SPEC_FIELDS``): every field but its
         progress (state, finished, failures, message, stalled_since, wave, wave_log), which agents

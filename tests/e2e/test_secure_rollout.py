@@ -1,7 +1,7 @@
 """A rollout under every security measure at once (issue 13): a real ZooKeeper reached only over its
 TLS (Netty) port with a CA made now, ACL roles applied by `zkdeploy acl apply`, agent processes each
-with the agent role's credentials and a client certificate of its own as its node identity, and
-trusted release keys.
+with the agent role's credentials (one with the steward role's: it alone writes the deploy's
+progress) and a client certificate of its own as its node identity, and trusted release keys.
 
 In one fleet: a signed release rolls out to completion (`zkdeploy deploy --wait`); a release
 signed by a key the agents do not trust is refused, the deploy halts saying why and nothing on
@@ -31,7 +31,7 @@ from zkdeploy.testing.zkserver import TlsZooKeeper, available
 
 pytestmark = pytest.mark.e2e
 
-PASSWORDS = {"operator": "op-secret", "agent": "agent-secret", "viewer": "view-secret"}
+PASSWORDS = {"operator": "op-secret", "steward": "steward-secret", "agent": "agent-secret", "viewer": "view-secret"}
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +83,11 @@ class SecureFleet:
         self.ok("operator", "acl", "apply", str(policy))
         self.fleet.write_configs()
         self.ok("operator", "services", "apply", str(self.fleet.catalog_file))
-        for host in self.fleet.hosts:  # each agent: the agent role, its own certificate, the release key
+        for i, host in enumerate(self.fleet.hosts):  # each agent: its role, its own certificate, the release key
             cert = self.zk.ca.issue(host.name)
             config = yaml.safe_load(host.config.read_text())
-            config["zookeeper"].update(auth_file=str(self.creds["agent"]),
+            role = "steward" if i == 0 else "agent"  # one agent moves deploys on from the nodes' reports
+            config["zookeeper"].update(auth_file=str(self.creds[role]),
                                        tls={"ca": self.ca, "cert": str(cert.cert), "key": str(cert.key)})
             config["signing"] = {"trusted_keys": [str(self.public)]}
             host.config.write_text(yaml.safe_dump(config))

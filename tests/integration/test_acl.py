@@ -21,7 +21,8 @@ from zkdeploy.model import ONLINE, RESTARTING, CurrentEntry, DeployEntry, Killsw
 pytestmark = pytest.mark.integration
 
 PASSWORDS = {"zkdeploy-operator": "op-secret", "zkdeploy-agent": "agent-secret", "zkdeploy-viewer": "view-secret",
-             "a": "a-secret", "b": "b-secret"}
+             "zkdeploy-steward": "steward-secret", "a": "a-secret", "b": "b-secret", "s": "s-secret"}
+ROLE_NAMES = ("operator", "steward", "agent", "viewer")
 
 
 def _creds(tmp_path: Path, role: str, node: str | None = None) -> Path:
@@ -37,7 +38,7 @@ def _creds(tmp_path: Path, role: str, node: str | None = None) -> Path:
 
 def _roles() -> RoleIds:
     return RoleIds.from_data({role: [f"digest:{digest_id(f'zkdeploy-{role}', PASSWORDS[f'zkdeploy-{role}'])}"]
-                              for role in ("operator", "agent", "viewer")}, "test")
+                              for role in ROLE_NAMES}, "test")
 
 
 def _apply(zk_hosts: str, zk_root: str, operator: Security) -> ApplyReport:
@@ -50,9 +51,11 @@ def _apply(zk_hosts: str, zk_root: str, operator: Security) -> ApplyReport:
 
 @pytest.fixture
 def fleet(zk_hosts: str, zk_root: str, tmp_path: Path) -> Iterator[dict[str, Store]]:
-    """An operator, two agents and a viewer on a fleet root whose ACL policy was applied."""
+    """An operator, two agents, a steward (an agent holding the steward role) and a viewer on a
+    fleet root whose ACL policy was applied."""
     files = {"operator": _creds(tmp_path, "operator"), "a": _creds(tmp_path, "agent", "a"),
-             "b": _creds(tmp_path, "agent", "b"), "viewer": _creds(tmp_path, "viewer")}
+             "b": _creds(tmp_path, "agent", "b"), "s": _creds(tmp_path, "steward", "s"),
+             "viewer": _creds(tmp_path, "viewer")}
     security = {k: Security(Credentials.load(p)) for k, p in files.items()}
     _apply(zk_hosts, zk_root, security["operator"])
     stores = {k: Store.connect(zk_hosts, zk_root, s, session_timeout=4.0) for k, s in security.items()}
@@ -93,7 +96,10 @@ def test_agents_run_their_whole_protocol_under_the_agent_role(fleet: dict[str, S
     queue.release()
     entry = a.deploy(name)
     assert entry is not None
-    a.update_deploy(entry.evolve(message="stalled: test"))  # agents record on deploy entries
+    assert a.report_failure(entry, "a", {"error": "boom", "at": 1.0})  # its own failure on a deploy
+    assert not a.report_failure(entry, "a", {"error": "again", "at": 2.0})  # counted once
+    assert op.failure_reports(entry) == {"a": {"node": "a", "error": "boom", "at": 1.0}}
+    fleet["s"].update_deploy(entry.evolve(message="stalled: test"))  # a steward records on deploy entries
     plan = op.request_plan({"targets": []})
     a.answer_plan(plan, "a", {"changes": []})
     a.record_history({"node": "a", "change": "x"})
@@ -102,7 +108,7 @@ def test_agents_run_their_whole_protocol_under_the_agent_role(fleet: dict[str, S
     assert op.deploy(name).message == "stalled: test"
 
 
-@pytest.mark.parametrize("attempt", ["enqueue", "catalog", "killswitch", "stage", "forget", "prune"])
+@pytest.mark.parametrize("attempt", ["enqueue", "progress", "catalog", "killswitch", "stage", "forget", "prune"])
 def test_an_agent_cannot_change_what_operators_own(fleet: dict[str, Store], attempt: str) -> None:
     op, a = fleet["operator"], fleet["a"]
     op.put_catalog({"services": {}}, -1)
@@ -111,6 +117,7 @@ def test_an_agent_cannot_change_what_operators_own(fleet: dict[str, Store], atte
     fleet["b"].close()  # b is absent: only its membership stays
     actions = {
         "enqueue": lambda: a.enqueue([DeployEntry(service="web", version="666")]),
+        "progress": lambda: a.update_deploy(op.deploy(name).evolve(message="halted by a")),
         "catalog": lambda: a.put_catalog({"services": {"evil": {}}}, 0),
         "killswitch": lambda: a.set_killswitch(Killswitch(message="stop", by="a")),
         "stage": lambda: a.put_release(Release(service="web", version="666", sha256="b" * 64, size=1, origin="/x")),
@@ -239,6 +246,7 @@ def test_acl_apply_admits_only_members_owned_by_the_identity_of_their_name(
     a_acl, _ = fleet["operator"]._session.get_acl(a._layout.up_node("web", "a"))
     assert {(x.id.split(":")[0], x.perms) for x in a_acl} == {
         ("zkdeploy-operator", PERM_ALL), ("zkdeploy-agent", PERM_READ), ("zkdeploy-viewer", PERM_READ),
+            ("zkdeploy-steward", PERM_READ),
         ("a", PERM_READ | PERM_CREATE | PERM_DELETE)}
 
 
@@ -316,7 +324,8 @@ def test_acl_apply_repairs_nodes_made_before_roles_and_keeps_owners(zk_hosts: st
         report = apply(raw, zk_root, _roles(), operator.owner_id)
         catalog_acl, _ = raw.get_acl(zk_root + "/catalog")
         assert {(a.id.split(":")[0], a.perms) for a in catalog_acl} == {
-            ("zkdeploy-operator", PERM_ALL), ("zkdeploy-agent", PERM_READ), ("zkdeploy-viewer", PERM_READ)}
+            ("zkdeploy-operator", PERM_ALL), ("zkdeploy-agent", PERM_READ), ("zkdeploy-viewer", PERM_READ),
+            ("zkdeploy-steward", PERM_READ)}
         assert zk_root + "/members/web/old" in report.unknown_owner  # writable by the agent role, reported
         again = apply(raw, zk_root, _roles(), operator.owner_id)
         assert again.repaired == []  # idempotent
@@ -351,11 +360,13 @@ def _fix(path: Path) -> Path:
 
 def test_an_automatic_rollback_under_roles_halts_and_says_the_operator_must_queue_it(
         fleet: dict[str, Store]) -> None:
-    from zkdeploy.agent.deploys import report_failure
+    from zkdeploy.agent.deploys import judge, report_failure
 
     op, a = fleet["operator"], fleet["a"]
     [name] = op.enqueue([DeployEntry(service="web", version="2", previous="1", on_failure="rollback")])
     report_failure(a, "a", name, "health checks failed")
+    assert op.deploy(name).state == "pending"  # a reported its failure; only a steward writes the entry
+    judge(fleet["s"], name)
     entry = op.deploy(name)
     assert entry is not None and entry.state == "halted"
     assert "an operator must queue it (zkdeploy rollback web)" in entry.message
@@ -390,14 +401,17 @@ def test_the_cli_applies_the_policy_and_an_agent_credential_is_refused_with_exit
 
 def test_an_agent_cannot_make_a_deploy_entry_ask_for_what_the_operator_did_not_queue(
         fleet: dict[str, Store]) -> None:
-    """An agent may record progress on a deploy entry, so it can rewrite the entry: the seal the
-    operator made with it (which no agent can write or make) says so, and agents refuse it."""
+    """A steward records progress on a deploy entry, so a steward credential can rewrite the entry:
+    the seal the operator made with it (which neither role can write or make) says so, and agents
+    refuse it."""
     from zkdeploy.agent.deploys import seal_refusal
 
-    op, a, b = fleet["operator"], fleet["a"], fleet["b"]
+    op, a, b = fleet["operator"], fleet["s"], fleet["b"]
     [name] = op.enqueue([DeployEntry(service="web", version="2")])
     entry = a.deploy(name)
     assert entry is not None and entry.seal and seal_refusal(b, entry, {}) is None
+    with pytest.raises(AccessDeniedError):  # an agent cannot write it at all
+        b.update_deploy(entry.evolve(version="666"))
     a.update_deploy(entry.evolve(steps=({"name": "x", "do": "command", "command": "id", "check": "none"},)))
     rewritten = b.deploy(name)
     assert rewritten is not None and "rewritten after it was queued" in str(seal_refusal(b, rewritten, {}))
@@ -422,3 +436,31 @@ def test_only_the_node_an_undo_request_is_addressed_to_writes_its_result(fleet: 
         a.request_undo("b", {"state": "pending", "last": 5})  # nor ask for one
     b.update_undo_request("b", name, {"state": "done", "last": 1, "result": []})
     assert op.undo_requests("b")[name]["state"] == "done"
+
+
+def test_a_node_reports_only_its_own_failure_and_only_a_steward_moves_the_deploy(fleet: dict[str, Store]) -> None:
+    """One agent credential cannot halt or finish a rollout: it reports its own failure, a report in
+    another node's name is not taken, and the entry is written by stewards only."""
+    from zkdeploy.agent.deploys import as_judged, judge, report_failure
+
+    op, a, b, s = fleet["operator"], fleet["a"], fleet["b"], fleet["s"]
+    [name] = op.enqueue([DeployEntry(service="web", version="2", max_failures=1)])
+    entry = op.deploy(name)
+    assert entry is not None
+    with pytest.raises(AccessDeniedError):  # a report in b's name: only b creates under its own parent
+        a.report_failure(entry, "b", {"error": "b is broken", "at": 1.0, "halt": True})
+    a._session.create(a._layout.deploy_failure(entry.failures_key, "b"))  # a pointer to b: nothing behind it
+    report_failure(a, "a", name, "health checks failed")
+    assert set(s.failure_reports(entry)) == {"a"}  # b reported nothing: a pointer alone is not taken
+    assert as_judged(b, entry, b.failure_reports(entry)).state == "pending"  # a's one failure is in budget
+    judge(s, name)
+    entry = op.deploy(name)
+    assert entry is not None and entry.state == "pending" and [f["node"] for f in entry.failures] == ["a"]
+    with pytest.raises(AccessDeniedError):
+        a.update_deploy(entry.evolve(state="done", message="done early"))
+    with pytest.raises(AccessDeniedError):  # nor delete a report (its own neither: a failure counts)
+        a.delete_tree(a._layout.deploy_failures(entry.failures_key))
+    report_failure(b, "b", name, "timed out")  # b's own: two failures, past the budget of one
+    judge(s, name)
+    entry = op.deploy(name)
+    assert entry is not None and entry.state == "halted" and [f["node"] for f in entry.failures] == ["a", "b"]

@@ -208,11 +208,24 @@ def test_random_requests_only_ever_follow_the_table(requests: list[tuple[DeployS
 class FakeStore:
     """The deploy-entry part of the Store, with its conditional writes; /current as a dict."""
 
-    def __init__(self, entries: list[DeployEntry], current: dict[str, CurrentEntry] | None = None) -> None:
+    def __init__(self, entries: list[DeployEntry], current: dict[str, CurrentEntry] | None = None,
+                 stewards: bool = True) -> None:
         self.entries = {e.name: e for e in entries}
         self.current_entries = current or {}
         self.writes = 0
         self.closed = False
+        self.stewards = stewards
+        self.reports: dict[str, dict[str, dict]] = {}  # failures key -> node -> report
+
+    def report_failure(self, entry: DeployEntry, node: str, report: dict) -> bool:
+        mine = self.reports.setdefault(entry.failures_key, {})
+        if node in mine:
+            return False
+        mine[node] = {**report, "node": node}
+        return True
+
+    def failure_reports(self, entry: DeployEntry, skip=()) -> dict[str, dict]:
+        return {n: r for n, r in self.reports.get(entry.failures_key, {}).items() if n not in skip}
 
     def deploys(self, skip=()) -> list[DeployEntry]:
         return sorted((e for n, e in self.entries.items() if n not in skip), key=lambda e: e.name)
@@ -307,6 +320,38 @@ def test_a_failure_past_the_budget_rolls_back_and_aborts_the_dependants() -> Non
     assert store.deploy("d-0000000009").state == PENDING
     rollback = store.deploys()[-1]
     assert (rollback.kind, rollback.version, rollback.previous, rollback.state) == ("rollback", "1", "2", PENDING)
+
+
+def test_an_agent_that_may_not_write_the_entry_reports_its_own_failure_and_reads_the_halt_from_the_reports() -> None:
+    store = FakeStore([_entry(PENDING, max_failures=0)], _fleet(), stewards=False)
+    deploys.report_failure(store, "n1", "d-0000000007", "health check failed")
+    entry = store.deploy("d-0000000007")
+    assert store.writes == 0 and entry.state == PENDING and entry.failures == ()  # the entry is the stewards'
+    judged = deploys.as_judged(store, entry, store.failure_reports(entry))
+    assert judged.state == HALTED and [f["node"] for f in judged.failures] == ["n1"]
+    assert judged.message.startswith("1 node(s) failed (max_failures 0); last: n1: health check failed")
+    store.stewards = True  # a steward records what every agent already acts on
+    deploys.judge(store, "d-0000000007")
+    entry = store.deploy("d-0000000007")
+    assert entry.state == HALTED and [f["node"] for f in entry.failures] == ["n1"]
+    assert deploys.as_judged(store, entry, store.failure_reports(entry, skip={"n1"})) == entry
+
+
+def test_a_failure_within_the_budget_read_from_the_reports_keeps_the_node_from_retrying_but_not_the_others() -> None:
+    store = FakeStore([_entry(PENDING, max_failures=1)], _fleet(), stewards=False)
+    deploys.report_failure(store, "n1", "d-0000000007", "health check failed")
+    deploys.report_failure(store, "n1", "d-0000000007", "again")  # a node counts once
+    entry = store.deploy("d-0000000007")
+    judged = deploys.as_judged(store, entry, store.failure_reports(entry))
+    assert judged.state == PENDING and [(f["node"], f["error"]) for f in judged.failures] == [
+        ("n1", "health check failed")]
+
+
+def test_a_failed_scenario_check_reported_halts_whatever_the_budget() -> None:
+    store = FakeStore([_entry(PENDING, max_failures=3)], _fleet())
+    deploys.report_failure(store, "n2", "d-0000000007", "check failed", halt=True)
+    entry = store.deploy("d-0000000007")
+    assert entry.state == HALTED and entry.message.startswith("a scenario check failed on n2")
 
 
 def test_a_failure_on_a_closed_deploy_changes_nothing() -> None:

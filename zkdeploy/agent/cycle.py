@@ -94,7 +94,7 @@ class Cycle:
             self.recovering.update(recovery.settle_registered(self.host))
             self.deferred_recovery = False
         entries = self._checked(self._open_deploys())
-        head = self._head(entries)
+        head = self._judged(self._head(entries))
         services = self.host.services()
         known = [*self._closed.values(), *entries]
         wants: dict[str, Want | None] = {}
@@ -113,10 +113,11 @@ class Cycle:
                     and service not in self.pending:
                 self.presence.machines[service].reset()
             restarted |= self._step(svc, want)
-        if head is not None and head.state == PENDING and (restarted or self._is_steward(head.service)):
+        if head is not None and head.state == PENDING and self.store.stewards \
+                and (restarted or self._is_steward(head.service)):
             # Completion and stalls are judged by the node that just restarted, and each cycle by one
-            # steward per service (the first present node by name), not by every node: a fleet-wide
-            # read of /current per node per cycle would grow with the square of the fleet.
+            # steward per service, not by every node: a fleet-wide read of /current per node per
+            # cycle would grow with the square of the fleet.
             if head.waves:
                 deploys.advance_waves(self.store, head, self.rule.marks(head.service).get(head.version),
                                       self._trusted_pin())
@@ -322,8 +323,8 @@ class Cycle:
                 why = f"aborted: {entry.service}@{entry.version} is marked {mark.mark} by {mark.by}: {mark.why}"
             else:
                 continue
-            if not can(entry, ABORTED, by=Actor.AGENT):
-                continue
+            if not can(entry, ABORTED, by=Actor.AGENT) or not self.store.stewards:
+                continue  # not abortable; or a steward records it (blocked or marked, it does not start)
             try:
                 self.store.update_deploy(transition(entry, ABORTED, by=Actor.AGENT, message=why))
                 log.warning("deploy %s of %s@%s %s", entry.name, entry.service, entry.version, why)
@@ -352,7 +353,28 @@ class Cycle:
         guard = self.payloads.guard
         return None if guard is None else guard.verifier.accepts
 
+    def _judged(self, head: DeployEntry | None) -> DeployEntry | None:
+        """The head with the failures its nodes reported folded in: a steward records them (a halt
+        past the budget) and reads it back; another agent reads it as a steward will record it."""
+        if head is None or not head.is_open:
+            return head
+        reports = self.view.failures(head)
+        if not reports:
+            return head
+        if self.store.stewards:
+            deploys.judge(self.store, head.name)
+            head = self.store.deploy(head.name) or head
+            reports = {n: r for n, r in reports.items() if n not in {f.get("node") for f in head.failures}}
+        return deploys.as_judged(self.store, head, reports)
+
     def _is_steward(self, service: str) -> bool:
+        """Whether this agent stewards ``service``'s deploy this cycle: under ACL roles, every agent
+        holding the steward role (two or three per fleet); without roles, the first present node
+        of the service by name."""
+        if not self.store.stewards:
+            return False
+        if self.store.guarded:
+            return True
         nodes = self.view.current_nodes(service) if service in self.host.names else self.store.current_nodes(service)
         return bool(nodes) and min(nodes) == self.node
 
@@ -360,7 +382,7 @@ class Cycle:
         """The steward's look at whether the deploy stalled: it reads every entry of the service, so
         at most ten times per progress deadline (and every 5 s at most), not on every wake-up."""
         now = time.monotonic()
-        if now < self._progress_due.get(head.name, 0.0):
+        if now < self._progress_due.get(head.name, 0.0) or not self.store.stewards:
             return
         self._progress_due[head.name] = now + min(5.0, head.progress_deadline / 10)
         catalog = self.host.catalog

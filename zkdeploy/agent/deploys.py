@@ -1,16 +1,28 @@
-"""What agents write on deploy entries: failures, completion, and stalls.
+"""What nodes report on deploys, and what stewards write on deploy entries from it.
 
-Any agent may do any of these; every write is conditional on the entry's
-znode version, so concurrent agents never overwrite each other and the loser
-of a race simply re-reads.  Every write of an entry is a move of its
-lifecycle (zkdeploy.policy.lifecycle), made by ``Actor.AGENT``.
+A node reports only its own failure, as a record of its own under the
+entry's failures parent (``failures/<seal>/<node>``); it never writes the
+entry.  A *steward* writes an entry's progress: it folds the nodes'
+reports into the entry (past the failure budget: a halt, a rollback), opens
+and verifies waves, records stalls, and marks the entry done.  Without ACL
+roles every agent may steward (the node that just restarted, and one node
+per service each cycle); under roles only the agents holding the steward
+role do (``Store.stewards``), so one agent credential cannot halt, finish or
+rewrite a rollout.  Until a steward records a halt, every agent reads the
+reports itself (``as_judged``) and starts no restart for a deploy its
+reports put past the budget.
+
+Every write of an entry is conditional on its znode version, so concurrent
+stewards never overwrite each other and the loser of a race re-reads, and
+is a move of its lifecycle (zkdeploy.policy.lifecycle) made by ``Actor.AGENT``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from tenacity import RetryError, retry, retry_if_exception_type, stop_after_attempt, wait_random
 
@@ -34,8 +46,60 @@ RETRIES = 10
 
 
 def report_failure(store: Store, node: str, name: str, error: str, *, halt: bool = False) -> None:
-    """Record ``node``'s failed restart on deploy ``name``; past its budget, halt it or roll it back.
-    ``halt``: halt it whatever the budget (a scenario's failed check bails out the deploy).
+    """Report ``node``'s failed restart on deploy ``name`` (a record of its own, counted once per
+    node); a steward then judges the deploy at once (``judge``).  ``halt``: halt it whatever the
+    budget (a scenario's failed check bails out the deploy)."""
+    try:
+        entry = store.deploy(name)
+        if entry is None or not entry.is_open:
+            return  # gone, or closed: a failure no longer changes it
+        store.report_failure(entry, node, {"error": error, "at": time.time(), "halt": halt})
+    except CoordinationError as exc:
+        log.error("could not report %s's failure on deploy %s: %s", node, name, exc)
+        return
+    if store.stewards:
+        judge(store, name)
+
+
+def verdict(entry: DeployEntry, reports: Mapping[str, Mapping[str, Any]],
+            fleet: int) -> tuple[tuple[dict[str, Any], ...], str | None]:
+    """``entry``'s failures with the nodes' ``reports`` folded in (a node counts once), and why the
+    deploy must stop (None: within its failure budget, a share of the ``fleet``)."""
+    known = {f.get("node") for f in entry.failures}
+    new = [reports[n] for n in sorted(reports, key=lambda n: (float(reports[n].get("at") or 0), n))
+           if n not in known]
+    failures = (*entry.failures, *({"node": r["node"], "error": str(r.get("error", "")),
+                                    "at": float(r.get("at") or 0)} for r in new))
+    halting = [r for r in new if r.get("halt")]
+    if halting:
+        return failures, f"a scenario check failed on {halting[0]['node']}"
+    if len(failures) > failure_budget(entry.max_failures, fleet):
+        return failures, f"{len(failures)} node(s) failed (max_failures {entry.max_failures})"
+    return failures, None
+
+
+def _fleet(store: Store, service: str) -> int:
+    """The size the failure budget is a share of: the service's members, present or not."""
+    return len(set(store.member_nodes(service)) | set(store.current_nodes(service)))
+
+
+def as_judged(store: Store, entry: DeployEntry, reports: Mapping[str, Mapping[str, Any]]) -> DeployEntry:
+    """``entry`` as it stands once the nodes' ``reports`` are folded in, without writing it: what an
+    agent that may not write it acts on until a steward has (halted, when they put it past its
+    budget, so that no new restart starts for it meanwhile)."""
+    if not can(entry, entry.state, by=Actor.AGENT) or not set(reports) - {f.get("node") for f in entry.failures}:
+        return entry
+    failures, why = verdict(entry, reports, _fleet(store, entry.service))
+    if why is None or not can(entry, HALTED, by=Actor.AGENT):
+        return entry.evolve(failures=failures)
+    return transition(entry, HALTED, by=Actor.AGENT, failures=failures,
+                      message=f"{why}; last: {failures[-1]['node']}: {failures[-1]['error']} "
+                              "(reported by the nodes; a steward records it)")
+
+
+def judge(store: Store, name: str) -> None:
+    """A steward folds the nodes' failure reports into deploy ``name``; past its budget, halts it or
+    rolls it back.
 
     ``on_failure: rollback`` closes the deploy, aborts the open deploys of the
     same request (they depend on it) and queues a rollback deploy to the
@@ -43,45 +107,46 @@ def report_failure(store: Store, node: str, name: str, error: str, *, halt: bool
     operator resumes or aborts it.
     """
     try:
-        _record_failure(store, node, name, error, halt)
+        _judge(store, name)
     except RetryError:
-        log.error("could not record the failure on deploy %s: it kept changing under %d attempts", name, RETRIES)
+        log.error("could not record the failures on deploy %s: it kept changing under %d attempts", name, RETRIES)
     except DeployTransitionError as exc:  # the entry holds what the table does not expect: say so, go on
-        log.error("could not record %s's failure on deploy %s: %s", node, name, exc)
+        log.error("could not record the failures on deploy %s: %s", name, exc)
+    except CoordinationError as exc:
+        log.error("could not record the failures on deploy %s: %s", name, exc)
 
 
 @retry(retry=retry_if_exception_type(ConflictError), stop=stop_after_attempt(RETRIES),
        wait=wait_random(0, 0.2))
-def _record_failure(store: Store, node: str, name: str, error: str, halt: bool = False) -> None:
-    """One conditional attempt; ConflictError when another agent changed the entry first."""
+def _judge(store: Store, name: str) -> None:
+    """One conditional attempt; ConflictError when another steward changed the entry first."""
     entry = store.deploy(name)
     if entry is None or not can(entry, entry.state, by=Actor.AGENT):
         return  # gone, or closed: a failure no longer changes it
-    if any(f.get("node") == node for f in entry.failures):
-        return  # recorded already (by this node before a restart): the budget counts nodes, not events
-    failures = (*entry.failures, {"node": node, "error": error, "at": time.time()})
-    fleet = set(store.member_nodes(entry.service)) | set(store.current_nodes(entry.service))
-    over_budget = len(failures) > failure_budget(entry.max_failures, len(fleet)) or halt  # a share of the members
-    summary = (f"a scenario check failed on {node}" if halt
-               else f"{len(failures)} node(s) failed (max_failures {entry.max_failures})")
+    reports = store.failure_reports(entry, skip={str(f.get("node")) for f in entry.failures})
+    if not reports:
+        return  # recorded already: the budget counts nodes, not events
+    failures, why = verdict(entry, reports, _fleet(store, entry.service))
+    last = f"last: {failures[-1]['node']}: {failures[-1]['error']}"
+    halt = why is not None and why.startswith("a scenario check")
     previous = entry.previous if entry.on_failure == "rollback" and entry.previous != entry.version else None
-    if over_budget and not halt and previous:
+    summary = why or ""
+    if why is not None and not halt and previous:
         try:
-            _roll_back(store, node, transition(
+            _roll_back(store, str(failures[-1]["node"]), transition(
                 entry, ROLLED_BACK, by=Actor.AGENT, failures=failures,
-                message=f"{summary}; rolling back to {previous}; last: {node}: {error}"), previous)
+                message=f"{why}; rolling back to {previous}; {last}"), previous)
             return
-        except AccessDeniedError:  # ACL roles: agents may not queue deploys; the rollback is the operator's
+        except AccessDeniedError:  # ACL roles: only operators queue deploys; the rollback is theirs
             summary += (f"; on_failure rollback: an operator must queue it (zkdeploy rollback {entry.service}): "
-                        "agents may not queue deploys under ACL roles")
-    if over_budget:
-        updated = transition(entry, HALTED, by=Actor.AGENT, failures=failures,
-                             message=f"{summary}; last: {node}: {error}")
+                        "only operators queue deploys under ACL roles")
+    if why is not None:
+        updated = transition(entry, HALTED, by=Actor.AGENT, failures=failures, message=f"{summary}; {last}")
     else:
         updated = transition(entry, entry.state, by=Actor.AGENT, failures=failures, message=entry.message)
     store.update_deploy(updated)  # the halt first: a refused or failed mark must not keep the deploy going
-    if over_budget and entry.on_failure == "mark_bad":  # the service's policy: a failed gate marks it bad
-        _mark_bad(store, node, entry, summary)
+    if why is not None and entry.on_failure == "mark_bad":  # the service's policy: a failed gate marks it bad
+        _mark_bad(store, str(failures[-1]["node"]), entry, summary)
 
 
 def _mark_bad(store: Store, node: str, entry: DeployEntry, summary: str) -> None:
@@ -231,16 +296,19 @@ def seal_refusal(store: Store, entry: DeployEntry, known: dict[str, str]) -> str
 
 
 def refuse(store: Store, entry: DeployEntry, reason: str) -> DeployEntry:
-    """Halt a pending ``entry`` that must not be acted on, saying why; the entry as it now stands
-    (halted here even when the write failed, so that nothing acts on it this cycle).  An entry not
+    """Halt a pending ``entry`` that must not be acted on, saying why (a steward writes it); the
+    entry as it now stands (halted here even when the write failed or this agent may not write it,
+    so that nothing acts on it this cycle).  An entry not
     pending is not acted on anyway: it is left as it is, and not logged again every cycle."""
     if entry.state != PENDING:
         return entry
-    log.error("deploy %s (%s@%s) refused: %s", entry.name, entry.service, entry.version, reason)
     try:
         halted = transition(entry, HALTED, by=Actor.AGENT, message=f"refused: {reason}")
     except DeployTransitionError:
         return entry
+    if not store.stewards:
+        return halted  # a steward records the refusal: this agent only does not act on it
+    log.error("deploy %s (%s@%s) refused: %s", entry.name, entry.service, entry.version, reason)
     try:
         return store.update_deploy(halted)
     except CoordinationError as exc:

@@ -11,13 +11,17 @@ so does ``REFRESH`` seconds passing, as a safety net.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Collection
 from typing import Any
 
 from zkdeploy.coordination import Store
+from zkdeploy.errors import CoordinationError
 from zkdeploy.model import DeployEntry, Killswitch, Mark, Pin
+
+log = logging.getLogger(__name__)
 
 #: seconds after which every cached read is made again even if no watch fired
 REFRESH = 30.0
@@ -143,6 +147,20 @@ class View:
                 return False
             return None
         return changed
+
+    def failures(self, entry: DeployEntry) -> dict[str, dict[str, Any]]:
+        """The failures nodes reported on ``entry`` but not yet folded into it (node -> report),
+        re-read when one more is reported (its failures parent is watched)."""
+        key = f"failures:{entry.failures_key}"
+        if key not in self._registered:
+            try:
+                self.store.watch_failures(entry, self._on(key))
+                self._registered.add(key)
+            except CoordinationError as exc:  # no parent (an entry queued before reports): read each cycle
+                log.debug("deploy %s: no watch on its failure reports: %s", entry.name, exc)
+        folded = {str(f.get("node")) for f in entry.failures}
+        reports: dict[str, dict[str, Any]] = self._fresh(key, lambda: self.store.failure_reports(entry))
+        return {n: r for n, r in reports.items() if n not in folded}
 
     def staged_versions(self, service: str) -> list[str]:
         result: list[str] = self._fresh(f"staged:{service}", lambda: self.store.staged_versions(service))

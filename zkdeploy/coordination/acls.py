@@ -1,13 +1,18 @@
 """Who may do what in the coordination tree: the ACL of every znode, decided in one place.
 
-Three roles (see docs/security.md):
+Four roles (see docs/security.md):
 
 - ``operator``: everything (the catalog, staging, the deploy queue, control records, ACLs);
 - ``agent``: reads everything; creates and writes its own presence, current,
-  member, holder, queue, slot, swarm-peer nodes, plan answers and history
-  records; sets data on deploy entries (failure records, completion, stall
-  notes) and on undo requests (their results); never creates or deletes a
-  deploy entry, a release, the catalog or a control record;
+  member, holder, queue, slot, swarm-peer nodes, plan answers, history
+  records and its own failure reports on deploys; sets data on the undo
+  requests addressed to it (their results); never writes, creates or
+  deletes a deploy entry, a release, the catalog or a control record;
+- ``steward``: what an agent may do, and writes the progress of deploy
+  entries (a halt, a wave opened or verified, a stall, completion) from the
+  nodes' own reports: the agents that hold it (two or three per fleet) are
+  the only ones that move a deploy on, so one agent credential cannot halt,
+  finish or rewrite a rollout;
 - ``viewer``: reads everything, writes nothing.
 
 The policy (which identities hold each role) lives in ``<root>/acl``, written
@@ -64,6 +69,8 @@ class Rule:
     made it, gets READ, CREATE and DELETE on it (its own children only)."""
 
     agent: int
+    #: what the steward role may do besides what the agent role may (write deploy entries' progress)
+    steward: int = 0
     owned: bool = False
     owner: int = RW
     admitted: bool = False
@@ -89,7 +96,10 @@ _RULES: list[tuple[tuple[str, ...], Rule]] = [
     (("staging",), Rule(RC)),  # an agent watching a service not staged yet creates its (empty) parent
     # holders are ephemeral and go with their session: nobody deletes them
     (("staging", "*", "*", "holders"), Rule(RC)), (("staging", "*", "*", "holders", "*"), OWNED),
-    (("deploy", "*"), Rule(RW)),
+    # the deploy queue is the operator's; a deploy's progress is the stewards' (from the nodes' reports)
+    (("deploy", "*"), Rule(R, steward=RW)),
+    # the parent is made with its deploy entry; a pointer there counts only if its node's report is there
+    (("failures", "*"), Rule(RC)), (("failures", "*", "*"), OWNED),
     # a failed gate marks the release bad by the service's policy (on_failure: mark_bad): marks are append-only
     (("marks",), Rule(RC)), (("marks", "*"), Rule(RC)), (("marks", "*", "*"), OWNED),
     # a place in a restart queue lives in a session of its own, closed to leave: no deletes
@@ -105,6 +115,8 @@ _RULES: list[tuple[tuple[str, ...], Rule]] = [
     (("reports", "plans", "*"), Rule(RC)), (("reports", "plans", "*", "*"), OWNED),
     # each node's history under its own parent (made by admission): it prunes its own records only
     (("reports", "history", "*"), ADMITTED), (("reports", "history", "*", "*"), OWNED),
+    # each node reports its failures on deploys under its own parent (made by admission): its own only
+    (("reports", "failed", "*"), ADMITTED), (("reports", "failed", "*", "*"), OWNED),
 ]
 
 #: parents under which an agent may delete any child (ZooKeeper checks DELETE on the parent)
@@ -124,6 +136,7 @@ class RoleIds:
     """The identities that hold each role (the content of ``<root>/acl``)."""
 
     operator: tuple[tuple[str, str], ...]
+    steward: tuple[tuple[str, str], ...] = ()
     agent: tuple[tuple[str, str], ...] = ()
     viewer: tuple[tuple[str, str], ...] = ()
 
@@ -156,7 +169,7 @@ class RoleIds:
                           sort_keys=True).encode()
 
     def role_entries(self) -> set[tuple[str, str]]:
-        return set(self.operator) | set(self.agent) | set(self.viewer)
+        return set(self.operator) | set(self.steward) | set(self.agent) | set(self.viewer)
 
 
 def _parts(root: str, path: str) -> tuple[str, ...]:
@@ -180,6 +193,8 @@ class AclPolicy:
     root: str
     roles: RoleIds
     owner: tuple[str, str] | None = None
+    #: every identity this client authenticates as (what decides the roles it holds)
+    ids: frozenset[tuple[str, str]] = frozenset()
     _cache: dict[str, tuple[Acl, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def acl_for(self, path: str, owners: tuple[tuple[str, str], ...] | None = None) -> tuple[Acl, ...]:
@@ -203,6 +218,7 @@ class AclPolicy:
         if rule.addressed is not None:  # ``owners``: the identities admitted for the node it is addressed to
             grant(owners or (), rule.owner)
         grant(self.roles.agent, agent)
+        grant(self.roles.steward, agent | rule.steward)
         grant(self.roles.operator, PERM_ALL)
         return tuple(Acl(s, i, p) for (s, i), p in sorted(entries.items()))
 
@@ -234,6 +250,11 @@ class AclSession(ForwardingSession):
     @property
     def guarded(self) -> bool:
         return True
+
+    @property
+    def stewards(self) -> bool:
+        return bool(self.policy.ids & (set(self.policy.roles.steward) | set(self.policy.roles.operator)))
+
 
     def start(self) -> AclSession:
         self.inner.start()
@@ -291,13 +312,15 @@ def load_roles(session: Session, root: str) -> RoleIds | None:
     return None if got is None else RoleIds.from_bytes(got[0], path)
 
 
-def secure(session: Session, root: str, owner: tuple[str, str] | None) -> Session:
-    """``session`` wrapped to give the ACLs of the policy stored under ``root``; the session itself
+def secure(session: Session, root: str, owner: tuple[str, str] | None,
+           ids: frozenset[tuple[str, str]] = frozenset()) -> Session:
+    """``session`` wrapped to give the ACLs of the policy stored under ``root`` (``owner`` owns what
+    it creates; ``ids``, every identity it authenticates as, decide its roles); the session itself
     when no policy is stored (roles not in place: nodes are created open, as before)."""
     roles = load_roles(session, root)
     if roles is None:
         return session
-    return AclSession(session, AclPolicy(root, roles, owner))
+    return AclSession(session, AclPolicy(root, roles, owner, ids))
 
 
 @dataclass
@@ -362,13 +385,13 @@ def _admit(session: Session, secured: Session, root: str, policy: AclPolicy,
            admitted: dict[tuple[str, str], tuple[str, str]]) -> None:
     """Make each admitted node's parents: per service its availability and slot parents (with a
     hard quota of one child on the availability parent), and per node where it is asked to seed
-    and its history.  Its owner may create and delete under them; nobody else may delete."""
+    and its history and failure reports.  Its owner may create and delete under them; nobody else may delete."""
     layout = Layout(root)
     quota_acl = policy.operators_only()
     parents = [(p, owner) for (service, node), owner in sorted(admitted.items())
                for p in (layout.up_node(service, node), layout.slot_parent(service, node))]
     parents += [(p, owner) for node, owner in sorted(_by_node(admitted).items())
-                for p in (layout.wake(node), layout.node_history(node))]
+                for p in (layout.wake(node), layout.node_history(node), layout.node_failed(node))]
     for parent, owner in parents:
         secured.ensure_path(parent.rsplit("/", 1)[0])
         try:
@@ -393,7 +416,7 @@ def _admitted_owner(parts: list[str], admitted: dict[tuple[str, str], tuple[str,
     """The owner admission names for a per-node parent (its path below the root, split)."""
     if parts[0] in ("up", "slots"):
         return admitted.get((parts[1], parts[2]))
-    node = parts[1] if parts[0] == "wake" else parts[2]  # wake/<n>, reports/history/<n>
+    node = parts[1] if parts[0] == "wake" else parts[2]  # wake/<n>, reports/history/<n>, reports/failed/<n>
     return _by_node(admitted).get(node)
 
 
@@ -513,7 +536,7 @@ def open_session(hosts: str, root: str, security: Security | None = None, *, wra
     if not wrap:
         return session
     try:
-        return secure(session, root, security.owner_id)
+        return secure(session, root, security.owner_id, security.identities)
     except Exception:
         session.close()
         raise

@@ -7,7 +7,7 @@ itself, and nothing secret is logged (``Credentials`` has no password in its
 by its group, or it is refused::
 
     # /etc/zkdeploy/zk-auth.yaml   (chmod 600)
-    role: agent                    # operator | agent | viewer
+    role: agent                    # operator | steward | agent | viewer
     user: zkdeploy-agent           # the role's digest identity, shared by the role
     password: "..."
     node_user: web1                # agents: this node's own digest identity (or a client certificate)
@@ -34,7 +34,7 @@ import yaml
 from zkdeploy.errors import ConfigError
 from zkdeploy.strictyaml import load_yaml
 
-ROLES = ("operator", "agent", "viewer")
+ROLES = ("operator", "steward", "agent", "viewer")
 _KEYS = {"role", "user", "password", "node_user", "node_password"}
 
 
@@ -180,3 +180,16 @@ class Security:
             if subject:
                 return "x509", subject
         return self.credentials.role_id if self.credentials is not None else None
+
+    @property
+    def identities(self) -> frozenset[tuple[str, str]]:
+        """Every identity this client authenticates as: the role's, the node's, its certificate's."""
+        ids = set()
+        if self.credentials is not None:
+            ids.add(self.credentials.role_id)
+            if self.credentials.node_id is not None:
+                ids.add(self.credentials.node_id)
+        subject = self.tls.subject() if self.tls is not None else None
+        if subject:
+            ids.add(("x509", subject))
+        return frozenset(ids)

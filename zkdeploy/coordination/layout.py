@@ -22,7 +22,11 @@
     <root>/staging/<service>/<version>/holders/<node>  ephemeral  nodes holding the verified payload
     <root>/staging/<service>/<version>/torrent    persistent  the payload's torrent metainfo
     <root>/staging/<service>/<version>/signature  persistent  the release record's Ed25519 signature
-    <root>/deploy/d-<seq>                   persistent-sequential  the deploy queue (DeployEntry)
+    <root>/deploy/d-<seq>                   persistent-sequential  the deploy queue (DeployEntry); its progress
+                                                        is written by stewards only
+    <root>/seals/<seal>                     persistent  what a deploy entry asks for, as queued (its digest)
+    <root>/failures/<seal>                  persistent  made with its deploy entry: which nodes failed on it
+    <root>/failures/<seal>/<node>           persistent  empty: a pointer to the node's own report (below)
     <root>/locks/<service>/queue/q-<uuid>__<seq>  ephemeral-sequential  FIFO of agents waiting to restart
     <root>/slots/<service>/<node>           persistent  the node's slot parent (made as its availability parent is)
     <root>/slots/<service>/<node>/slot      ephemeral   a restart in progress (proof of permission)
@@ -35,6 +39,9 @@
     <root>/reports/plans/p-<seq>/<node>     persistent  one node's plan (NoAction) for that request
     <root>/reports/history/<node>           persistent  the node's history parent (made as its availability parent is)
     <root>/reports/history/<node>/h-<seq>   persistent-sequential  one live change set on that node (bounded per node)
+    <root>/reports/failed/<node>            persistent  the node's failure-report parent (made as its availability
+                                                        parent is: only the node creates under it)
+    <root>/reports/failed/<node>/<seal>     persistent  the node's failed restart on that deploy: error, time
     <root>/control/undo/<node>/u-<seq>      persistent-sequential  an operator's undo request for a node
 """
 
@@ -157,6 +164,18 @@ class Layout:
         return self._join("deploy", check_name("deploy entry", name))
 
     @property
+    def failures(self) -> str:
+        return self._join("failures")
+
+    def deploy_failures(self, key: str) -> str:
+        """Where nodes report their failures on a deploy (``key``: its seal, or its name without one)."""
+        return self._join("failures", check_name("deploy entry", key))
+
+    def deploy_failure(self, key: str, node: str) -> str:
+        """A pointer to ``node``'s report (anyone may make one: only the report itself counts)."""
+        return self.deploy_failures(key) + "/" + check_name("node", node)
+
+    @property
     def seals(self) -> str:
         return self._join("seals")
 
@@ -223,6 +242,18 @@ class Layout:
     def node_history(self, node: str) -> str:
         return self.history + "/" + check_name("node", node)
 
+    @property
+    def failed(self) -> str:
+        return self._join("reports", "failed")
+
+    def node_failed(self, node: str) -> str:
+        """Where ``node`` reports its failures on deploys (a per-node parent: its own only)."""
+        return self.failed + "/" + check_name("node", node)
+
+    def failure_report(self, node: str, key: str) -> str:
+        """``node``'s failure on the deploy whose failures key is ``key``."""
+        return self.node_failed(node) + "/" + check_name("deploy entry", key)
+
     def undo_requests(self, node: str) -> str:
         return self._join("control", "undo", check_name("node", node))
 
@@ -232,5 +263,6 @@ class Layout:
     def base_paths(self) -> list[str]:
         """The persistent parents that must exist before anything else is written."""
         return [self.nodes, self.current, self.up, self.all_slots, self.members, self._join("marks"), self.pins,
-                self.staging, self.deploy, self.seals, self._join("locks"), self._join("swarm"), self._join("wake"),
-                self.control, self.reports, self.plans, self.history, self._join("control", "undo")]
+                self.staging, self.deploy, self.seals, self.failures, self._join("locks"), self._join("swarm"),
+                self._join("wake"), self.control, self.reports, self.plans, self.history, self.failed,
+                self._join("control", "undo")]

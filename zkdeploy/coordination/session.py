@@ -156,6 +156,13 @@ class Session(ABC):
         return False
 
     @property
+    def stewards(self) -> bool:
+        """Whether this client may write the progress of deploy entries (record a halt, a wave, a
+        completion): any client without ACL roles; under roles, one holding the steward or the
+        operator role."""
+        return True
+
+    @property
     @abstractmethod
     def state(self) -> str:
         """CONNECTED, SUSPENDED or LOST."""
@@ -349,6 +356,10 @@ class ForwardingSession(Session):
     @property
     def guarded(self) -> bool:
         return self.inner.guarded
+
+    @property
+    def stewards(self) -> bool:
+        return self.inner.stewards
 
     @property
     def state(self) -> str:

@@ -64,6 +64,10 @@ class Timeouts(TypedDict, total=False):
     operation_timeout: float
 
 
+#: the creates that queue one deploy entry: the entry, its seal, its failures parent
+SEALED_CREATES = 3
+
+
 class Store(Availability):
     """zkdeploy's records under one root of one coordination tree."""
 
@@ -114,6 +118,11 @@ class Store(Availability):
     def guarded(self) -> bool:
         """Whether ACL roles guard this fleet (``Session.guarded``)."""
         return self._session.guarded
+
+    @property
+    def stewards(self) -> bool:
+        """Whether this client writes the progress of deploy entries (``Session.stewards``)."""
+        return self._session.stewards
 
     @property
     def generation(self) -> int:
@@ -311,14 +320,17 @@ class Store(Availability):
         for entry in entries:
             ops += self._sealed_create(entry)
         results = self._session.commit(ops)
-        return [str(r).rsplit("/", 1)[1] for r in results[::2]]
+        return [str(r).rsplit("/", 1)[1] for r in results[::SEALED_CREATES]]
 
     def _sealed_create(self, entry: DeployEntry) -> list[Op]:
-        """The creates of ``entry`` and of its seal (``DeployEntry.seal``), for one transaction."""
+        """The creates of ``entry``, of its seal (``DeployEntry.seal``) and of the parent where nodes
+        report their failures on it, for one transaction (``SEALED_CREATES`` ops, the entry's first)."""
         self._ensure(self._layout.seals)
+        self._ensure(self._layout.failures)
         sealed = entry.evolve(seal=entry.seal or uuid.uuid4().hex)
         return [Create(self._layout.deploy + "/" + DEPLOY_PREFIX, sealed.to_bytes(), sequence=True),
-                Create(self._layout.seal(sealed.seal), sealed.spec_digest().encode())]
+                Create(self._layout.seal(sealed.seal), sealed.spec_digest().encode()),
+                Create(self._layout.deploy_failures(sealed.failures_key))]
 
     def seal_digest(self, seal: str) -> str | None:
         """The digest a deploy entry's seal holds, None if there is no such seal."""
@@ -343,7 +355,51 @@ class Store(Availability):
         ops += [SetData(self._layout.deploy_entry(e.name), e.to_bytes(), e.zversion) for e in abort]
         ops += self._sealed_create(rollback)
         results = self._session.commit(ops)
-        return str(results[-2]).rsplit("/", 1)[1]
+        return str(results[-SEALED_CREATES]).rsplit("/", 1)[1]
+
+    # -- what nodes report on a deploy ---------------------------------------------
+    def report_failure(self, entry: DeployEntry, node: str, report: dict[str, Any]) -> bool:
+        """Record ``node``'s failed restart on ``entry``: its report under its own parent (under ACL
+        roles, only ``node``'s identity creates there), then a pointer to it under the entry's
+        failures parent, where a steward looks.  False when it was reported already (a node's
+        failure on a deploy counts once)."""
+        try:
+            self._session.create(self._layout.failure_report(node, entry.failures_key),
+                                 json.dumps(report, sort_keys=True).encode(), makepath=not self._session.guarded)
+            reported = True
+        except NodeExistsError:
+            reported = False  # reported before (a restart after a crash): the pointer may still be missing
+        try:  # under roles the pointer's parent came with the entry
+            self._session.create(self._layout.deploy_failure(entry.failures_key, node),
+                                 makepath=not self._session.guarded)
+        except NodeExistsError:
+            pass  # made before (or by another agent: a pointer only says where to look)
+        return reported
+
+    def failure_reports(self, entry: DeployEntry, skip: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+        """The failures nodes reported on ``entry`` (node -> report), but those of the nodes in
+        ``skip`` (not read): the pointers under the entry's failures parent, each followed to its
+        node's own report (a pointer whose node reported nothing is ignored)."""
+        nodes = [n for n in self._children(self._layout.deploy_failures(entry.failures_key))
+                 if n not in skip and is_safe_name(n)]  # none for an entry queued before reports
+        paths = [self._layout.failure_report(n, entry.failures_key) for n in nodes]
+        out: dict[str, dict[str, Any]] = {}
+        for node, path, got in zip(nodes, paths, self._session.get_all(paths) if paths else [], strict=True):
+            if got is None:
+                continue  # a pointer without its report: nothing to take
+            try:
+                report = json.loads(got[0].decode())
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                report = None
+            if not isinstance(report, dict):
+                log.error("%s: skipped: not a failure report", path)
+                continue
+            out[node] = {**report, "node": node}
+        return out
+
+    def watch_failures(self, entry: DeployEntry, fn: Callable[[list[str]], Any]) -> None:
+        """``fn(names)`` whenever a node reports a failure on ``entry``."""
+        self._session.watch_children(self._layout.deploy_failures(entry.failures_key), fn)
 
     def prune_deploys(self, keep: int = 200) -> int:
         """Delete the oldest finished entries beyond ``keep``; returns how many went."""
@@ -354,6 +410,10 @@ class Store(Availability):
                 self._delete(self._layout.deploy_entry(entry.name), entry.zversion)
             except ConflictError:
                 continue
+            for node in self._children(self._layout.deploy_failures(entry.failures_key)):
+                if is_safe_name(node):  # the node's report that the pointer names
+                    self._delete(self._layout.failure_report(node, entry.failures_key))
+            self.delete_tree(self._layout.deploy_failures(entry.failures_key))
         return len(doomed)
 
     # -- reports: plans and history ---------------------------------------------
