@@ -391,12 +391,13 @@ def test_the_cli_applies_the_policy_and_an_agent_credential_is_refused_with_exit
                                       for role in ("operator", "agent", "viewer")}))
     code, out = run("--zk-auth-file", str(op), "acl", "apply", str(policy))
     assert code == 0, out
+    assert "the policy names no steward" in out  # no deploy would ever be recorded done
     code, out = run("--zk-auth-file", str(agent), "killswitch", "on", "-m", "pwned")
     assert code == 2 and "not allowed with this client's credentials" in out
     code, out = run("--zk-auth-file", str(op), "killswitch", "on", "-m", "maintenance")
     assert code == 0, out
     code, out = run("--zk-auth-file", str(op), "acl", "apply", str(policy), "--json")
-    assert code == 0 and '"repaired": []' in out
+    assert code == 0 and '"repaired": []' in out and '"stewards": 0' in out
 
 
 def test_an_agent_cannot_make_a_deploy_entry_ask_for_what_the_operator_did_not_queue(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from zkdeploy.model import DONE, FAILED, HALTED, ONLINE, PENDING, ROLLED_BACK
+from zkdeploy.testing.memory import MemorySession
 from zkdeploy.testing.simfleet import SimFleet
 from zkdeploy.testing.simhost import SimTransport
 
@@ -112,6 +113,34 @@ def test_a_failed_release_rolls_the_node_back_and_halts_past_the_budget(fleet: S
     assert set(fleet.versions("db").values()) == {"1"}  # every node that tried went back to 1
     fleet.rounds(3)
     assert set(fleet.versions("db").values()) == {"1"} and fleet.online("db") == ["n1", "n2", "n3", "n4"]
+
+
+def test_with_no_steward_up_no_node_restarts_for_a_deploy_its_nodes_reports_put_past_the_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ACL roles only stewards write deploy entries; with every steward down the nodes' own
+    failure reports still stop the rollout at its budget, and a steward that comes back records it."""
+    fleet = make_fleet()
+    try:
+        with monkeypatch.context() as no_stewards:
+            no_stewards.setattr(MemorySession, "stewards", property(lambda self: False))
+            fleet.start_all()
+            fleet.rounds(1)
+            fleet.stage("db", "2", at=2.0)
+            fleet.world.bad.add(("db", "2"))
+            name = fleet.deploy(("db", "2"), max_failures=1)[0]
+            rounds_until(fleet, lambda: len(fleet.operator.failure_reports(fleet.operator.deploy(name))) == 2)
+            fleet.rounds(10)
+            entry = fleet.operator.deploy(name)
+            assert entry.state == PENDING and entry.failures == ()  # nobody may write it
+            tried = {node for node, service, step, _ in fleet.world.steps if service == "db" and step == "stop"}
+            assert tried == set(fleet.operator.failure_reports(entry))  # no third node tried
+            assert set(fleet.versions("db").values()) == {"1"}
+        rounds_until(fleet, lambda: fleet.operator.deploy(name).state == HALTED)  # a steward is back
+        entry = fleet.operator.deploy(name)
+        assert sorted(f["node"] for f in entry.failures) == sorted(tried)
+        assert "2 node(s) failed (max_failures 1)" in entry.message
+    finally:
+        fleet.close()
 
 
 def test_on_failure_rollback_queues_a_rollback_and_aborts_the_dependants(fleet: SimFleet) -> None:

@@ -34,7 +34,7 @@ def release_signature(store: Store, key: Ed25519PrivateKey, service: str, versio
 # -- acl ----------------------------------------------------------------------------------
 @click.group("acl")
 def acl() -> None:
-    """ZooKeeper ACL roles: operator, agent, viewer (see docs/security.md)."""
+    """ZooKeeper ACL roles: operator, steward, agent, viewer (see docs/security.md)."""
 
 
 @acl.command("apply")
@@ -51,8 +51,14 @@ def acl_apply(ctx: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
 
     \b
       operator: ["digest:zkdeploy-operator:HASH"]
+      steward:  ["digest:zkdeploy-steward:HASH"]
       agent:    ["digest:zkdeploy-agent:HASH", "x509:CN=agents,O=example"]
       viewer:   ["digest:zkdeploy-viewer:HASH"]
+
+    A steward is an agent that also writes deploys' progress (it folds the
+    nodes' failure reports in, halts a deploy past its budget, records its
+    completion): give two or three agents the steward credential.  Without
+    one, no deploy is ever recorded done or halted.
 
     Run it with operator credentials (--zk-auth-file), first on a fresh tree
     and again whenever the policy changes or a new zkdeploy adds paths.
@@ -78,7 +84,7 @@ def acl_apply(ctx: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
     if as_json:
         emit_json({"checked": report.checked, "repaired": report.repaired, "unknown_owner": report.unknown_owner,
                    "admitted": report.admitted, "refused": report.refused,
-                   "quota_enforced": report.quota_enforced, "dry_run": dry_run})
+                   "quota_enforced": report.quota_enforced, "stewards": len(roles.steward), "dry_run": dry_run})
         return
     verb = "would repair" if dry_run else "repaired"
     say(f"{report.checked} node(s) checked, {verb} {len(report.repaired)}")
@@ -90,6 +96,9 @@ def acl_apply(ctx: Ctx, policy: str, dry_run: bool, as_json: bool) -> None:
         say(f"{len(report.refused)} member(s) not admitted (they count as down and cannot restart):")
         for why in report.refused:
             say(f"  {why}")
+    if not roles.steward:
+        say("WARNING: the policy names no steward: no agent may record a deploy's progress, so no deploy is "
+            "ever recorded done or halted. Give two or three agents the steward credential (docs/security.md).")
     if report.quota_enforced is True:
         say("hard quotas are enforced: an admitted node counts itself online at most once")
     elif report.quota_enforced is False:

@@ -13,6 +13,9 @@ checks the move against ``DEPLOY_TRANSITIONS`` and nothing else::
     pending, paused, halted  ── abort or rollback (operator); an earlier
                                 deploy of the same request rolled back ────► aborted      (operator, agent)
 
+An ``agent`` move is made by a *steward* (zkdeploy.agent.deploys): any agent
+without ACL roles, the agents holding the steward role under them.
+
 ``done``, ``aborted`` and ``rolled_back`` are terminal: nothing moves an entry
 out of them.  Each open state also has a move to itself that an agent makes:
 recording a failure within the budget, or a stall, or a wave's progress
