@@ -89,7 +89,8 @@ def timed_status(operator: Operator) -> tuple[float, int]:
     return seconds, Counts.total(Counts.delta(operator.counts.snapshot(), before))
 
 
-def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, timeout: float) -> dict[str, Any]:
+def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, timeout: float,
+             nice: int = 0) -> dict[str, Any]:
     k = max(1, n // 20)
     root = f"/scale{n}"
     durations = {"stop": step * 0.2, "start": step * 0.5, "health": step * 0.3}
@@ -98,7 +99,7 @@ def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, 
     operator.stage(SERVICE, "1", at=1.0)
     nodes = [f"n{i:04d}" for i in range(1, n + 1)]
     specs = [GroupSpec(zk.hosts, root, group, [SERVICE], str(workdir / f"n{n}"), {SERVICE: "1"}, durations,
-                       session_timeout=15.0) for group in split(nodes, processes)]
+                       session_timeout=15.0, nice=nice) for group in split(nodes, processes)]
     out: dict[str, Any] = {"n": n, "k": k, "processes": len(specs)}
     setup = time.monotonic()
     fleet = AgentProcesses(specs)
@@ -186,6 +187,9 @@ def main() -> int:
     parser.add_argument("--step", type=float, default=1.0, help="seconds of stop+start+health per restart")
     parser.add_argument("--processes", default="2,4,6", help="agent processes per size")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds one rollout may take at most")
+    parser.add_argument("--agent-nice", type=int, default=0,
+                        help="nice value of the agent processes: above 0 the ZooKeeper server beside them gets the "
+                             "CPU first, as on a fleet whose ensemble has machines of its own")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     procs = [int(p) for p in args.processes.split(",")]
@@ -194,7 +198,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="zkdeploy-scale-") as tmp, ZkCluster() as zk:
         for n, p in zip(sizes, procs, strict=False):
             print(f"N={n}: {p} processes ...", flush=True)
-            res = one_size(zk, Path(tmp), n, p, args.step, args.timeout)
+            res = one_size(zk, Path(tmp), n, p, args.step, args.timeout, args.agent_nice)
             print(f"N={n}: done in {res['wall']:.1f}s (setup {res.get('setup_seconds', float('nan')):.0f}s), "
                   f"{res['restarted']}/{n} at version 2 {res.get('error', '')}", flush=True)
             results.append(res)

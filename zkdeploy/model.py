@@ -221,10 +221,15 @@ class DeployEntry(Record):
     def spec_digest(self) -> str:
         """SHA-256 of what the entry asks for, as queued (``SPEC_FIELDS``): every field but its
         progress (state, finished, failures, message, stalled_since, wave, wave_log), which agents
-        write, and its progress deadline."""
-        data = asdict(self)
-        spec = {k: data[k] for k in SPEC_FIELDS}
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        write, and its progress deadline.  Computed once per entry object (it is frozen): every
+        agent checks the open entries against their seals on every cycle."""
+        cached: str | None = self.__dict__.get("_spec_digest")
+        if cached is None:
+            data = asdict(self)
+            spec = {k: data[k] for k in SPEC_FIELDS}
+            cached = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+            object.__setattr__(self, "_spec_digest", cached)
+        return cached
 
     def to_bytes(self) -> bytes:
         data = asdict(self)

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: seconds between connection attempts while ZooKeeper does not answer
 CONNECT_RETRY = 2.0
+#: plans and undo requests are watched: the reports thread's own look is a safety net, once a minute
+REPORTS_REFRESH = 60.0
 
 
 class Liveness:
@@ -315,8 +317,7 @@ class Agent:
         self.serve_metrics()
         assert self.reports is not None and self.payloads is not None
         threading.Thread(target=self.monitor.run, name="health-monitor", daemon=True).start()
-        # plans and undo requests are watched: the reports thread's own look is a safety net, once a minute
-        threading.Thread(target=self.reports.run, args=(60.0,), name="reports",
+        threading.Thread(target=self.reports.run, args=(REPORTS_REFRESH,), name="reports",
                          daemon=True).start()
         log.info("agent %s started (zkdeploy %s), services: %s", self.node, __version__,
                  ", ".join(self.config.services))

@@ -111,6 +111,8 @@ class Payloads:
                     self.install(service, version)
             return
         with self._cond:
+            if self._wanted.get(service) == versions and service in self._workers:
+                return  # as the cycle before: the worker's own timed wait retries what failed
             self._wanted[service] = versions
             if service not in self._workers and not self._stopping:
                 worker = threading.Thread(target=self._work, args=(service,), name=f"payloads-{service}",

@@ -11,17 +11,13 @@ so does ``REFRESH`` seconds passing, as a safety net.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Collection
 from typing import Any
 
 from zkdeploy.coordination import Store
-from zkdeploy.errors import CoordinationError
 from zkdeploy.model import DeployEntry, Killswitch, Mark, Pin
-
-log = logging.getLogger(__name__)
 
 #: seconds after which every cached read is made again even if no watch fired
 REFRESH = 30.0
@@ -150,16 +146,12 @@ class View:
 
     def failures(self, entry: DeployEntry) -> dict[str, dict[str, Any]]:
         """The failures nodes reported on ``entry`` but not yet folded into it (node -> report),
-        re-read when one more is reported (its failures parent is watched)."""
+        re-read when one more is reported: each read leaves a one-shot watch on the entry's failures
+        parent (one request per new deploy per node, where a standing watch took three)."""
         key = f"failures:{entry.failures_key}"
-        if key not in self._registered:
-            try:
-                self.store.watch_failures(entry, self._on(key))
-                self._registered.add(key)
-            except CoordinationError as exc:  # no parent (an entry queued before reports): read each cycle
-                log.debug("deploy %s: no watch on its failure reports: %s", entry.name, exc)
         folded = {str(f.get("node")) for f in entry.failures}
-        reports: dict[str, dict[str, Any]] = self._fresh(key, lambda: self.store.failure_reports(entry))
+        reports: dict[str, dict[str, Any]] = self._fresh(
+            key, lambda: self.store.failure_reports(entry, changed=self._on(key)))
         return {n: r for n, r in reports.items() if n not in folded}
 
     def staged_versions(self, service: str) -> list[str]:

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable
 
 from zkdeploy.coordination.layout import QUEUE_PREFIX
-from zkdeploy.coordination.session import Session, await_session, delete_own
+from zkdeploy.coordination.session import DELETED, Session, await_session, delete_own
 from zkdeploy.errors import LockLostError, NoNodeError, RolloutAborted, SessionLostError
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,10 @@ class QueueLock:
         self._armed = False
         self._index = 0
         self._moved = threading.Event()
+        self._gone = False  # what the predecessor's watch said: it was deleted
+        # first in the queue, known: it stays first until it leaves (every later place is behind
+        # it), so a head woken by every change of the count does not list the queue each time
+        self._first = False
         self._wake: threading.Event | None = None
 
     def _reader(self) -> Session:
@@ -132,11 +136,21 @@ class QueueLock:
         While the predecessor's watch is armed and has not fired, the answer is the place read
         when it was armed, with no request (only the predecessor's going can make this waiter
         first; the places of those further ahead moving up only change the number, which is
-        logged, not acted on)."""
+        logged, not acted on).  When the predecessor was first and its watch says it was
+        deleted, this waiter is first, also without a read; and once first it stays first until
+        it leaves (its session is still checked on every poll).  A place deleted under a head
+        by another client is then not noticed until it leaves; the slot transaction, conditional
+        on the availability epoch, keeps two heads from both taking a slot on one count."""
         self._require_same_session()
-        if wake is not None and self._armed and not self._moved.is_set():
-            self._wake = wake
-            return self._index
+        if self._first:
+            return 0
+        if wake is not None and self._armed:
+            if not self._moved.is_set():
+                self._wake = wake
+                return self._index
+            if self._gone and self._index == 1:
+                self._armed, self._first = False, True
+                return 0
         self._armed = False
         contenders = self._contenders()
         if self.node not in contenders:
@@ -144,10 +158,12 @@ class QueueLock:
             self._drop()
             raise LockLostError(f"restart queue node {lost} of {self.service} disappeared")
         index = contenders.index(self.node)
+        self._first = index == 0
         if index == 0 or wake is None:
             return index
         predecessor = self.path + "/" + contenders[index - 1]
         self._moved.clear()
+        self._gone = False
         self._wake = wake
         if self._reader().exists(predecessor, self._predecessor_changed) is None:
             wake.set()  # it went between the two reads: look again at once
@@ -155,8 +171,10 @@ class QueueLock:
             self._armed, self._index = True, index
         return index
 
-    def _predecessor_changed(self, *_: object) -> None:
-        """The predecessor's watch: the next poll reads the queue again, and the waiter wakes."""
+    def _predecessor_changed(self, kind: str = "", _path: str = "") -> None:
+        """The predecessor's watch: the next poll reads the queue again (unless the predecessor
+        was first and went), and the waiter wakes."""
+        self._gone = kind == DELETED
         self._moved.set()
         wake = self._wake
         if wake is not None:
@@ -213,12 +231,12 @@ class QueueLock:
         session, which removes the node, without waiting for it (``Session.close_later``: the
         caller goes on to its restart meanwhile).  Otherwise: delete the node, retrying through
         connection losses while the session that made it lives."""
-        node, self.node, self._armed = self.node, None, False
+        node, self.node, self._armed, self._first = self.node, None, False, False
         self._leave(node)
 
     def _drop(self) -> None:
         """The place is lost (a session that held it ended): forget it, and close its own session."""
-        self.node, self._armed = None, False
+        self.node, self._armed, self._first = None, False, False
         self._leave(None)
 
     def _leave(self, node: str | None) -> None:

@@ -40,6 +40,7 @@ from zkdeploy.coordination.session import (
     Create,
     Op,
     SetData,
+    Watcher,
 )
 from zkdeploy.errors import (
     AccessDeniedError,
@@ -376,11 +377,14 @@ class Store(Availability):
             pass  # made before (or by another agent: a pointer only says where to look)
         return reported
 
-    def failure_reports(self, entry: DeployEntry, skip: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+    def failure_reports(self, entry: DeployEntry, skip: Collection[str] = (),
+                        changed: Watcher | None = None) -> dict[str, dict[str, Any]]:
         """The failures nodes reported on ``entry`` (node -> report), but those of the nodes in
         ``skip`` (not read): the pointers under the entry's failures parent, each followed to its
-        node's own report (a pointer whose node reported nothing is ignored)."""
-        nodes = [n for n in self._children(self._layout.deploy_failures(entry.failures_key))
+        node's own report (a pointer whose node reported nothing is ignored).  With ``changed``, a
+        one-shot watch on the pointers' parent, left by the same read, calls it when one more is
+        reported (none on an entry queued before reports, which has no parent)."""
+        nodes = [n for n in self._children(self._layout.deploy_failures(entry.failures_key), changed)
                  if n not in skip and is_safe_name(n)]  # none for an entry queued before reports
         paths = [self._layout.failure_report(n, entry.failures_key) for n in nodes]
         out: dict[str, dict[str, Any]] = {}
@@ -396,10 +400,6 @@ class Store(Availability):
                 continue
             out[node] = {**report, "node": node}
         return out
-
-    def watch_failures(self, entry: DeployEntry, fn: Callable[[list[str]], Any]) -> None:
-        """``fn(names)`` whenever a node reports a failure on ``entry``."""
-        self._session.watch_children(self._layout.deploy_failures(entry.failures_key), fn)
 
     def prune_deploys(self, keep: int = 200) -> int:
         """Delete the oldest finished entries beyond ``keep``; returns how many went."""

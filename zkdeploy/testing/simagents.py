@@ -25,6 +25,7 @@ import cProfile
 import io
 import json
 import multiprocessing
+import os
 import pstats
 import threading
 import time
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from zkdeploy.agent import slots
-from zkdeploy.agent.daemon import Agent, run_cycle
+from zkdeploy.agent.daemon import REPORTS_REFRESH, Agent, run_cycle
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
 from zkdeploy.coordination.zookeeper import ZooKeeperSession
@@ -61,6 +62,9 @@ class GroupSpec:
     durable_journal: bool = False
     profile: str | None = None  # the node whose cycle thread is profiled
     trace: bool = False         # keep every write and notification with its time (watch delivery)
+    #: the process's nice value: above 0, the agents yield the CPU to the ZooKeeper server beside
+    #: them, as on a fleet where the ensemble has machines of its own (a benchmark says which it ran)
+    nice: int = 0
 
 
 def path_kind(root: str, path: str) -> str:
@@ -217,7 +221,7 @@ class AgentGroup:
             assert agent.reports is not None
             for target, name, args in ((self._loop, "cycle", (node, agent)),
                                        (agent.monitor.run, "monitor", ()),
-                                       (agent.reports.run, "reports", (agent.config.cycle_interval * 5,))):
+                                       (agent.reports.run, "reports", (REPORTS_REFRESH,))):
                 thread = threading.Thread(target=target, args=args, name=f"{node}-{name}", daemon=True)
                 thread.start()
                 self.threads.append(thread)
@@ -319,6 +323,8 @@ def _serve(conn: Connection, spec: GroupSpec) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {spec.nodes[0]}+ %(name)s %(message)s")
+    if spec.nice:
+        os.nice(spec.nice)
     group = AgentGroup(spec)
     try:
         while True:
