@@ -114,10 +114,11 @@ class SlotRequest:
         node counted down."""
         self.free = free
         detail = f"restarting: {self.why}"
+        leave = self._queue.leave_ops()  # leaving the queue is part of the slot's transaction when it can be
         with self.presence.lock:  # the health monitor must not publish between the read and the slot
             try:
                 self.store.take_slot(self.service, me.evolve(state=RESTARTING, phase=Phase.WAITING.value,
-                                                             detail=detail, since=time.time()), epoch)
+                                                             detail=detail, since=time.time()), epoch, leave)
             except ConflictError:
                 if wake is not None:
                     wake.set()  # our entry or the count changed since it was read: decide again on a fresh read
@@ -128,7 +129,10 @@ class SlotRequest:
         self.granted = True
         if self.metrics is not None:
             self.metrics.quorum_waited(self.service, time.monotonic() - self._joined)
-        self._queue.release()  # the next waiter decides with this node counted as restarting
+        if leave:
+            self._queue.left()
+        else:
+            self._queue.release()  # the next waiter decides with this node counted as restarting
         return True
 
     def _waiting(self, reason: str, *, queued: bool = False) -> bool:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -306,8 +306,12 @@ class Availability(StoreCore):
         below, stat = self._session.tally(self._layout.slots(service))
         return below - stat.children if stat is not None else 0
 
-    def take_slot(self, service: str, entry: CurrentEntry, epoch: int | None = None) -> None:
-        """Mark this node restarting, remove its online token and create its slot, atomically.
+    def take_slot(self, service: str, entry: CurrentEntry, epoch: int | None = None,
+                  leave: Sequence[Op] = ()) -> None:
+        """Mark this node restarting, remove its online token and create its slot, atomically, and
+        with ``leave`` (``QueueLock.leave_ops``: the delete of this node's place in the restart
+        queue) leave the queue in the same transaction, so the next waiter is woken by the take
+        itself and decides with this node counted down.
 
         Conditional on our /current entry not having changed since it was read, so a decision is
         never made on stale data, and with ``epoch`` on the service's availability epoch read by
@@ -339,6 +343,7 @@ class Availability(StoreCore):
                 ops.append(SetData(up, b"", epoch))
             elif tokened:
                 ops.append(SetData(up, b""))
+            ops += leave
             try:
                 results = self._session.commit(ops)
             except NoNodeError:

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable
 
 from zkdeploy.coordination.layout import QUEUE_PREFIX
-from zkdeploy.coordination.session import DELETED, Session, await_session, delete_own
+from zkdeploy.coordination.session import DELETED, Delete, Op, Session, await_session, delete_own
 from zkdeploy.errors import LockLostError, NoNodeError, RolloutAborted, SessionLostError
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,18 @@ class QueueLock:
             raise LockLostError(f"restart queue node of {self.service} is no longer held by this session")
 
     # -- leaving -----------------------------------------------------------------
+    def leave_ops(self) -> list[Op]:
+        """The ops that leave the queue inside another transaction (the slot's): the delete of our
+        place when it lives in the agent's own session; none when it has a session of its own
+        (closing that session is the way out, see ``release``).  Call ``left`` once committed."""
+        if self.own_session or self.node is None:
+            return []
+        return [Delete(self.path + "/" + self.node)]
+
+    def left(self) -> None:
+        """The transaction with ``leave_ops`` was committed: the place is gone."""
+        self.node, self._armed, self._first, self._place = None, False, False, None
+
     def release(self) -> None:
         """Leave the queue.  Safe when not queued.  A place in a session of its own: close that
         session, which removes the node, without waiting for it (``Session.close_later``: the
