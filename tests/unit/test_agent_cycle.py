@@ -77,6 +77,27 @@ def test_waiting_for_quorum_is_a_step_that_returns(fleet: SimFleet) -> None:
     assert fleet.operator.queue("db") == ["n1"] and fleet.operator.slots("db") == []
 
 
+def test_a_head_whose_place_in_the_queue_was_deleted_under_it_queues_again(fleet: SimFleet) -> None:
+    """A head knows it is first without listing the queue again; when its place was deleted under
+    it (another client), its slot transaction, which also leaves the queue, fails: it must look at
+    the queue again, see the place gone and queue anew, not decide again for ever on a lost place."""
+    fleet.world.running.pop(("n2", "db"))
+    fleet.world.running.pop(("n3", "db"))
+    for node in ("n2", "n3"):
+        fleet.monitor(node)
+    fleet.stage("db", "2", at=2.0)
+    name = fleet.deploy(("db", "2"))[0]
+    fleet.cycle("n1")  # first in the queue, waiting for quorum (2 online, quorum 2)
+    request = fleet.agents["n1"].agent.cycle.pending["db"].request
+    assert request.reason.startswith("waiting for quorum") and request.at_head
+    fleet.operator._session.delete(fleet.operator._layout.lock_queue("db") + "/" + str(request._queue.node))
+    for node in ("n2", "n3"):  # n2 and n3 come back: one more node may go down
+        fleet.world.running[(node, "db")] = "1"
+        fleet.monitor(node)
+    rounds_until(fleet, lambda: fleet.operator.deploy(name).state == DONE)
+    assert set(fleet.versions("db").values()) == {"2"}
+
+
 def test_a_stalled_download_of_one_service_does_not_hold_back_another(tmp_path) -> None:
     fleet = make_fleet(3)
     gate = threading.Event()  # web@2's download hangs until the gate opens

@@ -120,6 +120,7 @@ class SlotRequest:
                 self.store.take_slot(self.service, me.evolve(state=RESTARTING, phase=Phase.WAITING.value,
                                                              detail=detail, since=time.time()), epoch, leave)
             except ConflictError:
+                self._queue.recheck()  # our place may be gone too: the next poll reads the queue
                 if wake is not None:
                     wake.set()  # our entry or the count changed since it was read: decide again on a fresh read
                 return self._waiting("deciding again on a fresh read of /current")

@@ -234,6 +234,11 @@ class QueueLock:
             return []
         return [Delete(self.path + "/" + self.node)]
 
+    def recheck(self) -> None:
+        """Read the queue at the next poll: a transaction that should have left it failed, perhaps
+        because our place was deleted under us (which a head, knowing it is first, does not read)."""
+        self._first = self._armed = False
+
     def left(self) -> None:
         """The transaction with ``leave_ops`` was committed: the place is gone."""
         self.node, self._armed, self._first, self._place = None, False, False, None
