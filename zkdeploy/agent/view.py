@@ -35,7 +35,6 @@ class View:
         self._stale: set[str] = set()
         self._cache: dict[str, Any] = {}
         self._refreshed = time.monotonic()
-        self._watched: set[str] = set()   # deploy entries with a data watch
         self._registered: set[str] = set()  # keys whose watch is registered
         self._started = False
 
@@ -49,7 +48,6 @@ class View:
         plan: list[tuple[str, Callable[[], None]]] = [
             ("catalog", lambda: self.store.watch_catalog(self._on("catalog"))),
             ("killswitch", lambda: self.store.watch_killswitch(self._on("killswitch"))),
-            ("deploys", lambda: self.store.watch_deploy_queue(self._on("deploys"))),
         ]
         for service in self.services:
             plan += [(f"staged:{service}", self._registrar(self.store.watch_releases, service, "staged")),
@@ -121,28 +119,13 @@ class View:
         return result
 
     def deploys(self, skip: Collection[str]) -> list[DeployEntry]:
-        """The deploy entries but those in ``skip`` (closed ones, never read again); each open one is
-        watched, so a change of its state (paused, halted, done) is seen at once."""
-        entries: list[DeployEntry] = self._fresh("deploys", lambda: self.store.deploys(skip=skip))
-        for entry in entries:
-            if entry.is_open and entry.name not in self._watched:
-                self._watched.add(entry.name)
-                self.store.watch_deploy(entry.name, self._entry_watch(entry.name))
+        """The deploy entries but those in ``skip`` (closed ones, never read again).  The reads leave
+        one-shot watches on the queue and on each entry read, so a new entry, or a change of an open
+        one's state (paused, halted, done), is seen at once: two requests per node for a new
+        deploy, where standing watches on the queue and on each entry took four."""
+        entries: list[DeployEntry] = self._fresh(
+            "deploys", lambda: self.store.deploys(skip=skip, changed=self._on("deploys")))
         return entries
-
-    def _entry_watch(self, name: str) -> Callable[[bytes | None], bool | None]:
-        first = [True]
-
-        def changed(data: bytes | None) -> bool | None:
-            if first[0]:  # the watch's first call reports what was just read
-                first[0] = False
-                return None
-            self.invalidate("deploys")
-            if data is None:
-                self._watched.discard(name)
-                return False
-            return None
-        return changed
 
     def failures(self, entry: DeployEntry) -> dict[str, dict[str, Any]]:
         """The failures nodes reported on ``entry`` but not yet folded into it (node -> report),

@@ -166,19 +166,19 @@ class Availability(StoreCore):
         self._ensure(self._layout.slot_parent(service, node))
 
     def quorum_view(self, service: str, node: str, changed: threading.Event | None = None) -> QuorumView:
-        """What the quorum decision counts, in three round trips whatever the fleet's size: the
-        nodes present under /current/<service> and the members (names); how many nodes hold an
-        online token (all nodes below /up/<service> minus its per-node parents) and the
-        availability epoch, of one state (``Session.tally``); this node's entry and token.  With
+        """What the quorum decision counts, in one round trip whatever the fleet's size
+        (``Session.read_decision``): the nodes present under /current/<service> and the members
+        (names); how many nodes hold an online token (all nodes below /up/<service> minus its
+        per-node parents) and the availability epoch, of one state (``Session.tally``); this
+        node's entry and token.  With
         ``changed``, one-shot watches set the event when a node comes or goes, a member is added
         or forgotten, or any node's online-ness changes (the epoch), each waking the waiting head
         once."""
         fire: Watcher | None = (lambda *_: changed.set()) if changed is not None else None
-        present, members = self._session.children_all(
-            [self._layout.current_service(service), self._layout.service_members(service)], fire)
-        below, stat = self._session.tally(self._layout.up_service(service), fire)
         path = self._layout.current_entry(service, node)
-        got, mine = self._session.get_all([path, self._layout.online_token(service, node)])
+        (present, members), (below, stat), (got, mine) = self._session.read_decision(
+            [self._layout.current_service(service), self._layout.service_members(service)],
+            self._layout.up_service(service), [path, self._layout.online_token(service, node)], fire)
         tokens = below - stat.children if stat is not None else 0
         return QuorumView(present=frozenset(present), members=frozenset(members),
                           others_online=max(0, tokens - (mine is not None)),
@@ -355,11 +355,13 @@ class Availability(StoreCore):
                 if self.await_session(generation) and self._owns(slot):
                     log.warning("%s: the reply to taking the slot was lost; the slot is ours", service)
                     self._online[token] = (generation, False)
+                    self._written[slot] = (generation, 0)
                     return
                 raise
             if isinstance(results[0], Stat):
                 self._written[current] = (generation, results[0].version)
             self._online[token] = (generation, False)
+            self._written[slot] = (generation, 0)
             return
 
     def holds_slot(self, service: str, node: str) -> bool:
@@ -371,8 +373,14 @@ class Availability(StoreCore):
         self._require_owned(self._layout.slot(service, node))
 
     def release_slot(self, service: str, node: str) -> None:
-        """Remove this node's slot (retrying through connection losses while the session lives)."""
+        """Remove this node's slot (retrying through connection losses while the session lives).
+        One request when this session's slot transaction made it: while that session lives,
+        nothing else can be at that path; otherwise its owner is checked first."""
         slot = self._layout.slot(service, node)
+        made = self._written.pop(slot, None)
+        if made is not None and made[0] == self._session.generation:
+            self._delete_own(slot, f"restart slot of {service}")
+            return
         if self._owner_of_quiet(slot) not in (None, self._session.session_id):
             return  # another session's slot of the same node (a previous life): not ours to remove
         self._delete_own(slot, f"restart slot of {service}")

@@ -63,6 +63,11 @@ class Stat:
     children: int = 0
 
 
+#: what ``Session.read_decision`` returns: the children of each name path, the tally (count, stat)
+#: and each record (data and stat, None if absent)
+Decision = tuple[list[list[str]], tuple[int, Stat | None], list[tuple[bytes, Stat] | None]]
+
+
 @dataclass(frozen=True)
 class Acl:
     """One access control entry: ``perms`` (a sum of the PERM_* flags) for ``id`` under ``scheme``
@@ -227,6 +232,13 @@ class Session(ABC):
         parent with a watch to see it come); an implementation may send them together (one round
         trip instead of one per path)."""
         return [self.get(path, watch) for path in paths]
+
+    def read_decision(self, names: Sequence[str], counted: str, records: Sequence[str],
+                      watch: Watcher | None = None) -> Decision:
+        """What a quorum decision reads: ``children_all(names, watch)``, ``tally(counted, watch)``
+        and ``get_all(records)`` (no watch), in that order; an implementation may send them all
+        together (one round trip instead of three)."""
+        return self.children_all(names, watch), self.tally(counted, watch), self.get_all(records)
 
     @abstractmethod
     def tally(self, path: str, watch: Watcher | None = None) -> tuple[int, Stat | None]:
@@ -404,6 +416,10 @@ class ForwardingSession(Session):
 
     def tally(self, path: str, watch: Watcher | None = None) -> tuple[int, Stat | None]:
         return self.inner.tally(path, watch)
+
+    def read_decision(self, names: Sequence[str], counted: str, records: Sequence[str],
+                      watch: Watcher | None = None) -> Decision:
+        return self.inner.read_decision(names, counted, records, watch)
 
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
                makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:

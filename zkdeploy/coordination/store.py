@@ -144,13 +144,6 @@ class Store(Availability):
         self._session.add_listener(fn)
 
     # -- watches (each calls ``fn`` now and after every change, for the client's life) ----------
-    def watch_deploy_queue(self, fn: Callable[..., Any]) -> None:
-        self._session.watch_children(self._layout.deploy, fn)
-
-    def watch_deploy(self, name: str, fn: Callable[[bytes | None], bool | None]) -> None:
-        """``fn(data)`` on every change of one deploy entry, until it returns False."""
-        self._session.watch_data(self._layout.deploy_entry(name), fn)
-
     def watch_killswitch(self, fn: Callable[..., Any]) -> None:
         self._session.watch_data(self._layout.killswitch, fn)
 
@@ -298,14 +291,17 @@ class Store(Availability):
         return hashes
 
     # -- deploy queue --------------------------------------------------------
-    def deploys(self, skip: Collection[str] = ()) -> list[DeployEntry]:
-        """Every deploy entry, oldest first, except those named in ``skip`` (not even read)."""
+    def deploys(self, skip: Collection[str] = (), changed: Watcher | None = None) -> list[DeployEntry]:
+        """Every deploy entry, oldest first, except those named in ``skip`` (not even read): the
+        names, then every entry read together (two round trips at any length of the queue).  With
+        ``changed``, the same reads leave one-shot watches that call it when an entry is queued or
+        removed, or one that was read changes."""
+        names = [n for n in self._children(self._layout.deploy, changed)
+                 if n.startswith(DEPLOY_PREFIX) and n not in skip]
+        paths = [self._layout.deploy_entry(n) for n in names]
         out = []
-        for name in self._children(self._layout.deploy):
-            if not name.startswith(DEPLOY_PREFIX) or name in skip:
-                continue
-            got = self._get(self._layout.deploy_entry(name))
-            deploy = self._record(DeployEntry, self._layout.deploy_entry(name), got, name=name) if got else None
+        for name, path, got in zip(names, paths, self._session.get_all(paths, changed) if paths else [], strict=True):
+            deploy = self._record(DeployEntry, path, got, name=name) if got else None
             if deploy is not None:
                 out.append(deploy)
         return sorted(out, key=lambda e: e.name)

@@ -48,6 +48,7 @@ from zkdeploy.coordination.session import (
     Acl,
     Check,
     Create,
+    Decision,
     Delete,
     Op,
     Session,
@@ -319,8 +320,13 @@ class ZooKeeperSession(Session):
 
     def children_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[list[str]]:
         """Every request sent before the first answer is awaited: one round trip."""
+        return self._children_answers(self._send_children(paths, watch))
+
+    def _send_children(self, paths: Sequence[str], watch: Watcher | None) -> list[tuple[str, Any]]:
         relay = _relay(watch)
-        pending = [(path, self.client.get_children_async(path, relay)) for path in paths]
+        return [(path, self.client.get_children_async(path, relay)) for path in paths]
+
+    def _children_answers(self, pending: list[tuple[str, Any]]) -> list[list[str]]:
         out: list[list[str]] = []
         for path, answer in pending:
             try:
@@ -334,8 +340,13 @@ class ZooKeeperSession(Session):
 
     def get_all(self, paths: Sequence[str], watch: Watcher | None = None) -> list[tuple[bytes, Stat] | None]:
         """Every request sent before the first answer is awaited: one round trip."""
+        return self._get_answers(self._send_gets(paths, watch))
+
+    def _send_gets(self, paths: Sequence[str], watch: Watcher | None) -> list[tuple[str, Any]]:
         relay = _relay(watch)
-        pending = [(path, self.client.get_async(path, relay)) for path in paths]
+        return [(path, self.client.get_async(path, relay)) for path in paths]
+
+    def _get_answers(self, pending: list[tuple[str, Any]]) -> list[tuple[bytes, Stat] | None]:
         out: list[tuple[bytes, Stat] | None] = []
         for path, answer in pending:
             try:
@@ -362,25 +373,43 @@ class ZooKeeperSession(Session):
         write may land between any two of them: the count is returned only when both stats agree
         (no change of ``path``'s data or children between them), else read again."""
         for _ in range(_TALLY_ATTEMPTS):
-            before = self.client.exists_async(path, _relay(watch))
-            counted = self.client.handler.async_result()
-            self.client._call(_AllChildrenNumber(path), counted)  # kazoo's own request path (no public one)
-            after = self.client.exists_async(path)
-            first, second = self._answer(before, f"exists {path}"), self._answer(after, f"exists {path}")
-            try:
-                below = int(counted.get(timeout=self._operation_timeout))
-            except Exception as exc:  # translated below; nothing is swallowed
-                error = translate(exc, f"getAllChildrenNumber {path}")
-                if not isinstance(error, NoNodeError):
-                    raise error from None
-                below = 0
-            if first is None or second is None:
-                if first is None and second is None:
-                    return 0, None
-                continue  # made or removed between the reads
-            if (first.version, first.numChildren) == (second.version, second.numChildren):
-                return below, _stat(first)
+            tallied = self._tally_answer(path, self._send_tally(path, watch))
+            if tallied is not None:
+                return tallied
         raise ConflictError(f"{path} changed during each of {_TALLY_ATTEMPTS} counts: decide again")
+
+    def _send_tally(self, path: str, watch: Watcher | None) -> tuple[Any, Any, Any]:
+        before = self.client.exists_async(path, _relay(watch))
+        counted = self.client.handler.async_result()
+        self.client._call(_AllChildrenNumber(path), counted)  # kazoo's own request path (no public one)
+        return before, counted, self.client.exists_async(path)
+
+    def _tally_answer(self, path: str, pending: tuple[Any, Any, Any]) -> tuple[int, Stat | None] | None:
+        """The count and the stat, or None when ``path`` changed between the reads."""
+        before, counted, after = pending
+        first, second = self._answer(before, f"exists {path}"), self._answer(after, f"exists {path}")
+        try:
+            below = int(counted.get(timeout=self._operation_timeout))
+        except Exception as exc:  # translated below; nothing is swallowed
+            error = translate(exc, f"getAllChildrenNumber {path}")
+            if not isinstance(error, NoNodeError):
+                raise error from None
+            below = 0
+        if first is None or second is None:
+            return (0, None) if first is None and second is None else None  # made or removed between
+        if (first.version, first.numChildren) == (second.version, second.numChildren):
+            return below, _stat(first)
+        return None
+
+    def read_decision(self, names: Sequence[str], counted: str, records: Sequence[str],
+                      watch: Watcher | None = None) -> Decision:
+        """All of it sent before the first answer is awaited: one round trip (a count that changed
+        while it was read is read again, as ``tally`` does)."""
+        kids, tally, gets = (self._send_children(names, watch), self._send_tally(counted, watch),
+                             self._send_gets(records, None))
+        children, tallied = self._children_answers(kids), self._tally_answer(counted, tally)
+        read = self._get_answers(gets)
+        return children, tallied if tallied is not None else self.tally(counted, watch), read
 
     def _answer(self, pending: Any, what: str) -> Any:
         try:

@@ -28,7 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from zkdeploy.coordination.session import Acl, ForwardingSession, Op, Session, Stat, Watcher
+from zkdeploy.coordination.session import Acl, Decision, ForwardingSession, Op, Session, Stat, Watcher
 
 #: ``on_call(kind, path, data, started, ended)`` after each request (data: what was written, or b"")
 CallHook = Callable[[str, str, bytes, float, float], None]
@@ -162,6 +162,21 @@ class CountingSession(ForwardingSession):
         for path in paths[1:]:
             self._timed("children", path, lambda: None)  # answered by the same round trip
         return results
+
+    def read_decision(self, names: Sequence[str], counted: str, records: Sequence[str],
+                      watch: Watcher | None = None) -> Decision:
+        """Counted as one request per path read (``children`` of each name path, the ``tally``, a
+        ``get`` of each record), all answered by the same round trip."""
+        def size(result: Decision) -> int:
+            children, _tally, read = result
+            return sum(len(n) for ns in children for n in ns) + sum(len(r[0]) for r in read if r)
+
+        reads = [("children", p) for p in names] + [("tally", counted)] + [("get", p) for p in records]
+        result: Decision = self._timed(reads[0][0], reads[0][1], lambda: self.inner.read_decision(
+            names, counted, records, self._watcher(watch)), read=size)
+        for kind, path in reads[1:]:
+            self._timed(kind, path, lambda: None)  # answered by the same round trip
+        return result
 
     def exists(self, path: str, watch: Watcher | None = None) -> Stat | None:
         return self._timed("exists", path, lambda: self.inner.exists(path, self._watcher(watch)))  # type: ignore[no-any-return]
