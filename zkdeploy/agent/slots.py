@@ -3,7 +3,7 @@
 A ``SlotRequest`` is the protocol of DESIGN.md step 3: a place in the
 service's FIFO restart queue; at its head, the quorum decision on a fresh
 count (``Store.quorum_view``: who is present and who is a member, names only;
-how many nodes hold an online token, counted, never listed: three round trips
+how many nodes hold an online token, counted, never listed: one round trip
 at any fleet size); and, when one more node may go down, the slot taken in
 one transaction with the node's ``restarting`` entry and the removal of its
 online token, conditional on the availability epoch the decision counted at.  ``poll`` is one step of
