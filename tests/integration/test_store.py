@@ -302,3 +302,22 @@ def test_without_roles_a_place_in_the_queue_lives_in_the_agents_own_session(zk_h
     finally:
         a.close()
         observer.close()
+
+
+def test_the_last_change_of_a_services_availability_is_one_read_of_its_epoch(zk_hosts: str, zk_root: str) -> None:
+    """What the steward's stall check reads instead of every entry of the service."""
+    (store,) = _stores(zk_hosts, zk_root, 1)
+    try:
+        assert store.last_change("db") is None  # nothing yet
+        before = time.time()
+        store.publish_current("db", CurrentEntry(node="n1", version="1", state=ONLINE))  # n1 comes up: a flip
+        first = store.last_change("db")
+        assert first is not None and before - 5 < first < time.time() + 5  # the server's clock, in seconds
+        time.sleep(0.05)
+        store.publish_current("db", CurrentEntry(node="n1", version="1", state=ONLINE, detail="still up"))
+        assert store.last_change("db") == first  # a write that leaves availability as it was is no change
+        store.publish_current("db", CurrentEntry(node="n1", version="1", state=RESTARTING))
+        last = store.last_change("db")
+        assert last is not None and last > first
+    finally:
+        store.close()

@@ -239,6 +239,10 @@ class FakeStore:
     def current_nodes(self, service: str) -> list[str]:
         return sorted(self.current_entries)
 
+    def last_change(self, service: str) -> float | None:
+        """As the availability epoch's last bump: here, the last change of an entry."""
+        return max((e.since for e in self.current_entries.values()), default=None)
+
     def pins(self) -> list:
         return []
 

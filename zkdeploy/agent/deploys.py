@@ -245,14 +245,21 @@ def watch_progress(store: Store, head: DeployEntry, quorum: int | str | None) ->
 
     Only a pending deploy stalls (the stall bookkeeping is the table's pending → pending move,
     the only move to pending an agent makes); any other entry is left alone.
+    Progress is a node going down or coming back (the service's availability epoch, one read); a
+    stall is confirmed, and explained, from every entry of the service, read only then.
     """
     if not can(head, PENDING, by=Actor.AGENT):
         return
-    entries = store.current(head.service)
-    last = max([head.created] + [e.since for e in entries.values()])
+    last = max(head.created, store.last_change(head.service) or 0.0)
     stalled = time.time() - last > head.progress_deadline
     if stalled == (head.stalled_since is not None):
         return
+    entries = store.current(head.service) if stalled else {}
+    if entries:  # an entry that changed state without changing availability (restarting -> failed)
+        last = max([last] + [e.since for e in entries.values()])
+        stalled = time.time() - last > head.progress_deadline
+        if stalled == (head.stalled_since is not None):
+            return
     message = ""
     if stalled:
         why = explain(head.evolve(stalled_since=None), entries, quorum, store.slots(head.service),

@@ -301,6 +301,12 @@ class Availability(StoreCore):
         held = self._session.get_all([self._layout.slot(service, p) for p in parents])
         return [p for p, got in zip(parents, held, strict=True) if got is not None]
 
+    def last_change(self, service: str) -> float | None:
+        """When a node of ``service`` last went down or came back (the last bump of its availability
+        epoch, by the server's clock: one read at any fleet size); None before the first."""
+        stat = self._session.exists(self._layout.up_service(service))
+        return stat.modified if stat is not None and stat.version > 0 else None
+
     def slot_count(self, service: str) -> int:
         """How many restart slots of ``service`` are held (one round trip at any fleet size)."""
         below, stat = self._session.tally(self._layout.slots(service))

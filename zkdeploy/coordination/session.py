@@ -61,6 +61,7 @@ class Stat:
     owner: int  # the session id of an ephemeral node's owner, 0 for a persistent node
     created: int = 0  # the zxid that created it (orders nodes across sequences)
     children: int = 0
+    modified: float = 0.0  # when its data was last written (seconds since the epoch, the server's clock)
 
 
 #: what ``Session.read_decision`` returns: the children of each name path, the tally (count, stat)

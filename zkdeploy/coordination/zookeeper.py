@@ -121,7 +121,7 @@ def translate(exc: BaseException, what: str) -> Exception:
 
 def _stat(stat: ZnodeStat) -> Stat:
     return Stat(version=stat.version, owner=stat.ephemeralOwner, created=stat.czxid,
-                children=stat.numChildren)
+                children=stat.numChildren, modified=stat.mtime / 1000)
 
 
 def _acl(acl: Sequence[Acl] | None) -> list[KazooACL] | None:

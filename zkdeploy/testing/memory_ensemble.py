@@ -9,6 +9,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -56,12 +57,14 @@ class _Znode:
     version: int = 0
     seq: int = 0  # child creations so far: the next sequential suffix
     children: dict[str, None] = field(default_factory=dict)  # an insertion-ordered set
+    modified: float = field(default_factory=time.time)  # last data write (wall clock, as mtime)
 
     def copy(self) -> _Znode:
         return replace(self, children=dict(self.children))
 
     def stat(self) -> Stat:
-        return Stat(version=self.version, owner=self.owner, created=self.czxid, children=len(self.children))
+        return Stat(version=self.version, owner=self.owner, created=self.czxid, children=len(self.children),
+                    modified=self.modified)
 
 
 @dataclass
@@ -264,7 +267,7 @@ class MemoryEnsemble:
         if isinstance(op, SetData):
             _check_data(op.data)
             save(op.path)
-            node.data, node.version = op.data, node.version + 1
+            node.data, node.version, node.modified = op.data, node.version + 1, time.time()
             events.append((op.path, CHANGED))
             return node.stat()
         if op.path == "/":
