@@ -36,6 +36,7 @@ class View:
         self._cache: dict[str, Any] = {}
         self._refreshed = time.monotonic()
         self._registered: set[str] = set()  # keys whose watch is registered
+        self._watchers: dict[str, Callable[..., None]] = {}
         self._started = False
 
     # -- invalidation ----------------------------------------------------------
@@ -74,10 +75,15 @@ class View:
         return self._started or key in self._registered
 
     def _on(self, key: str) -> Callable[..., None]:
-        def changed(*_: Any) -> None:
-            with self._lock:
-                self._stale.add(key)
-            self.wake.set()
+        """The watch of ``key``: one callable per key, so that reading a node again while its
+        watch is still armed adds no second watch on it (the client keeps each callable once)."""
+        changed = self._watchers.get(key)
+        if changed is None:
+            def changed(*_: Any) -> None:
+                with self._lock:
+                    self._stale.add(key)
+                self.wake.set()
+            self._watchers[key] = changed
         return changed
 
     def invalidate(self, key: str | None = None) -> None:

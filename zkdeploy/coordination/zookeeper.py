@@ -7,6 +7,7 @@ the contract), so nothing above this module ever sees a kazoo exception.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -129,11 +130,18 @@ def _acl(acl: Sequence[Acl] | None) -> list[KazooACL] | None:
 
 
 def _relay(watch: Watcher | None) -> Callable[[WatchedEvent], None] | None:
+    """kazoo's form of ``watch``: one per watch function (kept on it), so that a node read again
+    with the same watch while it is armed is watched once, as kazoo keeps each callable once."""
     if watch is None:
         return None
+    kept: Callable[[WatchedEvent], None] | None = getattr(watch, "_kazoo_relay", None)
+    if kept is not None:
+        return kept
 
     def fire(event: WatchedEvent) -> None:
         watch(_EVENTS.get(event.type, SESSION), event.path or "")
+    with contextlib.suppress(AttributeError):  # a bound method cannot keep it: a relay per call
+        watch._kazoo_relay = fire  # type: ignore[attr-defined]
     return fire
 
 

@@ -22,6 +22,7 @@ went online, how long a watch took to arrive after the write).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter, defaultdict
@@ -106,14 +107,21 @@ class CountingSession(ForwardingSession):
         return result
 
     def _watcher(self, watch: Watcher | None) -> Watcher | None:
+        """``watch``, counted: one wrapper per watch function and session (kept on the function), so
+        that a node read again with the same watch is watched, and counted, once."""
         if watch is None:
             return None
+        kept = getattr(watch, "_counted", None)
+        if kept is not None and kept[0] is self:
+            return kept[1]  # type: ignore[no-any-return]
 
         def fire(kind: str, path: str) -> Any:
             self.counts.notify()
             if self.on_notify is not None:
                 self.on_notify(kind, path, time.time())
             return watch(kind, path)
+        with contextlib.suppress(AttributeError):  # a bound method cannot keep it: a wrapper per call
+            watch._counted = (self, fire)  # type: ignore[attr-defined]
         return fire
 
     def start(self) -> CountingSession:
