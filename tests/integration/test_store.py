@@ -321,3 +321,37 @@ def test_the_last_change_of_a_services_availability_is_one_read_of_its_epoch(zk_
         assert last is not None and last > first
     finally:
         store.close()
+
+
+def test_a_ctrl_c_that_kazoo_swallows_is_given_back_as_keyboard_interrupt(zk_hosts: str, zk_root: str) -> None:
+    """kazoo wakes its connection thread with a write inside a bare ``except``: a Ctrl-C landing in
+    that write came back as "connection closed" (``status --watch`` exited 3 instead of 0)."""
+    (store,) = _stores(zk_hosts, zk_root, 1)
+    connection = store._session.client._connection  # type: ignore[attr-defined]
+    sock = connection._write_sock
+
+    class Interrupted:
+        """The wake-up socket, with a Ctrl-C arriving during its next write."""
+
+        def __init__(self) -> None:
+            self.armed = True
+
+        def send(self, data: bytes) -> int:
+            if self.armed:
+                self.armed = False
+                raise KeyboardInterrupt
+            return sock.send(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(sock, name)
+
+    connection._write_sock = Interrupted()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.killswitch()
+    finally:
+        connection._write_sock = sock
+    try:
+        assert store.killswitch() is None  # the session still works: no request is left without its turn
+    finally:
+        store.close()

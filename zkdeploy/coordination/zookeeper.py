@@ -304,12 +304,28 @@ class ZooKeeperSession(Session):
         return self._generation
 
     # -- calls ---------------------------------------------------------
+    def _failed(self, exc: Exception, what: str) -> Exception:
+        """The zkdeploy error for a failed request; KeyboardInterrupt when the failure is a Ctrl-C
+        that kazoo swallowed: kazoo wakes its connection thread with a write guarded by a bare
+        ``except``, so a KeyboardInterrupt raised during that write comes back as
+        ConnectionClosedError while the connection is open (``zkdeploy status --watch`` then
+        exited 3, ZooKeeper unreachable, instead of stopping quietly)."""
+        if isinstance(exc, ConnectionClosedError) and self.client.connected:
+            sock = getattr(self.client._connection, "_write_sock", None)
+            if sock is not None and sock.fileno() != -1:
+                # the request stayed queued without its wake-up byte, and kazoo sends one request per
+                # byte: send it now, or every later request would wait for the next one's byte
+                with contextlib.suppress(OSError):
+                    sock.send(b"\0")
+                raise KeyboardInterrupt
+        return translate(exc, what)
+
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self.client, method + "_async")
         try:
             return fn(*args, **kwargs).get(timeout=self._operation_timeout)
         except Exception as exc:  # translated below; nothing is swallowed
-            raise translate(exc, f"{method} {args[0] if args else ''}") from None
+            raise self._failed(exc, f"{method} {args[0] if args else ''}") from None
 
     def get(self, path: str, watch: Watcher | None = None) -> tuple[bytes, Stat] | None:
         try:
@@ -340,7 +356,7 @@ class ZooKeeperSession(Session):
             try:
                 out.append(list(answer.get(timeout=self._operation_timeout)))
             except Exception as exc:  # translated below; nothing is swallowed
-                error = translate(exc, f"get_children {path}")
+                error = self._failed(exc, f"get_children {path}")
                 if not isinstance(error, NoNodeError):
                     raise error from None
                 out.append([])
@@ -360,7 +376,7 @@ class ZooKeeperSession(Session):
             try:
                 data, stat = answer.get(timeout=self._operation_timeout)
             except Exception as exc:  # translated below; nothing is swallowed
-                error = translate(exc, f"get {path}")
+                error = self._failed(exc, f"get {path}")
                 if not isinstance(error, NoNodeError):
                     raise error from None
                 out.append(None)
@@ -399,7 +415,7 @@ class ZooKeeperSession(Session):
         try:
             below = int(counted.get(timeout=self._operation_timeout))
         except Exception as exc:  # translated below; nothing is swallowed
-            error = translate(exc, f"getAllChildrenNumber {path}")
+            error = self._failed(exc, f"getAllChildrenNumber {path}")
             if not isinstance(error, NoNodeError):
                 raise error from None
             below = 0
@@ -423,7 +439,7 @@ class ZooKeeperSession(Session):
         try:
             return pending.get(timeout=self._operation_timeout)
         except Exception as exc:  # translated below; nothing is swallowed
-            raise translate(exc, what) from None
+            raise self._failed(exc, what) from None
 
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
                makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:
@@ -463,7 +479,7 @@ class ZooKeeperSession(Session):
         try:
             results = txn.commit_async().get(timeout=self._operation_timeout)
         except Exception as exc:
-            raise translate(exc, what) from None
+            raise self._failed(exc, what) from None
         failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
         if failures:
             error = translate(failures[0], what)
