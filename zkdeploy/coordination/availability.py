@@ -170,10 +170,9 @@ class Availability(StoreCore):
         (``Session.read_decision``): the nodes present under /current/<service> and the members
         (names); how many nodes hold an online token (all nodes below /up/<service> minus its
         per-node parents) and the availability epoch, of one state (``Session.tally``); this
-        node's entry and token.  With
-        ``changed``, one-shot watches set the event when a node comes or goes, a member is added
-        or forgotten, or any node's online-ness changes (the epoch), each waking the waiting head
-        once."""
+        node's entry and token.  With ``changed``, one-shot watches set the event when a node
+        comes or goes, a member is added or forgotten, or any node's online-ness changes (the
+        epoch), each waking the waiting head once."""
         fire: Watcher | None = (lambda *_: changed.set()) if changed is not None else None
         path = self._layout.current_entry(service, node)
         (present, members), (below, stat), (got, mine) = self._session.read_decision(
