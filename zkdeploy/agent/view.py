@@ -6,11 +6,14 @@ requests per agent per cycle, which at datacenter size is a steady load on
 the ensemble for nothing.  ``View`` reads each of those once and again only
 after its watch fired (the watch also wakes the cycle).  A new session marks
 everything stale (watches may have been missed while the link was down), and
-so does ``REFRESH`` seconds passing, as a safety net.
+so does ``REFRESH`` seconds passing, as a safety net.  Each View starts that
+period at a random phase: a fleet whose agents started together would
+otherwise re-read everything together, a burst of N x 9 requests every period.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -19,8 +22,10 @@ from typing import Any
 from zkdeploy.coordination import Store
 from zkdeploy.model import DeployEntry, Killswitch, Mark, Pin
 
-#: seconds after which every cached read is made again even if no watch fired
-REFRESH = 30.0
+#: seconds after which every cached read is made again even if no watch fired.  Only a safety
+#: net: a watch is kept across reconnections within a session, and a new session marks
+#: everything stale at once; at 500 agents a 30 s period was a fifth of their requests.
+REFRESH = 120.0
 
 
 class View:
@@ -34,7 +39,7 @@ class View:
         self._lock = threading.Lock()
         self._stale: set[str] = set()
         self._cache: dict[str, Any] = {}
-        self._refreshed = time.monotonic()
+        self._refreshed = time.monotonic() - random.uniform(0.0, REFRESH)  # a random phase (above)
         self._registered: set[str] = set()  # keys whose watch is registered
         self._watchers: dict[str, Callable[..., None]] = {}
         self._started = False
