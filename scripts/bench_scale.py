@@ -5,11 +5,15 @@ Each size runs N real agents (zkdeploy.testing.simagents: the agent's code,
 its coordination, decisions and journal, with a simulated service behind the
 host seam) spread over a few processes, each agent with its own ZooKeeper
 session and its own loop, against one private ZooKeeper server
-(``maxClientCnxns=0``).  One service, quorum N - k with k = N/20 down at once;
-a restart's stop, start and health check take ``--step`` seconds in all.
-Payloads are staged and fetched before the clock starts; the clock runs from
-queueing the deploy to the entry done.  Sizes run one after the other, each
-under its own root, in the same run, so the columns are side by side.
+(``maxClientCnxns=0``). The agent processes run with a 50 ms interpreter
+switch interval (``--switch-interval``; 0.005 is Python's own): fifty agents
+in one interpreter, each of which would have a machine of its own, otherwise
+spend the machine in the wake-ups of their threads waiting for it. One
+service, quorum N - k with k = N/20 down at once; a restart's stop, start and
+health check take ``--step`` seconds in all. Payloads are staged and fetched
+before the clock starts; the clock runs from queueing the deploy to the entry
+done. Sizes run one after the other, each under its own root, in the same run,
+so the columns are side by side.
 
 Per size:
 - rollout efficiency: ceil(N/k) x step / measured;
@@ -90,7 +94,7 @@ def timed_status(operator: Operator) -> tuple[float, int]:
 
 
 def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, timeout: float,
-             nice: int = 0) -> dict[str, Any]:
+             nice: int = 0, switch: float | None = None) -> dict[str, Any]:
     k = max(1, n // 20)
     root = f"/scale{n}"
     durations = {"stop": step * 0.2, "start": step * 0.5, "health": step * 0.3}
@@ -99,8 +103,8 @@ def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, 
     operator.stage(SERVICE, "1", at=1.0)
     nodes = [f"n{i:04d}" for i in range(1, n + 1)]
     specs = [GroupSpec(zk.hosts, root, group, [SERVICE], str(workdir / f"n{n}"), {SERVICE: "1"}, durations,
-                       session_timeout=15.0, nice=nice) for group in split(nodes, processes)]
-    out: dict[str, Any] = {"n": n, "k": k, "processes": len(specs)}
+                       session_timeout=15.0, nice=nice, switch_interval=switch) for group in split(nodes, processes)]
+    out: dict[str, Any] = {"n": n, "k": k, "processes": len(specs), "switch": switch}
     setup = time.monotonic()
     fleet = AgentProcesses(specs)
     try:
@@ -190,6 +194,11 @@ def main() -> int:
     parser.add_argument("--agent-nice", type=int, default=0,
                         help="nice value of the agent processes: above 0 the ZooKeeper server beside them gets the "
                              "CPU first, as on a fleet whose ensemble has machines of its own")
+    parser.add_argument("--switch-interval", type=float, default=0.05,
+                        help="the agent processes' interpreter switch interval in seconds (Python's own is 0.005): "
+                             "each process holds N/processes agents that would each have a machine of their own, "
+                             "and at Python's 5 ms their waiting threads' wake-ups take half the machine at the "
+                             "start of a rollout (docs/benchmarks.md)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     procs = [int(p) for p in args.processes.split(",")]
@@ -198,7 +207,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="zkdeploy-scale-") as tmp, ZkCluster() as zk:
         for n, p in zip(sizes, procs, strict=False):
             print(f"N={n}: {p} processes ...", flush=True)
-            res = one_size(zk, Path(tmp), n, p, args.step, args.timeout, args.agent_nice)
+            res = one_size(zk, Path(tmp), n, p, args.step, args.timeout, args.agent_nice, args.switch_interval)
             print(f"N={n}: done in {res['wall']:.1f}s (setup {res.get('setup_seconds', float('nan')):.0f}s), "
                   f"{res['restarted']}/{n} at version 2 {res.get('error', '')}", flush=True)
             results.append(res)
@@ -211,6 +220,7 @@ def main() -> int:
     row("N", "{}", "n")
     row("k (down at once), quorum N-k", "{}", "k")
     row("agent processes", "{}", "processes")
+    row("their interpreter switch interval ms", "{:g}", lambda r: (r["switch"] or 0.005) * 1000)
     row("ideal seconds (ceil(N/k) x step)", "{:.1f}", "ideal")
     row("measured seconds", "{:.1f}", "wall")
     row("nodes at the new version", "{}", "restarted")

@@ -27,6 +27,7 @@ import json
 import multiprocessing
 import os
 import pstats
+import sys
 import threading
 import time
 from collections import Counter
@@ -65,6 +66,11 @@ class GroupSpec:
     #: the process's nice value: above 0, the agents yield the CPU to the ZooKeeper server beside
     #: them, as on a fleet where the ensemble has machines of its own (a benchmark says which it ran)
     nice: int = 0
+    #: the process's interpreter switch interval (None: Python's 5 ms).  N agents share one
+    #: interpreter here, where each would have a machine of its own: when most of their threads
+    #: want the interpreter at once (the start of a rollout), every waiting thread wakes each
+    #: interval to ask for it, and the machine goes to those wake-ups (scripts/bench_scale.py)
+    switch_interval: float | None = None
 
 
 def path_kind(root: str, path: str) -> str:
@@ -158,6 +164,7 @@ class AgentGroup:
         self.transitions: list[tuple[float, str, str, str]] = []  # when, node, service, new state
         self.writes: list[tuple[float, float, str, str]] = []     # started, ended, kind, path (trace)
         self.notes: list[tuple[float, str, str, str]] = []        # when, node, kind, path (trace)
+        self.calls: list[tuple[float, float, str, str, str]] = []  # started, ended, node, kind, path (trace)
         self.cycles: dict[str, list[float]] = {n: [] for n in spec.nodes}
         self.cycle_log: list[dict[str, Any]] = []  # the profiled node's cycles
         self.profiler: cProfile.Profile | None = None
@@ -181,9 +188,11 @@ class AgentGroup:
                     if self.states.get((node, service)) != state:
                         self.states[(node, service)] = state
                         self.transitions.append((ended, node, service, state))
-            if self.spec.trace and kind in ("set", "create", "delete", "commit"):
+            if self.spec.trace:
                 with self.lock:
-                    self.writes.append((started, ended, kind, path))
+                    self.calls.append((started, ended, node, kind, path))
+                    if kind in ("set", "create", "delete", "commit"):
+                        self.writes.append((started, ended, kind, path))
         return on_call
 
     def _on_notify(self, node: str) -> Any:
@@ -246,6 +255,10 @@ class AgentGroup:
                 run_cycle(cycle)
             elapsed = time.monotonic() - started
             self.cycles[node].append(elapsed)
+            if self.spec.trace:
+                ended = time.time()
+                with self.lock:
+                    self.calls.append((ended - elapsed, ended, node, "cycle", ""))
             if before is not None:
                 delta = Counts.delta(counts.snapshot(), before)
                 self.cycle_log.append({"at": time.time(), "seconds": elapsed,
@@ -280,6 +293,7 @@ class AgentGroup:
             self.transitions.clear()
             self.writes.clear()
             self.notes.clear()
+            self.calls.clear()
             self.world.timeline.clear()
             self.cycle_log.clear()
             for cycles in self.cycles.values():
@@ -309,6 +323,7 @@ class AgentGroup:
                 "timeline": list(self.world.timeline),
                 "writes": list(self.writes),
                 "notes": list(self.notes),
+                "calls": list(self.calls),
                 "polls": list(POLLS.records),
                 "cycles": {n: list(c) for n, c in self.cycles.items()},
                 "cycle_log": list(self.cycle_log),
@@ -325,6 +340,8 @@ def _serve(conn: Connection, spec: GroupSpec) -> None:
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {spec.nodes[0]}+ %(name)s %(message)s")
     if spec.nice:
         os.nice(spec.nice)
+    if spec.switch_interval is not None:
+        sys.setswitchinterval(spec.switch_interval)
     group = AgentGroup(spec)
     try:
         while True:
@@ -387,7 +404,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
                            "breakdown": next((r["breakdown"] for r in reports if r["breakdown"]), {})}
     for key in ("counts", "paths", "cycles", "versions"):
         out[key] = {k: v for r in reports for k, v in r[key].items()}
-    for key in ("transitions", "timeline", "writes", "notes", "polls", "cycle_log"):
+    for key in ("transitions", "timeline", "writes", "notes", "calls", "polls", "cycle_log"):
         out[key] = sorted((x for r in reports for x in r[key]), key=lambda x: x["at"] if isinstance(x, dict) else x[0])
     return out
 
