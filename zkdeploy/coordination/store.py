@@ -35,6 +35,7 @@ from zkdeploy.coordination.layout import (
     UNDO_PREFIX,
     WAKE_PREFIX,
 )
+from zkdeploy.coordination.lock import sequence_of
 from zkdeploy.coordination.session import (
     CONNECTED,
     Create,
@@ -54,6 +55,9 @@ from zkdeploy.model import DeployEntry, Killswitch, Mark, Pin, Release
 from zkdeploy.names import is_safe_name
 
 log = logging.getLogger(__name__)
+
+#: a node's history is pruned to ``keep`` reports when a report's sequence number is a multiple of this
+HISTORY_PRUNE_EVERY = 50
 
 __all__ = ["QuorumView", "Store", "Timeouts"]
 
@@ -447,12 +451,16 @@ class Store(Availability):
         return self._owner_of(self._layout.plan_answer(name, node)) is not None
 
     def record_history(self, record: dict[str, Any], keep: int = 500) -> None:
-        """Append one change report of ``record["node"]`` under that node's own parent; its oldest
-        beyond ``keep`` are pruned (a node prunes only its own).  Under ACL roles the parent is
-        made by admission (AccessDeniedError until then)."""
+        """Append one change report of ``record["node"]`` under that node's own parent, with one
+        request; its oldest beyond ``keep`` are pruned (a node prunes only its own) when the new
+        report's sequence number is a multiple of ``HISTORY_PRUNE_EVERY``, so a node keeps at most
+        that many more and does not list its own reports on every restart.  Under ACL roles the
+        parent is made by admission (AccessDeniedError until then)."""
         base = self._layout.node_history(str(record.get("node")))
         self._ensure(base)
-        self._create_sequential(base, HISTORY_PREFIX, json.dumps(record).encode())
+        name = self._create_sequential(base, HISTORY_PREFIX, json.dumps(record).encode())
+        if int(sequence_of(name)) % HISTORY_PRUNE_EVERY:
+            return
         names = [c for c in self._children(base) if c.startswith(HISTORY_PREFIX)]
         for name in names[: max(0, len(names) - keep)]:
             self._delete(base + "/" + name)
