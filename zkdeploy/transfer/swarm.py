@@ -3,7 +3,9 @@
 The swarm is closed: no DHT, LSD, UPnP, NAT-PMP, PEX or trackers.  Peers come
 from the caller (ZooKeeper acts as the tracker) through a ``peers_provider``
 callable, so this module never imports kazoo.  See docs/swarm.md for why each
-setting is there.
+setting is there.  What concerns one torrent and not the session (how it is
+added, its state, the waits on its handle, its alerts) is in
+``zkdeploy.transfer.swarm_torrent``.
 
 Guarantees of ``SwarmSession.download``:
 - it returns a path only after libtorrent's disk cache was flushed and the
@@ -28,8 +30,7 @@ from typing import Any, cast
 import libtorrent as lt
 
 from zkdeploy.errors import IntegrityError, PayloadError
-from zkdeploy.fsutil import write_durably
-from zkdeploy.transfer.metainfo import MiB, TorrentMeta, normalize_sha256, payload_digest
+from zkdeploy.transfer.metainfo import MiB, TorrentMeta, normalize_sha256
 from zkdeploy.transfer.striping import stripe_priorities
 from zkdeploy.transfer.swarm_config import (
     DownloadCancelled,
@@ -41,41 +42,14 @@ from zkdeploy.transfer.swarm_config import (
     closed_swarm_settings,
     format_endpoint,
 )
+from zkdeploy.transfer.swarm_torrent import SwarmTorrent, check_disk, fetch_params, seed_params
 
 log = logging.getLogger(__name__)
 
 PROGRESS_LOG_INTERVAL = 5.0
-_FLUSH_TIMEOUT = 60.0
 _STOP_RESUME_TIMEOUT = 5.0
 _CHECKING_STATES = frozenset({"checking_files", "checking_resume_data", "queued_for_checking",
                               "allocating"})
-
-
-class _Torrent:
-    """Per-torrent bookkeeping shared by the alert pump and the caller's thread."""
-
-    def __init__(self, meta: TorrentMeta, save_path: str, resume_path: str | None) -> None:
-        self.meta = meta
-        self.save_path = save_path
-        self.resume_path = resume_path
-        self.handle: Any = None
-        self.cond = threading.Condition()
-        self.finished = False
-        self.flushes = 0
-        self.resume_saves = 0
-        self.hash_failures = 0
-        self.error: str | None = None
-        self.peers_changed = threading.Event()
-
-    @property
-    def path(self) -> str:
-        return os.path.join(self.save_path, self.meta.name)
-
-    def notify(self, **changes: Any) -> None:
-        with self.cond:
-            for k, v in changes.items():
-                setattr(self, k, v)
-            self.cond.notify_all()
 
 
 class SwarmSession:
@@ -89,7 +63,7 @@ class SwarmSession:
         self.config = config or SwarmConfig()
         self._ses: Any = None
         self._lock = threading.Lock()
-        self._torrents: dict[str, _Torrent] = {}
+        self._torrents: dict[str, SwarmTorrent] = {}
         self._stopping = threading.Event()
         self._listening = threading.Event()
         self._listen_error: str | None = None
@@ -192,18 +166,10 @@ class SwarmSession:
         with self._lock:
             if meta.info_hash in self._torrents:
                 return
-            t = _Torrent(meta, os.path.dirname(path), None)
+            t = SwarmTorrent(meta, os.path.dirname(path), None)
             t.finished = True
             self._torrents[meta.info_hash] = t
-        atp = lt.add_torrent_params()
-        atp.ti = lt.torrent_info(meta.metainfo)
-        atp.save_path = t.save_path
-        if os.path.basename(path) != meta.name:
-            atp.renamed_files = {0: os.path.basename(path)}
-        atp.flags = (atp.flags & ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
-                     ) | lt.torrent_flags.seed_mode
-        if self.config.seed_max_uploads > 0:
-            atp.max_uploads = self.config.seed_max_uploads
+        atp = seed_params(meta, path, self.config)
         try:
             t.handle = ses.add_torrent(atp)
         except RuntimeError as e:
@@ -247,12 +213,12 @@ class SwarmSession:
                 # One artifact staged for two services: one info-hash, one torrent in the session.
                 return self._share(existing, target, expected, stall_timeout, cancel)
             if existing.finished:
-                self._verify(existing, expected)
+                existing.verify(expected)
                 return target
             raise PayloadError(f"{meta.name} ({meta.info_hash}) is already being fetched into {existing.path}")
-        self._check_disk(meta, staging_dir, target)
-        atp, resumed = self._add_params(meta, staging_dir, resume_path)
-        t = _Torrent(meta, staging_dir, resume_path)
+        check_disk(meta, staging_dir, target, self.config)
+        atp, resumed = fetch_params(meta, staging_dir, resume_path)
+        t = SwarmTorrent(meta, staging_dir, resume_path)
         with self._lock:
             self._torrents[meta.info_hash] = t
         try:
@@ -268,9 +234,9 @@ class SwarmSession:
             rechecked = False
             while True:
                 self._run_until_finished(t, peers_provider, stall_timeout, on_progress, cancel)
-                self._flush(t)
+                t.flush()
                 try:
-                    self._verify(t, expected)
+                    t.verify(expected)
                 except IntegrityError:
                     if not resumed or rechecked:
                         raise
@@ -297,7 +263,7 @@ class SwarmSession:
                  meta.name, st.total_download, t.hash_failures, expected)
         return target
 
-    def _share(self, t: _Torrent, target: str, expected: str, stall_timeout: float,
+    def _share(self, t: SwarmTorrent, target: str, expected: str, stall_timeout: float,
                cancel: threading.Event | None) -> str:
         """The payload of ``t`` (held or being fetched for another service) at ``target`` too: wait
         for it to finish (SwarmStalled when it makes no progress for ``stall_timeout``), check its
@@ -313,7 +279,7 @@ class SwarmSession:
                 raise DownloadCancelled(f"fetching {t.meta.name} was cancelled")
             if t.finished:
                 try:
-                    self._verify(t, expected)
+                    t.verify(expected)
                     break
                 except (IntegrityError, PayloadError):
                     pass  # finished but not flushed, or being checked by its own download: look again
@@ -337,31 +303,7 @@ class SwarmSession:
         log.info("%s: shared the payload held at %s (same info-hash %s)", t.meta.name, t.path, t.meta.info_hash)
         return target
 
-    def _add_params(self, meta: TorrentMeta, staging_dir: str,
-                    resume_path: str) -> tuple[Any, bool]:
-        atp = None
-        resumed = False
-        if os.path.exists(resume_path):
-            try:
-                with open(resume_path, "rb") as f:
-                    atp = lt.read_resume_data(f.read())
-                if str(atp.info_hashes.v1) != meta.info_hash:
-                    raise ValueError("resume data belongs to another torrent")
-                resumed = True
-            except (OSError, RuntimeError, ValueError) as e:
-                log.warning("ignoring resume data %s (%s); libtorrent will recheck any partial "
-                            "file", resume_path, e)
-                Path(resume_path).unlink(missing_ok=True)
-                atp = None
-        if atp is None:
-            atp = lt.add_torrent_params()
-        atp.ti = lt.torrent_info(meta.metainfo)
-        atp.save_path = staging_dir
-        atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused
-                       | lt.torrent_flags.seed_mode)
-        return atp, resumed
-
-    def _run_until_finished(self, t: _Torrent, peers_provider: PeersProvider,
+    def _run_until_finished(self, t: SwarmTorrent, peers_provider: PeersProvider,
                             stall_timeout: float, on_progress: Callable[[TransferStatus], None]
                             | None, cancel: threading.Event | None) -> None:
         meta = t.meta
@@ -383,7 +325,7 @@ class SwarmSession:
                 known_peers = self._connect_peers(t, peers_provider, known_peers)
                 next_peers = now + self.config.peer_refresh_interval
             if self.config.stripe_pieces:
-                striping = (known_peers, self._connected_seeds(t))
+                striping = (known_peers, t.connected_seeds())
                 if striping != striped_for:
                     self._stripe(t, *striping)
                     striped_for = striping
@@ -412,7 +354,7 @@ class SwarmSession:
                 if not t.finished and t.error is None and not t.peers_changed.is_set():
                     t.cond.wait(0.25)
 
-    def _connect_peers(self, t: _Torrent, peers_provider: PeersProvider,
+    def _connect_peers(self, t: SwarmTorrent, peers_provider: PeersProvider,
                        previous: frozenset[Endpoint]) -> frozenset[Endpoint]:
         try:
             peers = frozenset((str(ip), int(port)) for ip, port in peers_provider())
@@ -426,16 +368,7 @@ class SwarmSession:
                 t.handle.connect_peer(ep)
         return peers
 
-    @staticmethod
-    def _connected_seeds(t: _Torrent) -> frozenset[Endpoint]:
-        """Endpoints of connected peers that hold the whole payload."""
-        seeds = set()
-        for pi in t.handle.get_peer_info():
-            if pi.flags & lt.peer_info.seed:
-                seeds.add((str(pi.ip[0]), int(pi.ip[1])))
-        return frozenset(seeds)
-
-    def _stripe(self, t: _Torrent, peers: frozenset[Endpoint],
+    def _stripe(self, t: SwarmTorrent, peers: frozenset[Endpoint],
                 seeds: frozenset[Endpoint]) -> None:
         """Give this host's own slice of the pieces the highest priority (transfer/striping.py)."""
         assert self._endpoint is not None
@@ -444,75 +377,17 @@ class SwarmSession:
         if mine is not None:
             log.debug("%s: striping, this host's slice is pieces %d-%d", t.meta.name, mine.start, mine.stop - 1)
 
-    def _flush(self, t: _Torrent) -> None:
-        with t.cond:
-            before = t.flushes
-        t.handle.flush_cache()
-        deadline = time.monotonic() + _FLUSH_TIMEOUT
-        with t.cond:
-            while t.flushes == before and t.error is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise PayloadError(f"{t.meta.name}: libtorrent did not flush its disk cache "
-                                       f"within {_FLUSH_TIMEOUT:.0f}s")
-                t.cond.wait(left)
-        if t.error is not None:
-            raise PayloadError(f"fetching {t.meta.name} failed: {t.error}")
+    def _save_resume(self, t: SwarmTorrent, wait: float) -> None:
+        if self._ses is not None:
+            t.save_resume(wait)
 
-    def _verify(self, t: _Torrent, expected: str) -> None:
-        got = payload_digest(t.path).sha256
-        if got != expected:
-            raise IntegrityError(f"{t.meta.name}: SHA-256 is {got}, release metadata says "
-                                 f"{expected}; the file was removed")
-
-    def _check_disk(self, meta: TorrentMeta, staging_dir: str, target: str) -> None:
-        have = 0
-        try:
-            have = min(os.stat(target).st_blocks * 512, meta.size)
-        except FileNotFoundError:
-            pass
-        free_fn = self.config.free_space or (lambda d: shutil.disk_usage(d).free)
-        free = free_fn(staging_dir)
-        need = meta.size - have + self.config.disk_margin_bytes
-        if free < need:
-            raise PayloadError(
-                f"not enough disk space in {staging_dir} for {meta.name}: need {need} bytes "
-                f"({meta.size - have} payload still to write + {self.config.disk_margin_bytes} "
-                f"margin), {free} free")
-
-    def _save_resume(self, t: _Torrent, wait: float) -> None:
-        if t.handle is None or not t.resume_path or self._ses is None:
-            return
-        with t.cond:
-            before = t.resume_saves
-        try:
-            t.handle.save_resume_data(lt.torrent_handle.flush_disk_cache)
-        except RuntimeError as e:
-            log.warning("cannot save resume data for %s: %s", t.meta.name, e)
-            return
-        deadline = time.monotonic() + wait
-        with t.cond:
-            while t.resume_saves == before:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                t.cond.wait(left)
-
-    def _discard(self, t: _Torrent, remove_file: bool) -> None:
+    def _discard(self, t: SwarmTorrent, remove_file: bool) -> None:
         with self._lock:
             self._torrents.pop(t.meta.info_hash, None)
         if self._ses is not None and t.handle is not None:
             self._ses.remove_torrent(t.handle)
         if remove_file:
-            # remove_torrent is asynchronous: the file may still be mapped.
-            deadline = time.monotonic() + 5
-            while True:
-                Path(t.path).unlink(missing_ok=True)
-                if not os.path.exists(t.path) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            if t.resume_path:
-                Path(t.resume_path).unlink(missing_ok=True)
+            t.remove_files()
 
     # -- status --------------------------------------------------------------
 
@@ -580,28 +455,9 @@ class SwarmSession:
         t = self._state_for(a)
         if t is None:
             return
-        if isinstance(a, lt.torrent_finished_alert):
-            t.notify(finished=True)
-        elif isinstance(a, lt.cache_flushed_alert):
-            t.notify(flushes=t.flushes + 1)
-        elif isinstance(a, lt.hash_failed_alert):
-            t.notify(hash_failures=t.hash_failures + 1)
-            log.warning("%s: piece %d failed its hash check (%d so far); the sending peer is "
-                        "distrusted", t.meta.name, a.piece_index, t.hash_failures)
-        elif isinstance(a, lt.save_resume_data_alert):
-            if t.resume_path:
-                write_durably(t.resume_path, lt.write_resume_data_buf(a.params))
-            t.notify(resume_saves=t.resume_saves + 1)
-        elif isinstance(a, lt.save_resume_data_failed_alert):
-            t.notify(resume_saves=t.resume_saves + 1)
-        elif isinstance(a, lt.fastresume_rejected_alert):
-            log.warning("%s: resume data rejected (%s); libtorrent rechecks the file",
-                        t.meta.name, a.message())
-        elif isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
-            log.error("%s: %s", t.meta.name, a.message())
-            t.notify(error=a.message())
+        t.on_alert(a)
 
-    def _state_for(self, a: Any) -> _Torrent | None:
+    def _state_for(self, a: Any) -> SwarmTorrent | None:
         try:
             key = str(a.handle.info_hashes().v1)
         except RuntimeError:
