@@ -5,7 +5,8 @@ signal handlers and log levels are set only by :func:`run.main`):
 
 * ``scenario``       the rollout under test: services, versions, ZooKeeper root, session timeout;
 * ``plan``           the seeded fault plan and the registry of fault kinds (:data:`plan.FAULT_KINDS`);
-* ``injector``       carries the faults out on a running fleet; kind -> function in :data:`injector.INJECTORS`;
+* ``injector``       carries the faults out on a running fleet: threads, target choice, one lock, records;
+* ``faults``         how each fault kind is carried out: kind -> function in :data:`faults.INJECTORS`;
 * ``registrations``  polls ``/nodes`` from outside: when each agent registered (again);
 * ``invariants``     the judge: safety, order, liveness/convergence, journals, agents alive;
 * ``result``         fault records, violations, the run's line and the summary line;

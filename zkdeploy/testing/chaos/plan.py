@@ -7,7 +7,7 @@ it as JSON, one object per run, each fault with its ``kind``.
 Fault kinds live in one registry (:data:`FAULT_KINDS`): a :class:`FaultKind` says what a fault
 of that kind targets, how long it is held (drawn from the run's RNG) and how far apart two
 faults on the same kind of target must be.  How a kind is carried out is registered in
-:mod:`zkdeploy.testing.chaos.injector`.  A kind is drawn by plans only when it is listed in
+:mod:`zkdeploy.testing.chaos.faults`.  A kind is drawn by plans only when it is listed in
 :data:`KINDS`; registering a kind does not change the plans of existing seeds, adding it to
 :data:`KINDS` does.
 """
