@@ -22,6 +22,9 @@ Per size:
   count of packets received is printed beside it), and bytes read per node;
 - the quorum decision: p50/p95 of the time in SlotRequest.poll (every poll,
   and the polls that took the slot);
+- the CPU time per node of the agent processes and of the ZooKeeper server
+  during the rollout (``/proc/<pid>/stat``): the server's share is what a
+  fleet whose agents have machines of their own would put on its ensemble;
 - how long ``zkdeploy status`` (cli.views.fleet_status) takes, mid-rollout and
   after, and how many requests it makes.
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import socket
 import statistics
 import sys
@@ -84,6 +88,15 @@ def cpu_times() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
+def process_cpu(pids: list[int]) -> float:
+    """CPU-seconds (user + system) the processes ``pids`` have used so far, from /proc/<pid>/stat."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def timed_status(operator: Operator) -> tuple[float, int]:
     """Seconds one ``zkdeploy status`` view took, and the requests it made."""
     before = operator.counts.snapshot()
@@ -122,6 +135,9 @@ def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, 
         mid: list[tuple[float, int]] = []
         started = time.time()
         cpu_before = cpu_times()
+        agent_pids = [proc.pid for proc in fleet.procs if proc.pid is not None]
+        zk_pids = [server.process.pid for server in zk.servers if server.process is not None]
+        agents_cpu, zk_cpu = process_cpu(agent_pids), process_cpu(zk_pids)
         name = operator.deploy((SERVICE, "2"))[0]
         ideal = math.ceil(n / k) * step
         timer = threading.Timer(ideal / 2, lambda: mid.append(timed_status(operator)))
@@ -134,6 +150,7 @@ def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, 
             out["wall"] = float("nan")
         timer.cancel()
         cpu_after = cpu_times()
+        out["agents_cpu"], out["zk_cpu"] = process_cpu(agent_pids) - agents_cpu, process_cpu(zk_pids) - zk_cpu
         out["cpu_busy"] = (cpu_after[0] - cpu_before[0]) / max(1.0, cpu_after[1] - cpu_before[1])
         out["server_packets"] = server_packets(zk.servers[0].client_port) - packets
         report = merge(fleet.call("report", timeout=600))
@@ -155,6 +172,7 @@ def one_size(zk: ZkCluster, workdir: Path, n: int, processes: int, step: float, 
     out["requests"] = sum(sum(c["requests"].values()) for c in counts.values()) / per
     out["notifications"] = sum(c["notifications"] for c in counts.values()) / per
     out["bytes"] = sum(c["bytes_read"] for c in counts.values()) / per
+    out["agents_cpu_per_node"], out["zk_cpu_per_node"] = out["agents_cpu"] / per, out["zk_cpu"] / per
     out["server_per_node"] = out["server_packets"] / per
     kinds: Counter[str] = Counter()
     for c in counts.values():
@@ -231,6 +249,8 @@ def main() -> int:
     row("  zk packets (server's count)", "{:.1f}", "server_per_node")
     row("  watch notifications", "{:.1f}", "notifications")
     row("  bytes read", "{:.0f}", "bytes")
+    row("  CPU ms of the agent processes", "{:.1f}", lambda r: r["agents_cpu_per_node"] * 1000)
+    row("  CPU ms of the ZooKeeper server", "{:.1f}", lambda r: r["zk_cpu_per_node"] * 1000)
     row("  cycles", "{:.1f}", "cycles")
     row("  slot polls", "{:.1f}", "polls")
     row("quorum decision p50 ms (every poll)", "{:.1f}", lambda r: r["poll_p50"] * 1000)
