@@ -130,29 +130,7 @@ def stop_agent(injector: Injector, fault: PlannedFault) -> None:
 @injects(ZK_LEADER)
 def kill_zk_leader(injector: Injector, fault: PlannedFault) -> None:
     """SIGKILL of the ZooKeeper ensemble's leader (found within 10 s), restarted after the hold."""
-    leader: ZkServer | None = None
-    deadline = time.monotonic() + 10.0
-    while leader is None and time.monotonic() < deadline and not injector.cancelled():
-        leader = injector.cluster.leader()
-        if leader is None:
-            injector.sleep(0.2)
-    if leader is None:
-        return
-    with injector.lock:
-        if injector.cancelled():
-            return
-        record = FaultRecord(ZK_LEADER, f"zk:{leader.client_port}", time.time(), None, fault.hold)
-        leader.kill(signal.SIGKILL)
-        injector.records.append(record)
-    injector.log.say(f"zk-leader: killed server {leader.myid} (port {leader.client_port})")
-    if injector.sleep(fault.hold):
-        return
-    with injector.lock:
-        if injector.cancelled():
-            return
-        injector.cluster.restart(leader, timeout=60)
-        record.resumed = time.time()
-    injector.log.say(f"zk-leader: server {leader.myid} restarted")
+    _kill_server(injector, fault, ZK_LEADER, ("leader", "standalone"))
 
 
 # -- one agent's link to ZooKeeper -------------------------------------------------------------
@@ -195,37 +173,43 @@ def drop_replies(injector: Injector, fault: PlannedFault) -> None:
 
 
 # -- ZooKeeper servers ---------------------------------------------------------------------------------
-def _find_server(injector: Injector, mode: str) -> ZkServer | None:
+def _find_server(injector: Injector, modes: tuple[str, ...]) -> ZkServer | None:
+    """The first server in one of ``modes``, looked for within 10 s (None: none, or cancelled)."""
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline and not injector.cancelled():
-        found = [s for s in injector.cluster.servers if s.mode() == mode]
+        found = [s for s in injector.cluster.servers if s.mode() in modes]
         if found:
             return found[0]
         injector.sleep(0.2)
     return None
 
 
-@injects(ZK_FOLLOWER)
-def kill_zk_follower(injector: Injector, fault: PlannedFault) -> None:
-    """SIGKILL of a ZooKeeper follower (found within 10 s), restarted after the hold."""
-    follower = _find_server(injector, "follower")
-    if follower is None:
+def _kill_server(injector: Injector, fault: PlannedFault, kind: str, modes: tuple[str, ...]) -> None:
+    """SIGKILL of a ZooKeeper server in one of ``modes``, restarted after the fault's hold."""
+    server = _find_server(injector, modes)
+    if server is None:
         return
     with injector.lock:
         if injector.cancelled():
             return
-        record = FaultRecord(ZK_FOLLOWER, f"zk:{follower.client_port}", time.time(), None, fault.hold)
-        follower.kill(signal.SIGKILL)
+        record = FaultRecord(kind, f"zk:{server.client_port}", time.time(), None, fault.hold)
+        server.kill(signal.SIGKILL)
         injector.records.append(record)
-    injector.log.say(f"zk-follower: killed server {follower.myid} (port {follower.client_port})")
+    injector.log.say(f"{kind}: killed server {server.myid} (port {server.client_port})")
     if injector.sleep(fault.hold):
         return
     with injector.lock:
         if injector.cancelled():
             return
-        injector.cluster.restart(follower, timeout=60)
+        injector.cluster.restart(server, timeout=60)
         record.resumed = time.time()
-    injector.log.say(f"zk-follower: server {follower.myid} restarted")
+    injector.log.say(f"{kind}: server {server.myid} restarted")
+
+
+@injects(ZK_FOLLOWER)
+def kill_zk_follower(injector: Injector, fault: PlannedFault) -> None:
+    """SIGKILL of a ZooKeeper follower (found within 10 s), restarted after the hold."""
+    _kill_server(injector, fault, ZK_FOLLOWER, ("follower",))
 
 
 @injects(ZK_RESTART)
