@@ -33,10 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zkdeploy.coordination import Store  # noqa: E402
-from zkdeploy.demo.fleet import SERVER_SOURCE, DemoService, LocalFleet, ServiceTiming  # noqa: E402
-from zkdeploy.demo.scenario import wait_deploys  # noqa: E402
-from zkdeploy.testing.zkserver import ZkCluster, free_port  # noqa: E402
+from zkdeploy.coordination import Store
+from zkdeploy.demo.fleet import SERVER_SOURCE, DemoService, LocalFleet, ServiceTiming
+from zkdeploy.demo.scenario import wait_deploys
+from zkdeploy.testing.zkserver import ZkCluster, free_port
 
 
 def measure_step(server: Path, timing: ServiceTiming, health_interval: float, k: int, rounds: int = 3) -> float:

@@ -84,7 +84,7 @@ class Proc:
         self.host = i
         self.events: list[dict[str, Any]] = []
         self.done = threading.Event()
-        self._log = open(log, "wb")
+        self._log = open(log, "wb")  # noqa: SIM115 - kept open for the process's life, closed in stop()
         env = dict(os.environ, PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen(["ip", "netns", "exec", ns(i), *argv], cwd=REPO, env=env,
                                      stdout=subprocess.PIPE if json_events else subprocess.DEVNULL,

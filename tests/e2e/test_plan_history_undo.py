@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from tests.e2e.conftest import tree_digest, two_services, wait_for
 from zkdeploy.demo.scenario import wait_deploys
 from zkdeploy.journal import Journal
-from tests.e2e.conftest import tree_digest, two_services, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -8,10 +8,10 @@ import signal
 
 import pytest
 
+from tests.e2e.conftest import FAST, wait_for
 from zkdeploy.demo.fleet import DemoService
 from zkdeploy.demo.scenario import wait_deploys
 from zkdeploy.journal import Journal
-from tests.e2e.conftest import FAST, wait_for
 
 pytestmark = pytest.mark.e2e
 

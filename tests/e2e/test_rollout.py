@@ -7,10 +7,10 @@ import signal
 
 import pytest
 
-from zkdeploy.demo.observer import Observer
-from zkdeploy.journal import Journal
-from zkdeploy.demo.scenario import wait_deploys
 from tests.e2e.conftest import two_services, wait_for
+from zkdeploy.demo.observer import Observer
+from zkdeploy.demo.scenario import wait_deploys
+from zkdeploy.journal import Journal
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from zkdeploy.demo.fleet import SERVER_SOURCE, DemoService
 from tests.e2e.conftest import FAST, wait_for
+from zkdeploy.demo.fleet import SERVER_SOURCE, DemoService
 from zkdeploy.demo.scenario import wait_deploys
 
 pytestmark = pytest.mark.e2e

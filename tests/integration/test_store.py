@@ -192,7 +192,7 @@ def test_an_expired_session_releases_locks_and_slots(zk_hosts: str, zk_root: str
 
 
 def test_unreachable_zookeeper_is_a_clear_error() -> None:
-    with pytest.raises(CoordinationError, match="cannot reach ZooKeeper at 127.0.0.1:1 within 1.5s"):
+    with pytest.raises(CoordinationError, match=r"cannot reach ZooKeeper at 127\.0\.0\.1:1 within 1\.5s"):
         Store.connect("127.0.0.1:1", "/dc", connect_timeout=1.5)
 
 

@@ -37,7 +37,7 @@ class Peer:
         self.name = name
         env = dict(os.environ, PYTHONPATH=str(REPO))
         self.stderr_path = workdir / f"{name}.err"
-        self._stderr = open(self.stderr_path, "wb")
+        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - the peer's stderr for its whole life
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "zkdeploy.transfer.peer_main", "--allow-multi",
              "--log-level", "INFO", *args],

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from zkdeploy.transfer.transport import TORRENT_BLOB, Transport, peer_order
 from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
 from zkdeploy.errors import IntegrityError, PayloadError
 from zkdeploy.model import Release
 from zkdeploy.testing.zkserver import free_port
 from zkdeploy.transfer.torrent import make_torrent
+from zkdeploy.transfer.transport import TORRENT_BLOB, Transport, peer_order
 
 pytestmark = pytest.mark.integration
 

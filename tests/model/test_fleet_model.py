@@ -26,9 +26,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from zkdeploy import crash
 from zkdeploy.model import ABORTED, DONE, HALTED, PAUSED, PENDING, ROLLED_BACK, Killswitch
@@ -193,9 +192,9 @@ class FleetModel(RuleBasedStateMachine):
             return
         live = {session.session_id: sim for sim in self.fleet.agents.values() if sim.session is not None
                 for session in (sim.session, *sim.session.twins)}  # a queue place has a session of its own
-        for path, (data, owner) in self.fleet.ensemble.dump().items():
+        for path, (_data, owner) in self.fleet.ensemble.dump().items():
             parts = path.split("/")  # /dc/locks/<s>/queue/<q> and /dc/slots/<s>/<node>/slot
-            if len(parts) != 6 or (parts[2], parts[4]) != ("locks", "queue") and parts[2] != "slots":
+            if len(parts) != 6 or ((parts[2], parts[4]) != ("locks", "queue") and parts[2] != "slots"):
                 continue
             service, kind = parts[3], parts[2]
             sim = live.get(owner)
@@ -213,7 +212,7 @@ class FleetModel(RuleBasedStateMachine):
         fleet.operator.set_killswitch(None)
         for entry in fleet.operator.deploys():
             self._set_state(entry.name, PAUSED, PENDING)
-        for node, sim in fleet.agents.items():
+        for sim in fleet.agents.values():
             if sim.session is not None and sim.session.state != "connected":
                 sim.session.reconnect()
         fleet.expire_dead_sessions()

@@ -124,8 +124,8 @@ def test_every_node_restarts_and_the_deploy_completes(name: str, tmp_path: Path)
     assert result.errors == 0, result.output
 
 
-# A misused operator credential (or a bug of the queue) deletes the head's queue node (docs/security.md): the next waiter
-# decides on the same count while the head may still take its slot; the epoch keeps it safe.
+# A misused operator credential (or a bug of the queue) deletes the head's queue node (docs/security.md): the next
+# waiter decides on the same count while the head may still take its slot; the epoch keeps it safe.
 ATTACKS = {
     "n3-quorum2-two-queue-nodes-stolen": ["-DN=3", "-DQUORUM=2", "-DSTEAL=2", "-DMAXEXP=1", "-DMAXLOST=1",
                                           "-DMAXCRASH=0"],

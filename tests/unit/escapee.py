@@ -46,7 +46,7 @@ def call_within(seconds: float, fn: Callable[[], Any]) -> BaseException | None:
     def target() -> None:
         try:
             fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+        except BaseException as exc:
             outcome.append(exc)
         else:
             outcome.append(None)

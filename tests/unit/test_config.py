@@ -381,8 +381,8 @@ def test_agent_file_problems_are_reported_at_once(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("root", ["/", "/dc", "/a/b"])
 def test_zookeeper_root_accepted(tmp_path: Path, root: str) -> None:
-    config = load_agent_config(_write(tmp_path, f"node: n1\ndata_dir: /d\nservices: []\nzookeeper: {{root: '{root}'}}\n",
-                                      "agent.yaml"))
+    text = f"node: n1\ndata_dir: /d\nservices: []\nzookeeper: {{root: '{root}'}}\n"
+    config = load_agent_config(_write(tmp_path, text, "agent.yaml"))
     assert config.zookeeper.root == root
 
 

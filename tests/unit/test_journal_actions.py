@@ -78,13 +78,11 @@ def test_file_write_undo_is_idempotent(journal: Journal, tmp_path: Path) -> None
 
 def test_file_write_refuses_a_missing_directory_and_a_symlink(journal: Journal, tmp_path: Path) -> None:
     ex = Executor(journal)
-    with pytest.raises(JournalError, match="does not exist"):
-        with ex.change_set("w") as cs:
-            cs.write_file(tmp_path / "nodir" / "x", b"x")
+    with pytest.raises(JournalError, match="does not exist"), ex.change_set("w") as cs:
+        cs.write_file(tmp_path / "nodir" / "x", b"x")
     (tmp_path / "link").symlink_to(tmp_path / "target")
-    with pytest.raises(JournalError, match="symlink"):
-        with ex.change_set("w") as cs:
-            cs.write_file(tmp_path / "link", b"x")
+    with pytest.raises(JournalError, match="symlink"), ex.change_set("w") as cs:
+        cs.write_file(tmp_path / "link", b"x")
     assert [c.status for c in journal.list_changes()] == [FAILED, FAILED]
     assert all(not c.tasks for c in journal.list_changes())
 
@@ -103,9 +101,8 @@ def test_symlink_swap_and_undo(journal: Journal, tmp_path: Path) -> None:
 
 def test_symlink_swap_refuses_a_real_directory(journal: Journal, tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
-    with pytest.raises(JournalError, match="not a symlink"):
-        with Executor(journal).change_set("swap") as cs:
-            cs.swap_symlink(tmp_path / "dir", "elsewhere")
+    with pytest.raises(JournalError, match="not a symlink"), Executor(journal).change_set("swap") as cs:
+        cs.swap_symlink(tmp_path / "dir", "elsewhere")
     assert (tmp_path / "dir").is_dir()
 
 
@@ -125,19 +122,18 @@ def test_shell_string_command(journal: Journal, tmp_path: Path) -> None:
 
 
 def test_a_failing_command_raises_and_is_recorded_failed(journal: Journal, tmp_path: Path) -> None:
-    with pytest.raises(ServiceError, match="exited with 3: boom"):
-        with Executor(journal).change_set("cmd") as cs:
-            cs.write_file(tmp_path / "a", b"a")
-            cs.run(["sh", "-c", "echo boom >&2; exit 3"], no_undo=True)
+    with pytest.raises(ServiceError, match="exited with 3: boom"), Executor(journal).change_set("cmd") as cs:
+        cs.write_file(tmp_path / "a", b"a")
+        cs.run(["sh", "-c", "echo boom >&2; exit 3"], no_undo=True)
     change = journal.get_change(1)
     assert change.status == FAILED and "boom" in (change.note or "")
     assert [t.status for t in change.tasks] == [DONE, FAILED]
 
 
 def test_a_command_past_its_timeout_is_killed(journal: Journal) -> None:
-    with pytest.raises(StepTimeoutError, match="ran past 0.3s and was killed"):
-        with Executor(journal).change_set("cmd") as cs:
-            cs.run(["sleep", "30"], undo=NOTHING_TO_UNDO, timeout=0.3)
+    with pytest.raises(StepTimeoutError, match=r"ran past 0\.3s and was killed"), \
+            Executor(journal).change_set("cmd") as cs:
+        cs.run(["sleep", "30"], undo=NOTHING_TO_UNDO, timeout=0.3)
     assert journal.get_change(1).tasks[0].status == FAILED
 
 
@@ -156,9 +152,9 @@ def test_a_timed_out_command_returns_even_when_a_grandchild_keeps_the_output_ope
 
 
 def test_a_command_needs_an_undo_or_no_undo(journal: Journal) -> None:
-    with pytest.raises(JournalError, match="needs undo=... or no_undo=True"):
-        with Executor(journal).change_set("cmd") as cs:
-            cs.run(["true"])
+    with pytest.raises(JournalError, match=r"needs undo=\.\.\. or no_undo=True"), \
+            Executor(journal).change_set("cmd") as cs:
+        cs.run(["true"])
     assert journal.get_change(1).tasks == ()
 
 
@@ -190,12 +186,10 @@ def test_python_action_and_its_reverse(journal: Journal, tmp_path: Path) -> None
 
 
 def test_python_action_errors_are_typed(journal: Journal, tmp_path: Path) -> None:
-    with pytest.raises(ServiceError, match="FileNotFoundError"):
-        with Executor(journal).change_set("py") as cs:
-            cs.call("os:remove", [str(tmp_path / "absent")], no_undo=True)
-    with pytest.raises(JournalError, match="cannot import"):
-        with Executor(journal).change_set("py") as cs:
-            cs.call("no_such_module_zk:f", [], no_undo=True)
+    with pytest.raises(ServiceError, match="FileNotFoundError"), Executor(journal).change_set("py") as cs:
+        cs.call("os:remove", [str(tmp_path / "absent")], no_undo=True)
+    with pytest.raises(JournalError, match="cannot import"), Executor(journal).change_set("py") as cs:
+        cs.call("no_such_module_zk:f", [], no_undo=True)
 
 
 def test_remove_tree_and_restore(journal: Journal, tmp_path: Path) -> None:
@@ -245,16 +239,15 @@ def test_registry_is_extensible_and_refuses_unknown_kinds(journal: Journal, tmp_
         cs.task("service_reload", {"service": "web"}, undo=("service_reload", {"service": "web"}))
     undo_change(journal, registry, 1)
     assert calls == [("web", False), ("web", False)]
-    with pytest.raises(JournalError, match="no handler registered for action kind 'bogus'"):
-        with Executor(journal).change_set("bad") as cs:
-            cs.task("bogus", {}, no_undo=True)
+    with pytest.raises(JournalError, match="no handler registered for action kind 'bogus'"), \
+            Executor(journal).change_set("bad") as cs:
+        cs.task("bogus", {}, no_undo=True)
 
 
 def test_exception_in_the_block_marks_the_change_set_failed(journal: Journal, tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="boom"):
-        with Executor(journal).change_set("w") as cs:
-            cs.write_file(tmp_path / "a", b"a")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), Executor(journal).change_set("w") as cs:
+        cs.write_file(tmp_path / "a", b"a")
+        raise RuntimeError("boom")
     change = journal.get_change(1)
     assert change.status == FAILED and change.tasks[0].status == DONE
     undo_change(journal, None, 1)

@@ -199,9 +199,9 @@ def test_recovery_refuses_while_a_live_process_holds_the_journal(tmp_path: Path)
     from zkdeploy.errors import JournalError
 
     with Journal.open(tmp_path / "j.db") as journal:
-        with Executor(journal).change_set("busy"):
-            with Journal.open(tmp_path / "j.db") as other, pytest.raises(JournalError, match="in use"):
-                recover(other, None)
+        with Executor(journal).change_set("busy"), Journal.open(tmp_path / "j.db") as other, \
+                pytest.raises(JournalError, match="in use"):
+            recover(other, None)
         assert recover(journal, None) == []
 
 

@@ -93,10 +93,8 @@ def test_plan_equals_what_the_live_run_does(host: Path, tmp_path: Path) -> None:
 
 def test_noaction_reports_the_same_refusals(tmp_path: Path) -> None:
     ex = Executor(tmp_path / "j.db", noaction=True)
-    with pytest.raises(JournalError, match="needs undo"):
-        with ex.change_set("bad") as cs:
-            cs.run(["true"])
-    with pytest.raises(JournalError, match="does not exist"):
-        with ex.change_set("bad") as cs:
-            cs.write_file(tmp_path / "missing" / "f", b"")
+    with pytest.raises(JournalError, match="needs undo"), ex.change_set("bad") as cs:
+        cs.run(["true"])
+    with pytest.raises(JournalError, match="does not exist"), ex.change_set("bad") as cs:
+        cs.write_file(tmp_path / "missing" / "f", b"")
     assert not (tmp_path / "j.db").exists()

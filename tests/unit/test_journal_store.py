@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,9 +14,8 @@ from zkdeploy.journal import SCHEMA_VERSION, Executor, Journal
 
 def _journal_with_one_change(tmp_path: Path) -> Path:
     db = tmp_path / "state" / "journal.db"
-    with Journal.open(db) as journal:
-        with Executor(journal).change_set("one", deploy_id="d-1") as cs:
-            cs.write_file(tmp_path / "a.conf", b"a\n")
+    with Journal.open(db) as journal, Executor(journal).change_set("one", deploy_id="d-1") as cs:
+        cs.write_file(tmp_path / "a.conf", b"a\n")
     return db
 
 
@@ -114,7 +113,7 @@ def test_list_changes_since_and_limit(tmp_path: Path) -> None:
         assert [c.id for c in journal.list_changes(limit=2)] == [3, 2]
         middle = datetime.fromisoformat(all_changes[1].created)
         assert [c.id for c in journal.list_changes(since=middle)] == [3, 2]
-        naive_future = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(hours=1)
+        naive_future = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=1)
         assert journal.list_changes(since=naive_future) == []
 
 
@@ -147,8 +146,8 @@ def test_blame_names_the_last_change_still_in_effect(tmp_path: Path) -> None:
 
 
 def test_only_one_writer_at_a_time(tmp_path: Path) -> None:
-    with Journal.open(tmp_path / "j.db") as journal, journal.writer_lock():
-        with Journal.open(tmp_path / "j.db") as other:
-            with pytest.raises(JournalError, match="in use by another process"):
-                with Executor(other).change_set("blocked"):
-                    pass
+    with Journal.open(tmp_path / "j.db") as journal, journal.writer_lock(), \
+            Journal.open(tmp_path / "j.db") as other, \
+            pytest.raises(JournalError, match="in use by another process"), \
+            Executor(other).change_set("blocked"):
+        pass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -124,7 +124,7 @@ def test_undo_since_a_future_date_is_refused(journal: Journal, tmp_path: Path) -
     with Executor(journal).change_set("a") as cs:
         cs.write_file(tmp_path / "a", b"a")
     with pytest.raises(JournalError, match="in the future"):
-        undo_since(journal, None, datetime.now(timezone.utc) + timedelta(days=1))
+        undo_since(journal, None, datetime.now(UTC) + timedelta(days=1))
     assert (tmp_path / "a").exists()
 
 
@@ -135,7 +135,7 @@ def test_undoing_an_older_change_under_a_newer_one_is_refused(journal: Journal, 
         cs.write_file(conf, b"1")
     with ex.change_set("two") as cs:
         cs.write_file(conf, b"2")
-    with pytest.raises(JournalError, match="later change sets changed again.*change set 2"):
+    with pytest.raises(JournalError, match=r"later change sets changed again.*change set 2"):
         undo_change(journal, None, 1)
     assert conf.read_text() == "2"
     undo_change(journal, None, 2)

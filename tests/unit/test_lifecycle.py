@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from zkdeploy.agent import deploys
 from zkdeploy.cli.context import Ctx
@@ -25,8 +24,8 @@ from zkdeploy.model import (
     ABORTED,
     DONE,
     HALTED,
-    OPEN_DEPLOY_STATES,
     ONLINE,
+    OPEN_DEPLOY_STATES,
     PAUSED,
     PENDING,
     RESTARTING,
@@ -70,7 +69,7 @@ def test_the_table_is_the_allowed_moves() -> None:
 
 
 def test_terminal_states_are_the_closed_ones() -> None:
-    assert TERMINAL == {DONE, ABORTED, ROLLED_BACK}
+    assert {DONE, ABORTED, ROLLED_BACK} == TERMINAL
     assert set(OPEN_DEPLOY_STATES) == set(S) - TERMINAL
     for state in S:
         assert DeployEntry(state=state).is_open is (state not in TERMINAL)

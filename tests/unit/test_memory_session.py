@@ -6,10 +6,28 @@ import threading
 
 import pytest
 
-from zkdeploy.coordination.session import (CHANGED, CHILD, CONNECTED, CREATED, DELETED, LOST, SESSION, SUSPENDED,
-                                           Check, Create, Delete, SetData)
-from zkdeploy.errors import (BadVersionError, CoordinationError, NodeExistsError, NoNodeError, NotEmptyError,
-                             SessionLostError)
+from zkdeploy.coordination.session import (
+    CHANGED,
+    CHILD,
+    CONNECTED,
+    CREATED,
+    DELETED,
+    LOST,
+    SESSION,
+    SUSPENDED,
+    Check,
+    Create,
+    Delete,
+    SetData,
+)
+from zkdeploy.errors import (
+    BadVersionError,
+    CoordinationError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    SessionLostError,
+)
 from zkdeploy.testing.memory import MemoryEnsemble, MemorySession
 
 

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from zkdeploy.errors import CoordinationError
-from zkdeploy.model import (DONE, HALTED, PENDING, STOPPED, CurrentEntry, DeployEntry, Killswitch, NodeRecord,
-                            Release)
+from zkdeploy.model import DONE, HALTED, PENDING, STOPPED, CurrentEntry, DeployEntry, Killswitch, NodeRecord, Release
 
 
 def test_node_record_round_trip() -> None:

@@ -274,7 +274,7 @@ def test_start_of_a_command_that_cannot_run(managed: ManagedProcess, tmp_path: P
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         code = 200 if self.path == "/ok" else 500 if self.path == "/fail" else 404
         body = b"status\n"
         self.send_response(code)
@@ -282,7 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -322,7 +322,7 @@ def test_http_probe_bad_url() -> None:
 class _RawServer:
     """A loopback TCP server that treats every connection with ``answer(conn)`` in its own thread."""
 
-    def __init__(self, answer) -> None:  # noqa: ANN001
+    def __init__(self, answer) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]

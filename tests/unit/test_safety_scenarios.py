@@ -231,11 +231,11 @@ def test_a_node_whose_entry_still_says_failed_but_answers_costs_quorum() -> None
 # -- 13: a malformed record read from ZooKeeper is logged and skipped -------------------------------------
 def test_malformed_records_are_skipped_and_the_rollout_goes_on(fleet: SimFleet) -> None:
     writer = fleet.operator  # write garbage the way a broken tool would, straight into the tree
-    writer._session.create("/dc/current/db/ghost", b"{not json")  # noqa: SLF001 (a test writing garbage on purpose)
-    writer._session.create("/dc/deploy/d-9999999999", b"[1, 2]")  # noqa: SLF001
-    writer._session.create("/dc/reports/plans/p-0000000077", b"\xff\xfe")  # noqa: SLF001
-    writer._session.ensure_path("/dc/control/undo/n1")  # noqa: SLF001
-    writer._session.create("/dc/control/undo/n1/u-0000000001", b"nope")  # noqa: SLF001
+    writer._session.create("/dc/current/db/ghost", b"{not json")
+    writer._session.create("/dc/deploy/d-9999999999", b"[1, 2]")
+    writer._session.create("/dc/reports/plans/p-0000000077", b"\xff\xfe")
+    writer._session.ensure_path("/dc/control/undo/n1")
+    writer._session.create("/dc/control/undo/n1/u-0000000001", b"nope")
     fleet.stage("db", "2", at=2.0)
     name = fleet.deploy(("db", "2"))[0]
     for node in fleet.agents:

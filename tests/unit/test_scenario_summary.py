@@ -3,11 +3,10 @@ their /current entries and the history records carrying each checked step's resu
 
 from __future__ import annotations
 
+from tests.unit.test_scenario_run import STEPS, make_fleet
 from zkdeploy.cli.scenario_cmd import summarize
 from zkdeploy.model import DONE, HALTED
 from zkdeploy.testing.simfleet import SimFleet
-
-from tests.unit.test_scenario_run import STEPS, make_fleet
 
 
 def _summary(fleet: SimFleet, name: str, before: dict[str, str | None]) -> dict:

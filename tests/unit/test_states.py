@@ -132,12 +132,13 @@ def test_a_full_restart_reports_every_step() -> None:
         restarting.append(machine.restarting)
     assert [(o.value, n.value) for o, n, _ in recorder.calls] == list(zip(
         ["idle", "fetching", "staged", "waiting", "draining", "stopping", "switching", "starting", "checking"],
-        ["fetching", "staged", "waiting", "draining", "stopping", "switching", "starting", "checking", "idle"]))
+        ["fetching", "staged", "waiting", "draining", "stopping", "switching", "starting", "checking", "idle"],
+        strict=True))
     assert restarting == [False, False, False, True, True, True, True, True, False]
 
 
 def test_restart_phases() -> None:
-    assert RESTART_PHASES == {P.DRAINING, P.STOPPING, P.SWITCHING, P.STARTING, P.CHECKING, P.ROLLING_BACK}
+    assert {P.DRAINING, P.STOPPING, P.SWITCHING, P.STARTING, P.CHECKING, P.ROLLING_BACK} == RESTART_PHASES
 
 
 @pytest.mark.parametrize("phase", [P.FETCHING, P.STAGED, P.WAITING])
@@ -296,7 +297,7 @@ def test_install_passes_on_a_fetch_failure(rel: ReleaseDir, origin: Path) -> Non
     def failing(release: Release, dest: Path) -> Path:
         raise PayloadError(f"cannot fetch {release.version}")
 
-    with pytest.raises(PayloadError, match="cannot fetch 1.0"):
+    with pytest.raises(PayloadError, match=r"cannot fetch 1\.0"):
         rel.install(_release("1.0", origin), failing)
     assert not rel.has("1.0")
 

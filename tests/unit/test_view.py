@@ -50,7 +50,7 @@ def test_a_cached_read_is_made_again_only_after_its_watch_fired(clock: Clock) ->
     before = counts.snapshot()
     view.catalog()
     assert Counts.total(Counts.delta(counts.snapshot(), before)) == 0
-    data, version = view.store.catalog()
+    _data, version = view.store.catalog()
     view.store.put_catalog({"services": {"app": {"quorum": 2}}}, version)
     assert view.wake.is_set()
     assert view.catalog()[0] == {"services": {"app": {"quorum": 2}}}
