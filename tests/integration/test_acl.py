@@ -12,7 +12,7 @@ import yaml
 
 from tests.conftest import wait_for
 from zkdeploy.coordination import Store
-from zkdeploy.coordination.acls import ApplyReport, RoleIds, apply, open_session
+from zkdeploy.coordination.acls import AclSession, ApplyReport, RoleIds, apply, open_session
 from zkdeploy.coordination.credentials import Credentials, Security, digest_id
 from zkdeploy.coordination.session import PERM_ALL, PERM_CREATE, PERM_DELETE, PERM_READ, PERM_WRITE
 from zkdeploy.errors import AccessDeniedError, ConfigError, ConflictError, LockLostError, NotAdmittedError
@@ -206,8 +206,11 @@ def test_under_roles_a_place_in_the_queue_has_a_session_of_its_own_and_holds_onl
     op, b = fleet["operator"], fleet["b"]
     place = b.restart_queue("web", "b")
     place.join()
-    stat = op._session.exists(op._layout.lock_queue("web") + "/" + str(place.node))
+    path = op._layout.lock_queue("web") + "/" + str(place.node)
+    stat = op._session.exists(path)
     assert place.own_session and stat is not None and stat.owner not in (0, b._session.session_id)
+    acl, _ = op._session.get_acl(path)  # made with the create that lists the queue: its ACL is the policy's
+    assert isinstance(b._session, AclSession) and set(acl) == set(b._session.policy.acl_for(path))
     generation = b.generation
     b.expire_session()  # the agent's own session ends; the place's session lives on
     wait_for(lambda: b.generation > generation and b.connected, 20, "b's new session")

@@ -9,7 +9,14 @@ import pytest
 
 from zkdeploy.coordination import Store
 from zkdeploy.coordination.lock import QueueLock
-from zkdeploy.errors import ConflictError, CoordinationError, LockLostError, RolloutAborted, SessionLostError
+from zkdeploy.errors import (
+    ConflictError,
+    CoordinationError,
+    LockLostError,
+    NoNodeError,
+    RolloutAborted,
+    SessionLostError,
+)
 from zkdeploy.model import ONLINE, RESTARTING, CurrentEntry, DeployEntry, Release
 from zkdeploy.testing.counting import CountingSession, Counts
 
@@ -144,6 +151,29 @@ def test_a_waiter_reads_the_queue_again_only_when_its_predecessor_goes(zk_hosts:
                 break
             assert time.monotonic() < deadline, "a head whose session ended still polled as first"
             time.sleep(0.05)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_joining_the_queue_lists_it_in_the_same_round_trip(zk_hosts: str, zk_root: str) -> None:
+    a, b = _stores(zk_hosts, zk_root, 2)
+    try:
+        first = a.restart_queue("db", "a")
+        first.join()
+        name, listed = b._session.create_and_list(b._layout.lock_queue("db") + "/probe-", b"", ephemeral=True,
+                                                  sequence=True)
+        assert name.rsplit("/", 1)[1] in listed and f"{first.prefix}" in "".join(listed)  # the listing sees it
+        with pytest.raises(NoNodeError):
+            b._session.create_and_list(b._layout.lock_queue("nosuch") + "/x", b"")
+        counts = Counts()
+        waiter = QueueLock(CountingSession(b._session, counts), b._layout.lock_queue("db"), "db", "b")
+        waiter.join()
+        joined = counts.snapshot()
+        assert waiter.poll(threading.Event()) == 1
+        polled = Counts.delta(counts.snapshot(), joined)["requests"]
+        assert polled.get("children", 0) == 0, "the first poll uses the listing made with the join"
+        assert polled.get("exists") == 1  # the predecessor's watch
     finally:
         a.close()
         b.close()

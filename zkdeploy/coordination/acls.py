@@ -271,6 +271,11 @@ class AclSession(ForwardingSession):
         return self.inner.create(path, data, ephemeral=ephemeral, sequence=sequence,
                                  acl=self._acl(path) if acl is None else acl)
 
+    def create_and_list(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
+                        acl: Sequence[Acl] | None = None) -> tuple[str, list[str]]:
+        return self.inner.create_and_list(path, data, ephemeral=ephemeral, sequence=sequence,
+                                          acl=self._acl(path) if acl is None else acl)
+
     def _acl(self, path: str) -> tuple[Acl, ...]:
         """The ACL of a node this client creates; for a node addressed to another node (an undo
         request), that node's identity is the one admission gave its per-node parents."""

@@ -72,14 +72,18 @@ class QueueLock:
         # it), so a head woken by every change of the count does not list the queue each time
         self._first = False
         self._wake: threading.Event | None = None
+        self._listed: list[str] | None = None  # the queue listed with the join, for the first poll
 
     def _reader(self) -> Session:
         """The place's session when queued (it reads its own write, whatever server it is on)."""
         return self._place if self._place is not None else self._session
 
     def _contenders(self) -> list[str]:
-        return sorted((c for c in self._reader().children(self.path) if c.startswith(QUEUE_PREFIX)),
-                      key=sequence_of)
+        """The places in the queue, in order: the listing made with the join the first time (the
+        queue as it was right after this waiter's place was made), read afresh after that."""
+        listed, self._listed = self._listed, None
+        names = listed if listed is not None else self._reader().children(self.path)
+        return sorted((c for c in names if c.startswith(QUEUE_PREFIX)), key=sequence_of)
 
     def _find_own(self) -> str | None:
         return next((c for c in self._contenders() if c.startswith(self.prefix)), None)
@@ -108,9 +112,10 @@ class QueueLock:
         deadline = time.monotonic() + max(place.negotiated_timeout, 1.0)
         while True:
             try:
-                created = place.create(self.path + "/" + self.prefix, self.identifier.encode(),
-                                       ephemeral=True, sequence=True)
+                created, listed = place.create_and_list(self.path + "/" + self.prefix, self.identifier.encode(),
+                                                        ephemeral=True, sequence=True)
                 self.node = created.rsplit("/", 1)[1]
+                self._listed = listed  # the first poll's listing, read in the create's round trip
                 break
             except NoNodeError:
                 self._session.ensure_path(self.path)  # the first waiter ever: make the queue, then join it
@@ -253,7 +258,7 @@ class QueueLock:
 
     def _drop(self) -> None:
         """The place is lost (a session that held it ended): forget it, and close its own session."""
-        self.node, self._armed, self._first = None, False, False
+        self.node, self._armed, self._first, self._listed = None, False, False, None
         self._leave(None)
 
     def _leave(self, node: str | None) -> None:

@@ -256,6 +256,15 @@ class Session(ABC):
         """Create ``path`` with ``acl`` (None: open); returns the path created (with the sequence
         suffix, if any).  Parents made by ``makepath`` get the same ACL."""
 
+    def create_and_list(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
+                        acl: Sequence[Acl] | None = None) -> tuple[str, list[str]]:
+        """``create`` then the ``children`` of its parent, read after the create (the server
+        answers a session's requests in order): the path created and the listing, which has it.
+        The create's error is raised as ``create`` raises it.  An implementation may send both
+        together (one round trip instead of two)."""
+        created = self.create(path, data, ephemeral=ephemeral, sequence=sequence, acl=acl)
+        return created, self.children(path.rsplit("/", 1)[0])
+
     @abstractmethod
     def set(self, path: str, data: bytes, version: int = -1) -> Stat:
         """Write ``data`` if the node's version is ``version`` (-1: any)."""
@@ -425,6 +434,10 @@ class ForwardingSession(Session):
     def create(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
                makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:
         return self.inner.create(path, data, ephemeral=ephemeral, sequence=sequence, makepath=makepath, acl=acl)
+
+    def create_and_list(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
+                        acl: Sequence[Acl] | None = None) -> tuple[str, list[str]]:
+        return self.inner.create_and_list(path, data, ephemeral=ephemeral, sequence=sequence, acl=acl)
 
     def set(self, path: str, data: bytes, version: int = -1) -> Stat:
         return self.inner.set(path, data, version)

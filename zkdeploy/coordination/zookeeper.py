@@ -464,6 +464,14 @@ class ZooKeeperSession(Session):
                makepath: bool = False, acl: Sequence[Acl] | None = None) -> str:
         return str(self._call("create", path, data, _acl(acl), ephemeral, sequence, makepath))
 
+    def create_and_list(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
+                        acl: Sequence[Acl] | None = None) -> tuple[str, list[str]]:
+        """Both sent before the first answer is awaited: one round trip."""
+        made = self.client.create_async(path, data, _acl(acl), ephemeral, sequence, False)
+        listing = self._send_children([path.rsplit("/", 1)[0]], None)
+        created = str(self._answer(made, f"create {path}"))
+        return created, self._children_answers(listing)[0]
+
     def set(self, path: str, data: bytes, version: int = -1) -> Stat:
         return _stat(self._call("set", path, data, version))
 

@@ -195,6 +195,15 @@ class CountingSession(ForwardingSession):
         return self._timed("create", path, lambda: self.inner.create(  # type: ignore[no-any-return]
             path, data, ephemeral=ephemeral, sequence=sequence, makepath=makepath, acl=acl), data)
 
+    def create_and_list(self, path: str, data: bytes = b"", *, ephemeral: bool = False, sequence: bool = False,
+                        acl: Sequence[Acl] | None = None) -> tuple[str, list[str]]:
+        """Counted as a ``create`` and a ``children`` request, answered by the same round trip."""
+        result: tuple[str, list[str]] = self._timed("create", path, lambda: self.inner.create_and_list(
+            path, data, ephemeral=ephemeral, sequence=sequence, acl=acl), data,
+            read=lambda r: sum(len(n) for n in r[1]))
+        self._timed("children", path.rsplit("/", 1)[0], lambda: None)  # answered by the same round trip
+        return result
+
     def set(self, path: str, data: bytes, version: int = -1) -> Stat:
         return self._timed("set", path, lambda: self.inner.set(path, data, version), data)  # type: ignore[no-any-return]
 
