@@ -90,7 +90,8 @@ def in_restart(report: dict[str, Any]) -> list[float]:
 def watch_delivery(report: dict[str, Any]) -> list[float]:
     """For each notification an agent received, the time since the write that caused it began
     (the latest write on that path, or under it for a child watch, by another node's session)."""
-    writes = sorted(report["writes"])
+    writes = sorted((started, ended, kind, path) for started, ended, _node, kind, path in report["calls"]
+                    if kind in ("set", "create", "delete", "commit"))
     out = []
     for when, _node, kind, path in report["notes"]:
         best = None

@@ -62,7 +62,7 @@ class GroupSpec:
     monitor_interval: float = 2.0
     durable_journal: bool = False
     profile: str | None = None  # the node whose cycle thread is profiled
-    trace: bool = False         # keep every write and notification with its time (watch delivery)
+    trace: bool = False         # keep every request (with its node), notification and cycle with its time
     #: the process's nice value: above 0, the agents yield the CPU to the ZooKeeper server beside
     #: them, as on a fleet where the ensemble has machines of its own (a benchmark says which it ran)
     nice: int = 0
@@ -162,7 +162,6 @@ class AgentGroup:
         self.lock = threading.Lock()
         self.states: dict[tuple[str, str], str] = {}
         self.transitions: list[tuple[float, str, str, str]] = []  # when, node, service, new state
-        self.writes: list[tuple[float, float, str, str]] = []     # started, ended, kind, path (trace)
         self.notes: list[tuple[float, str, str, str]] = []        # when, node, kind, path (trace)
         self.calls: list[tuple[float, float, str, str, str]] = []  # started, ended, node, kind, path (trace)
         self.cycles: dict[str, list[float]] = {n: [] for n in spec.nodes}
@@ -191,8 +190,6 @@ class AgentGroup:
             if self.spec.trace:
                 with self.lock:
                     self.calls.append((started, ended, node, kind, path))
-                    if kind in ("set", "create", "delete", "commit"):
-                        self.writes.append((started, ended, kind, path))
         return on_call
 
     def _on_notify(self, node: str) -> Any:
@@ -291,7 +288,6 @@ class AgentGroup:
             self._marked = {n: c.snapshot() for n, c in self.counts.items()}
             self._paths_marked = {n: Counter(p) for n, p in self.paths.items()}
             self.transitions.clear()
-            self.writes.clear()
             self.notes.clear()
             self.calls.clear()
             self.world.timeline.clear()
@@ -321,7 +317,6 @@ class AgentGroup:
                 "paths": {n: dict(p - paths_marked[n]) for n, p in self.paths.items()},
                 "transitions": list(self.transitions),
                 "timeline": list(self.world.timeline),
-                "writes": list(self.writes),
                 "notes": list(self.notes),
                 "calls": list(self.calls),
                 "polls": list(POLLS.records),
@@ -404,7 +399,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
                            "breakdown": next((r["breakdown"] for r in reports if r["breakdown"]), {})}
     for key in ("counts", "paths", "cycles", "versions"):
         out[key] = {k: v for r in reports for k, v in r[key].items()}
-    for key in ("transitions", "timeline", "writes", "notes", "calls", "polls", "cycle_log"):
+    for key in ("transitions", "timeline", "notes", "calls", "polls", "cycle_log"):
         out[key] = sorted((x for r in reports for x in r[key]), key=lambda x: x["at"] if isinstance(x, dict) else x[0])
     return out
 
