@@ -73,6 +73,35 @@ def test_take_slot_is_conditional_on_the_entry_read(store: Store) -> None:
     assert store.slots("db") == ["n1"] and store.current("db")["n1"].state == RESTARTING
 
 
+def test_the_write_that_counts_a_node_back_gives_its_slot_back_in_the_same_transaction(
+        store: Store, zk_hosts: str, zk_root: str) -> None:
+    """The end of a restart is one request: entry online, its token, the epoch and the slot's
+    release; the waiting head is woken once, by a state that counts the node back with its slot
+    free.  A slot removed under it meanwhile (an operator) does not stop the node counting back."""
+    store.publish_current("db", CurrentEntry(node="n1", version="1", state=ONLINE))
+    store.take_slot("db", store.current("db")["n1"].evolve(state=RESTARTING))
+    up = store._layout.up_service("db")
+    epoch = store._session.exists(up).version
+    counts = Counts()
+    store._session = CountingSession(store._session, counts)
+    store.publish_current("db", CurrentEntry(node="n1", version="2", state=ONLINE), give_back_slot=True)
+    store.release_slot("db", "n1")  # given back already: no request
+    assert counts.snapshot()["requests"] == {"commit": 1}
+    observer = Store.connect(zk_hosts, zk_root)
+    try:
+        assert observer.slots("db") == [] and observer.current("db")["n1"].state == ONLINE
+        assert observer._session.exists(store._layout.online_token("db", "n1")) is not None
+        assert observer._session.exists(up).version == epoch + 1
+        store.take_slot("db", store.current("db")["n1"].evolve(state=RESTARTING))
+        observer._session.delete(store._layout.slot("db", "n1"))  # removed under the restarting node
+        store.publish_current("db", CurrentEntry(node="n1", version="3", state=ONLINE), give_back_slot=True)
+        store.release_slot("db", "n1")
+        assert observer.slots("db") == [] and observer.current("db")["n1"].version == "3"
+        assert observer._session.exists(store._layout.online_token("db", "n1")) is not None
+    finally:
+        observer.close()
+
+
 def test_current_read_with_watch_sees_the_next_change(store: Store, zk_hosts: str, zk_root: str) -> None:
     store.publish_current("db", CurrentEntry(node="n1", version="1", state=ONLINE))
     changed = threading.Event()

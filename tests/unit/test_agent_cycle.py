@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
+from zkdeploy.coordination.session import ForwardingSession, Op, Stat
 from zkdeploy.model import DONE, FAILED, HALTED, ONLINE, PENDING, ROLLED_BACK
 from zkdeploy.testing.memory import MemorySession
 from zkdeploy.testing.simfleet import SimFleet
@@ -75,6 +76,50 @@ def test_waiting_for_quorum_is_a_step_that_returns(fleet: SimFleet) -> None:
     assert "db" in cycle.pending and cycle.pending["db"].request.reason == "waiting for quorum: 2 online, quorum 2"
     assert fleet.versions("db")["n1"] == "1"
     assert fleet.operator.queue("db") == ["n1"] and fleet.operator.slots("db") == []
+
+
+class Recorder(ForwardingSession):
+    """The writes of one agent's session, in order: ("commit", [(op, path)...]), ("create", path), ("delete", path)."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.writes: list[tuple[str, object]] = []
+
+    def commit(self, ops: Sequence[Op]) -> list[str | Stat | None]:
+        self.writes.append(("commit", [(type(op).__name__, op.path) for op in ops]))
+        return super().commit(ops)
+
+    def create(self, path: str, data: bytes = b"", **kwargs) -> str:
+        self.writes.append(("create", path))
+        return super().create(path, data, **kwargs)
+
+    def delete(self, path: str, version: int = -1) -> None:
+        self.writes.append(("delete", path))
+        super().delete(path, version)
+
+
+def test_a_restart_ends_with_one_transaction_giving_the_slot_back_and_counting_the_node_online(
+        fleet: SimFleet) -> None:
+    """The next waiter is woken by a node coming back online: the slot given back, the entry online,
+    its online token and the availability epoch are one transaction, and the change report to the
+    history comes after it, not in the hand-off."""
+    store = fleet.agents["n1"].agent.store
+    recorder = store._session = Recorder(store._session)
+    fleet.stage("db", "2", at=2.0)
+    name = fleet.deploy(("db", "2"))[0]
+    rounds_until(fleet, lambda: fleet.operator.deploy(name).state == DONE)
+    assert fleet.versions("db")["n1"] == "2"
+    layout = store._layout
+    slot, token = layout.slot("db", "n1"), layout.online_token("db", "n1")
+    online = [i for i, (kind, ops) in enumerate(recorder.writes)
+              if kind == "commit" and ("Create", token) in ops]  # type: ignore[operator]
+    assert online, recorder.writes
+    back = recorder.writes[online[-1]][1]
+    assert ("Delete", slot) in back and ("SetData", layout.up_service("db")) in back  # type: ignore[operator]
+    assert ("delete", slot) not in recorder.writes, "the slot is given back in the online transaction"
+    reports = [i for i, (kind, path) in enumerate(recorder.writes)
+               if kind == "create" and str(path).startswith(layout.node_history("n1"))]
+    assert reports and reports[-1] > online[-1], "the change report follows the node's coming back"
 
 
 def test_a_head_whose_place_in_the_queue_was_deleted_under_it_queues_again(fleet: SimFleet) -> None:

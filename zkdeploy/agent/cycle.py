@@ -205,26 +205,28 @@ class Cycle:
             self.host.hold(service, f"held: {outcome.error}", outcome.change_id)  # also through an agent restart
         else:  # this restart ended a hold; a process killed before here leaves it to the crash recovery
             self.host.release_hold(service)
-        self._give_back(pending)  # not on a BaseException (a simulated kill): a dead process cleans nothing
         self._count(service, outcome, time.monotonic() - started)
-        if outcome.change_id is not None:
-            self.reports.push_history(outcome.change_id, steps=restart.step_results)
+        # What the node runs now, with the slot given back in the same write: the next waiter is woken
+        # by this one change (the hand-off), and the change report follows it rather than delaying it.
         if outcome.ok:
-            self.presence.publish(service, version=target, state=ONLINE, detail=f"online at {target}", target="")
+            self.presence.publish(service, version=target, state=ONLINE, detail=f"online at {target}", target="",
+                                  give_back_slot=True)
             log.info("%s: online at %s", service, target)
-            return
-        current = releases.current_version()
-        if outcome.held:
-            self.presence.publish(service, version=current or "", state=FAILED, detail=f"held: {outcome.error}",
-                                  target="")
+        elif outcome.held:
+            self.presence.publish(service, version=releases.current_version() or "", state=FAILED,
+                                  detail=f"held: {outcome.error}", target="", give_back_slot=True)
             if deploy is not None:
                 self._failed.add((deploy.name, service))
-            return
-        healthy = outcome.healthy and self.host.probe(svc, current) is None
-        self.presence.publish(service, version=current or "", state=ONLINE if healthy else FAILED,
-                              detail=outcome.error, target="")
-        if deploy is not None and not outcome.fenced:
-            self._failed.add((deploy.name, service))  # a lost slot is retried; a bad release is not
+        else:
+            current = releases.current_version()
+            healthy = outcome.healthy and self.host.probe(svc, current) is None
+            self.presence.publish(service, version=current or "", state=ONLINE if healthy else FAILED,
+                                  detail=outcome.error, target="", give_back_slot=True)
+            if deploy is not None and not outcome.fenced:
+                self._failed.add((deploy.name, service))  # a lost slot is retried; a bad release is not
+        self._give_back(pending)  # a request only if the write above did not give the slot back
+        if outcome.change_id is not None:
+            self.reports.push_history(outcome.change_id, steps=restart.step_results)
 
     def _count(self, service: str, outcome: Outcome, seconds: float) -> None:
         """The restart's outcome and its change set's final status, in the metrics."""

@@ -117,9 +117,13 @@ class Presence:
             time.sleep(LATER_INTERVAL)  # what changes meanwhile is written once, as it is then
 
     def publish(self, service: str, *, state: str | None = None, version: str | None = None,
-                detail: str | None = None, target: str | None = None, write: bool = True) -> None:
+                detail: str | None = None, target: str | None = None, write: bool = True,
+                give_back_slot: bool = False) -> None:
         """Update this node's record of ``service`` (local first, then ZooKeeper unless ``write`` is
-        False).  A failed write is logged; the health monitor re-asserts the record later."""
+        False).  A failed write is logged; the health monitor re-asserts the record later.  With
+        ``give_back_slot`` (the end of a restart) the write gives this node's slot back too, in the
+        same transaction when it can (``Store.publish_current``); the caller's ``SlotRequest.release``
+        then makes no request, and gives the slot back itself when this did not."""
         with self.lock:
             rec = self.local[service]
             if state is not None:
@@ -137,7 +141,7 @@ class Presence:
             if self._later is not None:
                 self._later.discard(service)  # this write carries the latest record already
             try:
-                self.store.publish_current(service, self.entry(service))
+                self.store.publish_current(service, self.entry(service), give_back_slot=give_back_slot)
                 self._unwritten.discard(service)
             except NotAdmittedError as exc:
                 self._not_admitted(service, exc)

@@ -92,7 +92,7 @@ class Availability(StoreCore):
     def current_services(self) -> list[str]:
         return self._children(self._layout.current)
 
-    def publish_current(self, service: str, entry: CurrentEntry) -> None:
+    def publish_current(self, service: str, entry: CurrentEntry, *, give_back_slot: bool = False) -> None:
         """Write this node's entry and keep its online token in step: the token is there exactly
         while the entry is online (what ``quorum_view`` counts), and every flip of it bumps the
         service's availability epoch (what wakes a waiting head, and what the slot transaction is
@@ -102,29 +102,49 @@ class Availability(StoreCore):
         the token and the epoch change in one transaction (one request); otherwise the entry is
         written first and the token after, which only ever errs on the safe side for a voluntary
         stop (a stop is taken by ``take_slot``, whose transaction removes the token with the entry).
+        With ``give_back_slot`` (the end of a restart) the node's slot is given back too: in that
+        transaction when this session's slot transaction made it, so the waiting head is woken once,
+        by one change that counts the node back and frees its slot; otherwise first, on its own.
         ConflictError when an older session's token is still there: the caller writes again;
         NotAdmittedError when, under ACL roles, this node may not have a token (yet).
         """
         path = self._layout.current_entry(service, entry.node)
         token = self._layout.online_token(service, entry.node)
+        slot = self._layout.slot(service, entry.node)
         online = entry.state == ONLINE
         generation = self._session.generation
         known, tokened = self._written.get(path), self._online.get(token)
-        if tokened == (generation, online):
+        made = self._written.get(slot) if give_back_slot else None
+        flips = tokened != (generation, online)
+        fast = (flips and known is not None and known[0] == generation
+                and tokened is not None and tokened[0] == generation)
+        if give_back_slot and not (fast and made is not None and made[0] == generation):
+            self.release_slot(service, entry.node)  # not in the transaction: on its own, first
+            made = None
+        if not flips:
             self._put_ephemeral(path, entry.to_bytes())
             return
-        if known is not None and known[0] == generation and tokened is not None and tokened[0] == generation:
-            flip: Op = Create(token, ephemeral=True) if online else Delete(token)
+        if fast:
+            assert known is not None
+            ops: list[Op] = [SetData(path, entry.to_bytes(), known[1]),
+                             Create(token, ephemeral=True) if online else Delete(token),
+                             SetData(self._layout.up_service(service), b"")]
+            if made is not None:
+                ops.append(Delete(slot))
             try:
-                results = self._session.commit([SetData(path, entry.to_bytes(), known[1]), flip,
-                                                SetData(self._layout.up_service(service), b"")])
-            except (ConflictError, SessionLostError, AccessDeniedError):
+                results = self._session.commit(ops)
+            except (ConflictError, NoNodeError, SessionLostError, AccessDeniedError):
                 self._written.pop(path, None)  # look again below (a lost reply: the slow path is idempotent)
                 self._online.pop(token, None)
+                if made is not None:
+                    self.release_slot(service, entry.node)  # the slot first, as above
             else:
                 if isinstance(results[0], Stat):
                     self._written[path] = (generation, results[0].version)
                 self._online[token] = (generation, online)
+                if made is not None:
+                    self._written.pop(slot, None)
+                    self._given_back[slot] = generation
                 return
         self._put_ephemeral(path, entry.to_bytes())
         self._set_online(service, entry.node, online)
@@ -338,6 +358,7 @@ class Availability(StoreCore):
         token = self._layout.online_token(service, entry.node)
         up = self._layout.up_service(service)
         self._written.pop(current, None)
+        self._given_back.pop(slot, None)
         for _ in range(2):
             tokened = self._online.get(token) != (generation, False)  # unless we know it is not there
             ops: list[Op] = [SetData(current, entry.to_bytes(), entry.zversion),
@@ -382,6 +403,8 @@ class Availability(StoreCore):
         One request when this session's slot transaction made it: while that session lives,
         nothing else can be at that path; otherwise its owner is checked first."""
         slot = self._layout.slot(service, node)
+        if self._given_back.pop(slot, None) == self._session.generation:
+            return  # given back in the transaction that counted the node back (``publish_current``)
         made = self._written.pop(slot, None)
         if made is not None and made[0] == self._session.generation:
             self._delete_own(slot, f"restart slot of {service}")

@@ -41,6 +41,8 @@ class StoreCore:
         self._written: dict[str, tuple[int, int]] = {}
         #: this session's online tokens: path -> (session generation, whether this session's token is there)
         self._online: dict[str, tuple[int, bool]] = {}
+        #: slots this session gave back inside another transaction: path -> session generation
+        self._given_back: dict[str, int] = {}
         self._ensured: set[str] = set()
 
     def await_session(self, generation: int, timeout: float | None = None) -> bool:
