@@ -17,6 +17,7 @@ from zkdeploy.config.schema import AgentConfig
 from zkdeploy.coordination import Store
 from zkdeploy.errors import LockLostError
 from zkdeploy.model import FAILED, ONLINE, CurrentEntry
+from zkdeploy.testing.counting import CountingSession, Counts
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +47,41 @@ def test_a_lost_session_fences_the_restart(store: Store, zk_hosts: str, zk_root:
         assert other.slots("db") == []  # the slot went with the session
         with pytest.raises(LockLostError):
             fence(store, "db", "n1")  # and no further destructive step starts
+    finally:
+        other.close()
+
+
+def fenced(store: Store) -> bool:
+    """Whether the next destructive step of n1's db would be stopped."""
+    try:
+        fence(store, "db", "n1")
+    except LockLostError:
+        return True
+    return False
+
+
+def test_a_slot_taken_from_under_a_restart_stops_its_next_step_and_fences_between_make_no_request(
+        store: Store, zk_hosts: str, zk_root: str, tmp_path: Path) -> None:
+    """The first fence reads the slot and watches it; while the connection stays up, the fences
+    after it ask the watch, not the server: only the session's loss (caught by its state) or the
+    slot's deletion (the watch) can take it, and either stops the next step."""
+    other = Store.connect(zk_hosts, zk_root, session_timeout=4.0)
+    try:
+        other.publish_current("db", CurrentEntry(node="n2", version="1", state=ONLINE))
+        request = make_request(store, tmp_path)
+        request.join()
+        assert request.poll()
+        counts = Counts()
+        store._session = CountingSession(store._session, counts)
+        fence(store, "db", "n1")
+        assert counts.snapshot()["requests"] == {"exists": 1}
+        before = counts.snapshot()
+        for _ in range(3):
+            fence(store, "db", "n1")
+        assert Counts.total(Counts.delta(counts.snapshot(), before)) == 0
+        other._session.delete(store._layout.slot("db", "n1"))  # an operator takes the slot away
+        wait_for(lambda: fenced(store), 10, "the slot's deletion to stop the next step")
+        assert fenced(store), "and every step after it"
     finally:
         other.close()
 

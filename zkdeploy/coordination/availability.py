@@ -26,6 +26,7 @@ from zkdeploy.errors import (
     BadVersionError,
     ConflictError,
     CoordinationError,
+    LockLostError,
     NodeExistsError,
     NoNodeError,
     NotAdmittedError,
@@ -395,8 +396,33 @@ class Availability(StoreCore):
         return self._owns(self._layout.slot(service, node))
 
     def require_slot(self, service: str, node: str) -> None:
-        """LockLostError unless the session is connected and owns ``node``'s slot of ``service``."""
-        self._require_owned(self._layout.slot(service, node))
+        """LockLostError unless the session is connected and owns ``node``'s slot of ``service``.
+
+        The first check of a slot reads it (one request) and leaves a watch on it.  Later checks
+        make no request while that watch has not fired and the connection's state has not changed
+        since the read: with the session connected, the slot (ephemeral, this session's) can only
+        go by being deleted, which fires the watch, and the session can only end after the client
+        has seen its connection fail, which changes the state (a client suspends its session before
+        the server can expire it).  Either makes the next check read the slot again."""
+        slot = self._layout.slot(service, node)
+        self._session.require_connected()
+        mark = (self._session.generation, self._connection)
+        if self._watched.get(slot) == mark:
+            return
+        self._watched[slot] = mark  # before the read: a watch firing from now on drops it
+        try:
+            stat = self._session.exists(slot, self._slot_watch)
+        except BaseException:
+            self._watched.pop(slot, None)
+            raise
+        sid = self._session.session_id
+        if stat is None or sid is None or stat.owner != sid:
+            self._watched.pop(slot, None)
+            raise LockLostError(f"{slot} is no longer held by this agent's ZooKeeper session")
+
+    def _slot_watch(self, _kind: str = "", path: str = "") -> None:
+        """The watch ``require_slot`` leaves: the slot changed (or went), read it again next time."""
+        self._watched.pop(path, None)
 
     def release_slot(self, service: str, node: str) -> None:
         """Remove this node's slot (retrying through connection losses while the session lives).

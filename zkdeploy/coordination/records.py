@@ -43,7 +43,17 @@ class StoreCore:
         self._online: dict[str, tuple[int, bool]] = {}
         #: slots this session gave back inside another transaction: path -> session generation
         self._given_back: dict[str, int] = {}
+        #: slots read as this session's and watched since: path -> (session generation, connection)
+        #: of that read; the watch drops the entry on any change of the slot (``Availability.require_slot``)
+        self._watched: dict[str, tuple[int, int]] = {}
+        #: how many times the connection's state has changed (SUSPENDED, LOST, CONNECTED again)
+        self._connection = 0
+        session.add_listener(self._connection_changed)
         self._ensured: set[str] = set()
+
+    def _connection_changed(self, _state: str) -> None:
+        """A session listener (on the client's thread): whatever a watch said before is not relied on."""
+        self._connection += 1
 
     def await_session(self, generation: int, timeout: float | None = None) -> bool:
         """Wait (bounded by the session timeout) until the session ``generation`` is connected
